@@ -1,0 +1,77 @@
+"""The `airlock` command line. Settings are read once here and passed down."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.admin import customer_app, license_app, policy_app, product_app
+from cli.common import emit, fail, settings_of
+from cli.keys import keys_app
+from config.settings import SettingsError, load_settings
+from models.migrate import upgrade
+from pipelines.keyring import init_keyring
+
+app = typer.Typer(help="Airlock: the vendor side of offline license activation.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+
+app.add_typer(db_app, name="db")
+app.add_typer(customer_app, name="customer")
+app.add_typer(product_app, name="product")
+app.add_typer(policy_app, name="policy")
+app.add_typer(license_app, name="license")
+app.add_typer(keys_app, name="keys")
+
+
+@app.callback()
+def main(ctx: typer.Context) -> None:
+    """Configuration comes from AIRLOCK_* environment variables (see README)."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        fail(str(exc), reason="config", code=2)
+    ctx.obj = {"settings": settings}
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context, revision: str = typer.Argument("head")) -> None:
+    """Apply the migrations up to REVISION."""
+    upgrade(settings_of(ctx).resolved_database_url, revision)
+    typer.echo("database at " + revision, err=True)
+
+
+@app.command("init")
+def init(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Create ./var, the database and the vendor keys. Safe to run again."""
+    settings = settings_of(ctx)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    for location in (settings.resolved_inbox, settings.resolved_outbox):
+        if not location.startswith("s3://"):
+            from pathlib import Path
+
+            Path(location).mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    ring, created = init_keyring(settings.resolved_keys_dir)
+    emit({"home": str(settings.home), "database": "migrated to head",
+          "keys": "created" if created else "kept", "signing_key": ring.current_signing,
+          "sealing_key": ring.current_sealing}, as_json=as_json)
+
+
+def _register_optional() -> None:
+    """Command groups that live in their own modules."""
+    import importlib
+
+    for module, name in (("cli.device", "device"), ("cli.pipeline", None)):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        if name:
+            app.add_typer(mod.app, name=name)
+        else:
+            mod.register(app)
+
+
+_register_optional()

@@ -1,0 +1,99 @@
+"""The one typed configuration object, read from `AIRLOCK_*` environment variables.
+
+Build it once at an entry point (`load_settings()`) and pass it down; nothing else
+in the code base reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is malformed; the message names it and says what is expected."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIRLOCK_", extra="ignore", frozen=True)
+
+    home: Path = Field(default=Path("var"), description="Working folder for the defaults")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default SQLite in home")
+    broker_url: str | None = Field(default=None, description="Celery broker; unset = embedded")
+    inbox: str = Field(default="", description="Folder or s3://bucket/prefix")
+    outbox: str = Field(default="", description="Folder or s3://bucket/prefix")
+    keys_dir: Path | None = Field(default=None, description="Vendor keyring folder")
+
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_connect_timeout: float = 5.0
+    s3_read_timeout: float = 30.0
+    sqs_queue_url: str | None = Field(default=None, description="Optional S3 event queue")
+
+    max_file_bytes: int = Field(default=256 * 1024, gt=0)
+    max_archive_members: int = Field(default=200_000, gt=0)
+    max_uncompressed_bytes: int = Field(default=2 * 1024**3, gt=0)
+    max_compression_ratio: float = Field(default=200.0, gt=1)
+
+    settle_seconds: float = Field(default=0.5, ge=0)
+    scan_interval_seconds: float = Field(default=2.0, gt=0)
+    max_attempts: int = Field(default=5, gt=0)
+    task_time_limit: int = Field(default=300, gt=0)
+    chunk_size: int = Field(default=200, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str | None) -> str | None:
+        if value == "":
+            return None
+        if value is not None and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// URL (or unset for embedded mode)")
+        return value
+
+    @field_validator("inbox", "outbox")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        if value.startswith("s3://") and len(value) <= len("s3://"):
+            raise ValueError("an s3:// location needs a bucket: s3://bucket/prefix")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'airlock.db'}"
+
+    @property
+    def resolved_inbox(self) -> str:
+        return self.inbox or str(self.home / "inbox")
+
+    @property
+    def resolved_outbox(self) -> str:
+        return self.outbox or str(self.home / "outbox")
+
+    @property
+    def resolved_keys_dir(self) -> Path:
+        return self.keys_dir or self.home / "keys"
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url is None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; raise SettingsError naming any malformed setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"AIRLOCK_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid configuration: {problems}") from None

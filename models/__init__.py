@@ -1,0 +1,44 @@
+"""SQLModel tables, split by domain. Importing this package registers every table."""
+
+from models.devices import Device, DeviceStatus
+from models.ledger import (
+    AppliedRequest,
+    AuditEvent,
+    Batch,
+    ConsumptionEvent,
+    Job,
+    JobOutput,
+    JobStatus,
+)
+from models.licensing import (
+    AuthMethod,
+    Customer,
+    FeatureKind,
+    License,
+    LicenseFeature,
+    LicensePolicy,
+    LicenseType,
+    LicenseUser,
+    Product,
+)
+
+__all__ = [
+    "AppliedRequest",
+    "AuditEvent",
+    "AuthMethod",
+    "Batch",
+    "ConsumptionEvent",
+    "Customer",
+    "Device",
+    "DeviceStatus",
+    "FeatureKind",
+    "Job",
+    "JobOutput",
+    "JobStatus",
+    "License",
+    "LicenseFeature",
+    "LicensePolicy",
+    "LicenseType",
+    "LicenseUser",
+    "Product",
+]
