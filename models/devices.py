@@ -32,6 +32,7 @@ class Device(SQLModel, table=True):
     hostname: str | None = Field(default=None, max_length=256)
     os: str | None = Field(default=None, max_length=128)
     app_version: str | None = Field(default=None, max_length=64)
+    user_email: str | None = Field(default=None, max_length=254)
     variables: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     last_serial: int = 0
     usage_counter: int = 0

@@ -2,13 +2,13 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 20:21:14.329912
+Create Date: 2026-11-28 20:30:07.164766
 """
+from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-from alembic import op
-
 import models.types
+
 
 revision = '0001'
 down_revision = None
@@ -180,6 +180,7 @@ def upgrade() -> None:
     sa.Column('hostname', sqlmodel.sql.sqltypes.AutoString(length=256), nullable=True),
     sa.Column('os', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
     sa.Column('app_version', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+    sa.Column('user_email', sqlmodel.sql.sqltypes.AutoString(length=254), nullable=True),
     sa.Column('variables', sa.JSON(), nullable=True),
     sa.Column('last_serial', sa.Integer(), nullable=False),
     sa.Column('usage_counter', sa.Integer(), nullable=False),

@@ -1,0 +1,232 @@
+"""The processing core: parse → verify → apply → render, recorded on a Job, exactly once.
+
+`process()` is the single-file entry; `process_many()` runs a batch in two
+transactions (register, then apply with one savepoint per file) so throughput does
+not pay a commit per file. Celery tasks and the embedded runner both call these.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from airlock_sdk.envelope import DEVICE_KID_PREFIX, ENC_SEALED, Envelope, FormatError, Kind
+from airlock_sdk.envelope import open_envelope as _open_envelope
+from airlock_sdk.payloads import validate
+from models import AppliedRequest, Job, JobStatus
+from models.db import is_postgres, session_scope
+from models.ledger import FINAL_STATUSES
+from models.types import utcnow
+from pipelines.errors import REASONS, Rejection
+from pipelines.keyring import VendorKeyring
+from pipelines.ledger import OPERATOR, Submission, outputs_of, register, store_outputs
+from pipelines.render import rejection_name, rejection_report
+from pipelines.rules.activation import apply_activation
+from pipelines.rules.common import Applied, RuleContext
+from pipelines.rules.deactivation import apply_deactivation
+from pipelines.rules.refresh import apply_refresh
+
+log = logging.getLogger("airlock.process")
+
+ACCEPTED_KINDS = frozenset({Kind.ACTIVATION_REQUEST, Kind.DEACTIVATION, Kind.REFRESH_REQUEST})
+RULES: dict[Kind, Callable[[RuleContext], Applied]] = {
+    Kind.ACTIVATION_REQUEST: apply_activation,
+    Kind.DEACTIVATION: apply_deactivation,
+    Kind.REFRESH_REQUEST: apply_refresh,
+}
+
+
+@dataclass(frozen=True)
+class Processor:
+    """The collaborators every stage needs, passed in once."""
+
+    keyring: VendorKeyring
+    clock: Callable[[], datetime] = utcnow
+    max_bytes: int = 256 * 1024
+    max_attempts: int = 5
+
+
+@dataclass
+class Outcome:
+    job_id: int
+    tenant: str
+    status: str  # done | rejected | quarantined
+    reason: str | None = None
+    message: str | None = None
+    kind: str | None = None
+    request_id: str | None = None
+    outputs: list[tuple[str, bytes]] = field(default_factory=list)
+    duplicate: bool = False  # the effects were applied by an earlier delivery
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == JobStatus.DONE
+
+
+# --- stages ---------------------------------------------------------------------------------
+
+
+def verify(data: bytes, *, processor: Processor, tenant: str) -> Envelope:
+    """Size, armour, signature, decryption, payload schema, and who may send what where."""
+    ring = processor.keyring
+    envelope = _open_envelope(data, resolve_verify_key=ring.any_verify_key,
+                              resolve_unseal_key=ring.unseal_key, kinds=ACCEPTED_KINDS,
+                              max_bytes=processor.max_bytes)
+    validate(envelope.kind, envelope.payload)
+    from_device = envelope.kid.startswith(DEVICE_KID_PREFIX)
+    if from_device and envelope.header["enc"] != ENC_SEALED:
+        raise Rejection("not_sealed")
+    if tenant == OPERATOR and from_device:
+        raise Rejection("needs_tenant")
+    if not from_device and envelope.kind is not Kind.REFRESH_REQUEST:
+        raise Rejection("wrong_kind", "Only refresh requests may be signed by the vendor.")
+    return envelope
+
+
+def apply(session: Session, envelope: Envelope, *, processor: Processor, job: Job,
+          now: datetime) -> Applied:
+    """Run the rule for the file's kind inside the caller's transaction."""
+    ctx = RuleContext(session=session, keyring=processor.keyring, now=now,
+                      tenant=None if job.tenant == OPERATOR else job.tenant, job=job,
+                      envelope=envelope)
+    return RULES[envelope.kind](ctx)
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+
+def process(data: bytes, *, engine: Engine, tenant: str, processor: Processor,
+            source: str = "") -> Outcome:
+    """Process one file that arrived for `tenant` (a customer code, or OPERATOR)."""
+    return process_many([Submission(tenant=tenant, data=data, source=source)], engine=engine,
+                        processor=processor)[0]
+
+
+def process_many(submissions: Sequence[Submission], *, engine: Engine,
+                 processor: Processor) -> list[Outcome]:
+    now = processor.clock()
+    with session_scope(engine) as session:
+        jobs = register(session, submissions, now=now)
+    return process_jobs([job.id for job in jobs], engine=engine, processor=processor)  # type: ignore[misc]
+
+
+def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor) -> list[Outcome]:
+    """Apply registered jobs in one transaction, one savepoint each; finished jobs replay."""
+    outcomes: dict[int, Outcome] = {}
+    with session_scope(engine) as session:
+        for job_id in dict.fromkeys(job_ids):
+            outcomes[job_id] = _process_job(session, job_id, processor)
+    return [outcomes[job_id] for job_id in job_ids]
+
+
+def _lock_job(session: Session, job_id: int) -> Job:
+    query = select(Job).where(Job.id == job_id)
+    if is_postgres(session.get_bind()):  # type: ignore[arg-type]
+        query = query.with_for_update()
+    return session.exec(query.execution_options(populate_existing=True)).one()
+
+
+def _process_job(session: Session, job_id: int, processor: Processor) -> Outcome:
+    job = _lock_job(session, job_id)
+    if job.status in FINAL_STATUSES:
+        return _stored_outcome(session, job, duplicate=True)
+    now = processor.clock()
+    if job.attempts > processor.max_attempts:
+        return _finish_rejected(session, job, Rejection("poison"), None, now, processor,
+                                status=JobStatus.QUARANTINED)
+    envelope: Envelope | None = None
+    savepoint = session.begin_nested()
+    try:
+        envelope = verify(job.payload or b"", processor=processor, tenant=job.tenant)
+        job.kind = envelope.kind
+        job.request_id = envelope.request_id
+        replayed = _claim_request(session, job, envelope, now)
+        if replayed is not None:
+            savepoint.commit()
+            return _finish_done(session, job, replayed, now, duplicate=True)
+        applied = apply(session, envelope, processor=processor, job=job, now=now)
+        savepoint.commit()
+    except (Rejection, FormatError) as exc:
+        savepoint.rollback()
+        job = _lock_job(session, job_id)
+        rejection = exc if isinstance(exc, Rejection) else Rejection(exc.reason, exc.message)
+        return _finish_rejected(session, job, rejection, envelope, now, processor)
+    return _finish_done(session, job, applied.outputs, now)
+
+
+def _claim_request(session: Session, job: Job, envelope: Envelope,
+                   now: datetime) -> list[tuple[str, bytes]] | None:
+    """Reserve (tenant, request id). Returns the earlier outputs if this request already ran
+    from an equivalent file; raises `replay` if it ran with different content."""
+    for _ in range(2):
+        existing = session.exec(select(AppliedRequest).where(
+            AppliedRequest.tenant == job.tenant,
+            AppliedRequest.request_id == envelope.request_id)).first()
+        if existing is not None:
+            if existing.sha256 != envelope.digest:
+                raise Rejection("replay")
+            return outputs_of(session, existing.job_id)
+        inner = session.begin_nested()
+        try:
+            session.add(AppliedRequest(tenant=job.tenant, request_id=envelope.request_id,
+                                       sha256=envelope.digest, job_id=job.id, applied_at=now))
+            session.flush()
+            inner.commit()
+            return None
+        except IntegrityError:
+            inner.rollback()  # a concurrent worker claimed it first: look again
+    raise RuntimeError("request id claim did not settle")
+
+
+def _finish_done(session: Session, job: Job, outputs: list[tuple[str, bytes]], now: datetime,
+                 *, duplicate: bool = False) -> Outcome:
+    job.status = JobStatus.DONE
+    job.reason = None
+    job.message = None
+    job.finished_at = now
+    job.updated_at = now
+    session.add(job)
+    store_outputs(session, job.id, outputs)  # type: ignore[arg-type]
+    session.flush()
+    log.info("job %s %s %s done", job.id, job.tenant, job.kind)
+    return Outcome(job_id=job.id, tenant=job.tenant, status=job.status, kind=job.kind,  # type: ignore[arg-type]
+                   request_id=job.request_id, outputs=list(outputs), duplicate=duplicate)
+
+
+def _finish_rejected(session: Session, job: Job, rejection: Rejection,
+                     envelope: Envelope | None, now: datetime, processor: Processor,
+                     status: JobStatus = JobStatus.REJECTED) -> Outcome:
+    request_id = envelope.request_id if envelope is not None else None
+    report = rejection_report(processor.keyring, request_id=request_id,
+                              request_sha256=envelope.digest if envelope else job.sha256,
+                              issued_at=now, reason=rejection.reason, message=rejection.message)
+    outputs = [(rejection_name(request_id, job.sha256), report), *rejection.attachments]
+    job.status = status
+    job.reason = rejection.reason
+    job.message = rejection.message
+    job.request_id = request_id
+    job.finished_at = now
+    job.updated_at = now
+    session.add(job)
+    store_outputs(session, job.id, outputs)  # type: ignore[arg-type]
+    session.flush()
+    log.info("job %s %s rejected: %s", job.id, job.tenant, rejection.reason)
+    return Outcome(job_id=job.id, tenant=job.tenant, status=status, reason=rejection.reason,  # type: ignore[arg-type]
+                   message=rejection.message, kind=job.kind, request_id=request_id,
+                   outputs=outputs)
+
+
+def _stored_outcome(session: Session, job: Job, *, duplicate: bool) -> Outcome:
+    return Outcome(job_id=job.id, tenant=job.tenant, status=job.status, reason=job.reason,  # type: ignore[arg-type]
+                   message=job.message, kind=job.kind, request_id=job.request_id,
+                   outputs=outputs_of(session, job.id), duplicate=duplicate)  # type: ignore[arg-type]
+
+
+def describe_reason(reason: str) -> str:
+    return REASONS.get(reason, reason)

@@ -1,0 +1,94 @@
+"""Refresh: render a license_refresh.lic with the current entitlements for devices."""
+
+from __future__ import annotations
+
+from sqlmodel import select
+
+from airlock_sdk.envelope import DEVICE_KID_PREFIX
+from models import Device, DeviceStatus, FeatureKind, License, LicenseType
+from pipelines.errors import Rejection
+from pipelines.render import refresh_file, refresh_name
+from pipelines.rules.common import (
+    Applied,
+    RuleContext,
+    audit,
+    check_offline_manageable,
+    check_tenant,
+    device_entitlements,
+    features_of,
+    license_by_key,
+)
+
+
+def apply_refresh(ctx: RuleContext) -> Applied:
+    payload = ctx.envelope.payload
+    scope = payload["scope"]
+    from_device = ctx.envelope.kid.startswith(DEVICE_KID_PREFIX)
+    reset = bool(payload["reset_consumption"])
+    if from_device and (reset or "device" not in scope):
+        raise Rejection("reset_not_allowed" if reset else "malformed",
+                        None if reset else "A device may only request its own refresh.")
+    targets = _targets(ctx, scope, from_device)
+    outputs: list[tuple[str, bytes]] = []
+    for lic, devices in targets:
+        if reset:
+            _reset_consumption(ctx, lic)
+        for device in devices:
+            device.last_serial += 1
+            ctx.session.add(device)
+            body = device_entitlements(ctx, lic, device, device.user_email)
+            outputs.append((
+                refresh_name(ctx.request_id, lic.key, device.hardware_id),
+                refresh_file(ctx.keyring, request_id=ctx.request_id,
+                             request_sha256=ctx.envelope.digest, issued_at=ctx.now, body=body,
+                             reset_consumption=reset),
+            ))
+            audit(ctx, "device.refresh", lic=lic, device=device, serial=device.last_serial,
+                  reset_consumption=reset)
+    ctx.session.flush()
+    return Applied(outputs=outputs, license_ids=[lic.id for lic, _ in targets],  # type: ignore[misc]
+                   summary={"devices": len(outputs)})
+
+
+def _targets(ctx: RuleContext, scope: dict, from_device: bool  # type: ignore[type-arg]
+             ) -> list[tuple[License, list[Device]]]:
+    if "device" in scope:
+        lic = _refreshable(ctx, scope["device"]["license_key"])
+        device = ctx.session.exec(select(Device).where(
+            Device.license_id == lic.id,
+            Device.hardware_id == scope["device"]["hardware_id"])).first()
+        if device is None:
+            raise Rejection("unknown_device")
+        if from_device and device.public_key != ctx.signer_public_key:
+            raise Rejection("wrong_device_key")
+        if device.status != DeviceStatus.ACTIVE:
+            raise Rejection("device_not_active")
+        return [(lic, [device])]
+    keys = [scope["license"]] if "license" in scope else list(dict.fromkeys(scope["licenses"]))
+    targets = []
+    for key in sorted(keys):  # a fixed lock order: no deadlock between bulk refreshes
+        lic = _refreshable(ctx, key)
+        devices = list(ctx.session.exec(select(Device).where(
+            Device.license_id == lic.id, Device.status == DeviceStatus.ACTIVE)
+            .order_by(Device.id)))
+        targets.append((lic, devices))
+    return targets
+
+
+def _refreshable(ctx: RuleContext, key: str) -> License:
+    lic = license_by_key(ctx, key)
+    check_tenant(ctx, lic)
+    check_offline_manageable(lic)
+    return lic
+
+
+def _reset_consumption(ctx: RuleContext, lic: License) -> None:
+    """A new consumption period: totals restart at zero (the history stays in the events)."""
+    if lic.license_type == LicenseType.CONSUMPTION or lic.max_consumptions is not None:
+        lic.total_consumptions = 0
+        ctx.session.add(lic)
+    for feature in features_of(ctx, lic):
+        if feature.kind == FeatureKind.CONSUMPTION:
+            feature.total_consumptions = 0
+            ctx.session.add(feature)
+
