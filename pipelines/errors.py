@@ -17,6 +17,7 @@ REASONS: dict[str, str] = {
     "key_mismatch": "The device key inside the request differs from the key that signed it.",
     "operator_only": "Only vendor-signed files are accepted in the operator area.",
     "needs_tenant": "Device files must arrive in a customer's inbox, not the operator area.",
+    "unknown_tenant": "The file arrived in an inbox folder that belongs to no customer.",
     "wrong_tenant": "The license belongs to another customer than the inbox this file "
                     "arrived in.",
     # licensing rules

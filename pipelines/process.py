@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from airlock_sdk.envelope import DEVICE_KID_PREFIX, ENC_SEALED, Envelope, FormatError, Kind
 from airlock_sdk.envelope import open_envelope as _open_envelope
 from airlock_sdk.payloads import validate
-from models import AppliedRequest, Job, JobStatus
+from models import AppliedRequest, Customer, Job, JobStatus
 from models.db import is_postgres, session_scope
 from models.ledger import FINAL_STATUSES
 from models.types import utcnow
@@ -50,6 +50,7 @@ class Processor:
     clock: Callable[[], datetime] = utcnow
     max_bytes: int = 256 * 1024
     max_attempts: int = 5
+    known_tenants: set[str] = field(default_factory=set, compare=False)  # positive cache
 
 
 @dataclass
@@ -143,6 +144,7 @@ def _process_job(session: Session, job_id: int, processor: Processor) -> Outcome
     envelope: Envelope | None = None
     savepoint = session.begin_nested()
     try:
+        _check_tenant_exists(session, job.tenant, processor)
         envelope = verify(job.payload or b"", processor=processor, tenant=job.tenant)
         job.kind = envelope.kind
         job.request_id = envelope.request_id
@@ -158,6 +160,14 @@ def _process_job(session: Session, job_id: int, processor: Processor) -> Outcome
         rejection = exc if isinstance(exc, Rejection) else Rejection(exc.reason, exc.message)
         return _finish_rejected(session, job, rejection, envelope, now, processor)
     return _finish_done(session, job, applied.outputs, now)
+
+
+def _check_tenant_exists(session: Session, tenant: str, processor: Processor) -> None:
+    if tenant == OPERATOR or tenant in processor.known_tenants:
+        return
+    if session.exec(select(Customer.id).where(Customer.code == tenant)).first() is None:
+        raise Rejection("unknown_tenant")
+    processor.known_tenants.add(tenant)
 
 
 def _claim_request(session: Session, job: Job, envelope: Envelope,
