@@ -1,0 +1,100 @@
+"""Arrival → process → outbox → archive, with a crash between any two steps."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from pipelines.intake import Intake
+from pipelines.keyring import VendorKeyring
+from pipelines.layout import Arrival, processing_key
+from pipelines.process import Processor
+from pipelines.storage.local import LocalStore
+from tests.factories import NOW, WireDevice, add_license, license_info, vendor
+
+
+@pytest.fixture
+def intake(sqlite_engine: Engine, keyring: VendorKeyring, tmp_path: Path) -> Intake:
+    vendor(sqlite_engine)
+    return Intake(engine=sqlite_engine, processor=Processor(keyring=keyring, clock=lambda: NOW),
+                  inbox=LocalStore(tmp_path / "inbox"), outbox=LocalStore(tmp_path / "outbox"))
+
+
+def claimed(intake: Intake, area: str, name: str, data: bytes) -> Arrival:
+    key = processing_key(area, name)
+    intake.inbox.put(key, data)
+    return Arrival(area=area, name=name, key=key, data=data,
+                   sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_accepted_file_goes_to_outbox_and_processed(intake: Intake, keyring, tmp_path) -> None:
+    key = add_license(intake.engine)
+    arrival = claimed(intake, "ACME", "a.req", WireDevice(keyring, "HW").activation(
+        license_key=key))
+    outcome = intake.handle(arrival)
+    assert outcome.accepted
+    assert files_under(tmp_path / "outbox") == [f"ACME/{outcome.request_id}.lic"]
+    assert files_under(tmp_path / "inbox") == ["_processed/ACME/a.req"]
+
+
+def test_rejected_file_has_a_readable_error_report(intake: Intake, tmp_path) -> None:
+    outcome = intake.handle(claimed(intake, "ACME", "junk.req", b"not a file"))
+    assert outcome.reason == "malformed"
+    inbox = files_under(tmp_path / "inbox")
+    assert inbox == ["_rejected/ACME/junk.req", "_rejected/ACME/junk.req.error.json"]
+    report = json.loads((tmp_path / "inbox/_rejected/ACME/junk.req.error.json").read_text())
+    assert report["reason"] == "malformed" and report["message"]
+    assert report["results"] == [f"ACME/{outcome.outputs[0][0]}"]
+    assert len(files_under(tmp_path / "outbox")) == 1
+
+
+def test_unknown_tenant_folder_is_rejected(intake: Intake, keyring) -> None:
+    key = add_license(intake.engine)
+    outcome = intake.handle(claimed(intake, "NOBODY", "a.req", WireDevice(
+        keyring, "HW").activation(license_key=key)))
+    assert outcome.reason == "unknown_tenant"
+    assert license_info(intake.engine, key)["active_devices"] == 0
+
+
+def test_crash_after_commit_before_outbox_rewrites_same_bytes(intake: Intake, keyring,
+                                                              tmp_path) -> None:
+    key = add_license(intake.engine, license_type="consumption", max_consumptions=50)
+    device = WireDevice(keyring, "HW")
+    intake.handle(claimed(intake, "ACME", "act.req", device.activation(license_key=key)))
+    data = device.deactivation(license_key=key, consumptions=5)
+    arrival = claimed(intake, "ACME", "deact.req", data)
+
+    class Crash(Exception):
+        pass
+
+    real_put = intake.outbox.put
+    intake.outbox.put = lambda k, d: (_ for _ in ()).throw(Crash())  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        intake.handle(arrival)
+    intake.outbox.put = real_put  # type: ignore[method-assign]
+    assert (tmp_path / "inbox" / arrival.key).exists()  # still in hand: nothing lost
+    again = intake.handle(arrival)  # what recovery does after a restart
+    assert again.accepted and again.duplicate
+    assert license_info(intake.engine, key)["consumptions"]["total"] == 5
+    receipts = [p for p in files_under(tmp_path / "outbox") if p.endswith(".receipt")]
+    assert len(receipts) == 1
+
+
+def test_same_name_dropped_twice_is_archived_twice_without_overwrite(intake: Intake,
+                                                                     keyring) -> None:
+    key = add_license(intake.engine, max_activations=3)
+    first = WireDevice(keyring, "A").activation(license_key=key)
+    second = WireDevice(keyring, "B").activation(license_key=key)
+    intake.handle(claimed(intake, "ACME", "same.req", first))
+    intake.handle(claimed(intake, "ACME", "same.req", second))
+    processed = [p for p in files_under(intake.inbox.root) if p.startswith("_processed")]
+    assert len(processed) == 2
+    assert license_info(intake.engine, key)["active_devices"] == 2
