@@ -1,0 +1,162 @@
+"""Where files live inside the inbox and outbox stores: pure functions over keys.
+
+Inbox store root::
+
+    <TENANT>/<name...>                       arrivals from a customer
+    _operator/<name...>                      vendor-issued files (refresh requests)
+    _processing/<TENANT|_operator>/<name>    claimed, in hand
+    _processed/<TENANT|_operator>/<name>     archived after success
+    _rejected/<TENANT|_operator>/<name>      + <name>.error.json
+    _quarantine/<TENANT|_operator>/<name>    + <name>.error.json
+
+Tenant codes never start with "_", so the reserved areas cannot collide with a
+customer. Outbox store root: ``<TENANT>/<result name>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pipelines.catalog import CODE
+from pipelines.storage.base import InvalidKey, check_key
+
+if TYPE_CHECKING:
+    from pipelines.storage.base import Store
+
+OPERATOR = "_operator"
+PROCESSING = "_processing"
+DISPOSITIONS = {"processed": "_processed", "rejected": "_rejected", "quarantine": "_quarantine"}
+ERROR_SUFFIX = ".error.json"
+
+_TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload", ERROR_SUFFIX)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One file read from the inbox: who it is for, its name, and its exact bytes.
+
+    `area` is a tenant code or `OPERATOR`; `key` is the inbox key the bytes were read
+    from; `sha256` is computed from `data` (an S3 ETag is not a content hash).
+    """
+
+    area: str
+    name: str
+    key: str
+    data: bytes = field(repr=False)
+    sha256: str
+    size: int
+
+
+def make_arrival(key: str, data: bytes) -> Arrival:
+    """Build the `Arrival` for bytes read from inbox `key`; ValueError if not an arrival key."""
+    parsed = parse_arrival_key(key)
+    if parsed is None:
+        raise ValueError(f"{key!r} is not an arrival key")
+    area, name = parsed
+    return Arrival(area, name, key, data, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for names that are not (yet) a finished file, judged by the last segment.
+
+    In-flight uploads (``*.part``, ``*.partial``, ``*.tmp``, ``*.filepart``,
+    ``*.crdownload``), dotfiles (including rsync's ``.name.XXXXXX``), ``~`` backups and
+    ``~$`` lock files, and our own ``*.error.json`` reports.
+    """
+    base = name.rsplit("/", 1)[-1]
+    if not base or base.startswith((".", "~$")) or base.endswith("~"):
+        return True
+    return base.lower().endswith(_TEMP_SUFFIXES)
+
+
+def is_area(area: str) -> bool:
+    """True for a tenant code or `OPERATOR`."""
+    return area == OPERATOR or CODE.fullmatch(area) is not None
+
+
+def _check_area(area: str) -> str:
+    if not is_area(area):
+        raise InvalidKey(f"{area!r} is neither a tenant code nor {OPERATOR!r}")
+    return area
+
+
+def parse_arrival_key(key: str) -> tuple[str, str] | None:
+    """(tenant or `OPERATOR`, name) for an arrival key; None for anything else.
+
+    None for: invalid keys, files at the root, reserved areas, first segments that are
+    not tenant codes, temporary names and anything inside a hidden folder.
+    """
+    try:
+        check_key(key)
+    except InvalidKey:
+        return None
+    area, sep, name = key.partition("/")
+    if not sep or not is_area(area):
+        return None
+    if is_temporary_name(name) or any(seg.startswith(".") for seg in name.split("/")):
+        return None
+    return area, name
+
+
+def processing_key(area: str, name: str) -> str:
+    """``_processing/<area>/<name>``: where a claimed file sits while in hand."""
+    return check_key(f"{PROCESSING}/{_check_area(area)}/{check_key(name)}")
+
+
+def parse_processing_key(key: str) -> tuple[str, str] | None:
+    """(area, name) for a ``_processing/`` key (e.g. to recover after a crash), else None."""
+    try:
+        check_key(key)
+    except InvalidKey:
+        return None
+    head, _, rest = key.partition("/")
+    area, sep, name = rest.partition("/")
+    if head != PROCESSING or not sep or not is_area(area):
+        return None
+    return area, name
+
+
+def archive_key(disposition: str, area: str, name: str) -> str:
+    """``_<disposition>/<area>/<name>`` for disposition processed, rejected or quarantine."""
+    try:
+        folder = DISPOSITIONS[disposition]
+    except KeyError:
+        raise ValueError(f"unknown disposition {disposition!r}; "
+                         f"expected one of {sorted(DISPOSITIONS)}") from None
+    return check_key(f"{folder}/{_check_area(area)}/{check_key(name)}")
+
+
+def error_report_key(archived_key: str) -> str:
+    """The ``.error.json`` report that sits beside an archived (rejected/quarantined) file."""
+    return check_key(check_key(archived_key) + ERROR_SUFFIX)
+
+
+def unique_archive_key(store: Store, disposition: str, area: str, name: str,
+                       sha256: str) -> str:
+    """An archive key not used yet in `store`: the plain one, else ``<name>.<sha12>``,
+    else ``<name>.<sha12>.<n>`` (n = 2, 3, ...), so an earlier archive is never replaced.
+
+    The check is not atomic; a single archiver per area is assumed.
+    """
+    if not _SHA256.match(sha256):
+        raise ValueError(f"{sha256!r} is not a lowercase hex SHA-256")
+    base = archive_key(disposition, area, name)
+    if not store.exists(base):
+        return base
+    candidate = f"{base}.{sha256[:12]}"
+    counter = 2
+    while store.exists(candidate):
+        candidate = f"{base}.{sha256[:12]}.{counter}"
+        counter += 1
+    return check_key(candidate)
+
+
+def outbox_key(tenant: str, result_name: str) -> str:
+    """``<TENANT>/<result name>`` in the outbox store."""
+    if CODE.fullmatch(tenant) is None:
+        raise InvalidKey(f"{tenant!r} is not a tenant code")
+    return check_key(f"{tenant}/{check_key(result_name)}")

@@ -1,0 +1,130 @@
+"""The storage contract shared by the inbox and the outbox: a flat key space of blobs.
+
+Keys are relative, "/"-separated strings such as ``ACME/device-42.req``. Every store
+validates a key with `check_key` before touching anything, so a key coming from the
+outside world (an S3 listing, an event notification, a file name) can never name
+something outside the store root.
+
+Errors are the built-in ones wherever a built-in fits (`FileNotFoundError`,
+`PermissionError`); a failure that may go away on its own (throttling, a timeout,
+a dropped connection, after the client's own retries) is a `TransientStorageError`,
+so a caller can try again later instead of rejecting the file.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+MAX_KEY_BYTES = 1024
+
+
+class InvalidKey(ValueError):
+    """A key is empty, absolute, has "."/".."/empty segments, or unsafe characters."""
+
+
+class StorageError(Exception):
+    """A storage back end failed in a way that has no better built-in equivalent."""
+
+
+class TransientStorageError(StorageError):
+    """A back-end failure worth retrying later (throttling, timeout, lost connection).
+
+    `cause` is the underlying exception (also chained as ``__cause__``).
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def check_key(key: str) -> str:
+    """Return `key` unchanged if it is a safe relative key, else raise `InvalidKey`.
+
+    Rejected: empty keys, absolute keys ("/x"), "." or ".." segments, empty segments
+    ("a//b", "a/"), backslashes, NUL and other control characters, and keys longer
+    than 1024 bytes in UTF-8.
+    """
+    if not isinstance(key, str):
+        raise InvalidKey(f"key must be a string, not {type(key).__name__}")
+    if not key:
+        raise InvalidKey("key is empty")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidKey(f"key {key!r} is not valid Unicode") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidKey(f"key is {size} bytes long (at most {MAX_KEY_BYTES})")
+    if "\\" in key:
+        raise InvalidKey(f"key {key!r} contains a backslash")
+    if any(unicodedata.category(ch) == "Cc" for ch in key):
+        raise InvalidKey(f"key {key!r} contains a control character")
+    if key.startswith("/"):
+        raise InvalidKey(f"key {key!r} is absolute")
+    for segment in key.split("/"):
+        if segment == "":
+            raise InvalidKey(f"key {key!r} has an empty segment")
+        if segment in (".", ".."):
+            raise InvalidKey(f"key {key!r} has a {segment!r} segment")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """Validate a listing prefix: "" (everything) or a key, optionally ending in "/"."""
+    if prefix == "":
+        return prefix
+    check_key(prefix[:-1] if prefix.endswith("/") else prefix)
+    return prefix
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: its key (relative to the store root), size and mtime (UTC)."""
+
+    key: str
+    size: int
+    modified: datetime
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A folder or a bucket prefix holding blobs under relative keys."""
+
+    location: str
+    """Where the store lives, for messages: ``file:///abs/path`` or ``s3://bucket/prefix``."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write `data` atomically (readers never see partial content), replacing any
+        existing object; retrying a put rewrites the same object, never a second one."""
+        ...
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write `data` only if `key` does not exist yet; True if this call wrote it."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; `FileNotFoundError` if missing."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo:
+        """The object's metadata; `FileNotFoundError` if missing."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """True if an object is stored under `key`."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, recursively, sorted by key."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; deleting a missing object is not an error."""
+        ...
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename `src` to `dst`, replacing `dst`; `FileNotFoundError` if `src` is missing."""
+        ...

@@ -1,0 +1,210 @@
+"""A `Store` over a local folder (or a mounted share): one file per key."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipelines.storage.base import InvalidKey, ObjectInfo, check_key, check_prefix
+
+# Our own in-flight writes: ".<name>.airlock-<hex>.tmp" next to the final file. The
+# leading dot and the .tmp suffix make folder watchers and the arrival layout ignore it.
+_TEMP_NAME = re.compile(r"^\..*\.airlock-[0-9a-f]{16}\.tmp$", re.DOTALL)
+
+
+def _is_own_temp(name: str) -> bool:
+    return _TEMP_NAME.match(name) is not None
+
+
+class LocalStore:
+    """Files under `root`; keys map to relative paths, checked to stay inside `root`."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        self.location = self.root.as_uri()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    # --- key → path -------------------------------------------------------------------
+
+    def path_for(self, key: str) -> Path:
+        """The file path for `key`; `InvalidKey` if the key is unsafe or the resolved
+        path (following any symlinked folders) would leave the store root."""
+        check_key(key)
+        path = self.root.joinpath(*key.split("/"))
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root) or resolved == self.root:
+            raise InvalidKey(f"key {key!r} resolves outside {self.location}")
+        return path
+
+    def _file_stat(self, key: str) -> os.stat_result:
+        path = self.path_for(key)
+        try:
+            st = path.stat()
+        except NotADirectoryError:
+            raise FileNotFoundError(errno.ENOENT, "no such object", key) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "no such object", key)
+        return st
+
+    # --- writing ----------------------------------------------------------------------
+
+    def _write_temp(self, path: Path, data: bytes) -> Path:
+        """Write `data` to a fresh temp file beside `path`, flushed to disk."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.airlock-{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    @staticmethod
+    def _sync_dir(path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write via a temp file in the same folder, fsync, then `os.replace`."""
+        path = self.path_for(key)
+        tmp = self._write_temp(path, data)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._sync_dir(path.parent)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Hard-link a complete temp file into place; False if `key` already exists.
+
+        Where hard links are unsupported, falls back to an exclusive create.
+        """
+        path = self.path_for(key)
+        tmp = self._write_temp(path, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            return self._create_exclusive(path, data)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._sync_dir(path.parent)
+        return True
+
+    @staticmethod
+    def _create_exclusive(path: Path, data: bytes) -> bool:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+
+    # --- reading ----------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        """The file's bytes; `FileNotFoundError` if missing (or not a regular file)."""
+        self._file_stat(key)
+        try:
+            return self.path_for(key).read_bytes()
+        except (IsADirectoryError, NotADirectoryError):
+            raise FileNotFoundError(errno.ENOENT, "no such object", key) from None
+
+    def head(self, key: str) -> ObjectInfo:
+        """Size and modification time; `FileNotFoundError` if missing."""
+        st = self._file_stat(key)
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, tz=UTC))
+
+    def exists(self, key: str) -> bool:
+        """True if a regular file is stored under `key`."""
+        try:
+            self._file_stat(key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Regular files whose key starts with `prefix`, sorted by key.
+
+        Symlinks and this store's own temp files are skipped.
+        """
+        check_prefix(prefix)
+        return iter(self._scan(prefix))
+
+    def _scan(self, prefix: str) -> list[ObjectInfo]:
+        folder, _, _ = prefix.rpartition("/")
+        start = self.root.joinpath(*folder.split("/")) if folder else self.root
+        if start.is_symlink() or not start.resolve().is_relative_to(self.root):
+            return []
+        found: list[ObjectInfo] = []
+        for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
+            rel_dir = os.path.relpath(dirpath, self.root)
+            base = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            dirnames[:] = [d for d in dirnames if _could_match(base + d + "/", prefix)]
+            for name in filenames:
+                key = base + name
+                if not key.startswith(prefix) or _is_own_temp(name):
+                    continue
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                    check_key(key)
+                except (OSError, InvalidKey):
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    modified = datetime.fromtimestamp(st.st_mtime, tz=UTC)
+                    found.append(ObjectInfo(key, st.st_size, modified))
+        found.sort(key=lambda info: info.key)
+        return found
+
+    # --- removing and renaming --------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        """Remove the file; a missing file is fine."""
+        path = self.path_for(key)
+        try:
+            if path.is_dir() and not path.is_symlink():
+                return
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return
+
+    def move(self, src: str, dst: str) -> None:
+        """Atomic `os.replace` within the root (same filesystem), replacing `dst`."""
+        src_path = self.path_for(src)
+        dst_path = self.path_for(dst)
+        self._file_stat(src)
+        dst_path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src_path, dst_path)
+        self._sync_dir(dst_path.parent)
+
+
+def _could_match(dir_key: str, prefix: str) -> bool:
+    """Could a folder whose keys start with `dir_key` hold a key starting with `prefix`?"""
+    return dir_key.startswith(prefix) or prefix.startswith(dir_key)
