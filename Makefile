@@ -24,7 +24,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 demo: $(STAMP)
-	bash scripts/demo.sh
+	rm -rf var/demo
+	AIRLOCK_HOME=var/demo $(BIN)/airlock demo --devices 24
 
 bench: $(STAMP) services
 	$(BIN)/airlock bench --files 20000 --json bench-out.json

@@ -61,7 +61,8 @@ def _register_optional() -> None:
     """Command groups that live in their own modules."""
     import importlib
 
-    for module, name in (("cli.device", "device"), ("cli.pipeline", None)):
+    for module, name in (("cli.device", "device"), ("cli.pipeline", None), ("cli.demo", None),
+                         ("cli.distributed", None)):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

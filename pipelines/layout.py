@@ -156,7 +156,7 @@ def unique_archive_key(store: Store, disposition: str, area: str, name: str,
 
 
 def outbox_key(tenant: str, result_name: str) -> str:
-    """``<TENANT>/<result name>`` in the outbox store."""
-    if CODE.fullmatch(tenant) is None:
+    """``<TENANT>/<result name>`` in the outbox store (``_operator/...`` for vendor files)."""
+    if tenant != OPERATOR and CODE.fullmatch(tenant) is None:
         raise InvalidKey(f"{tenant!r} is not a tenant code")
     return check_key(f"{tenant}/{check_key(result_name)}")

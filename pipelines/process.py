@@ -213,6 +213,8 @@ def _finish_rejected(session: Session, job: Job, rejection: Rejection,
                      envelope: Envelope | None, now: datetime, processor: Processor,
                      status: JobStatus = JobStatus.REJECTED) -> Outcome:
     request_id = envelope.request_id if envelope is not None else None
+    if envelope is not None:
+        job.kind = envelope.kind
     report = rejection_report(processor.keyring, request_id=request_id,
                               request_sha256=envelope.digest if envelope else job.sha256,
                               issued_at=now, reason=rejection.reason, message=rejection.message)

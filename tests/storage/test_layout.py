@@ -131,7 +131,7 @@ def test_error_report_sits_beside_the_archived_file() -> None:
     (lambda: processing_key("AC/ME", "x"), InvalidKey),
     (lambda: processing_key("ACME", ""), InvalidKey),
     (lambda: processing_key("ACME\n", "x"), InvalidKey),
-    (lambda: outbox_key(OPERATOR, "x"), InvalidKey),
+    (lambda: outbox_key("_processed", "x"), InvalidKey),
     (lambda: outbox_key("ACME", "/x"), InvalidKey),
     (lambda: error_report_key("a//b"), InvalidKey),
 ])

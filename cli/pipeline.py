@@ -1,0 +1,199 @@
+"""Pipeline commands: process files, run the inbox watcher, retrieve results, refresh."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cli.common import emit, engine_of, fail, keyring_of, settings_of
+from config.logging import setup_logging
+from models.db import session_scope
+from models.types import utcnow
+from pipelines import catalog
+from pipelines.catalog import CatalogError
+from pipelines.intake import Intake
+from pipelines.layout import OPERATOR
+from pipelines.process import Outcome, Processor, process
+from pipelines.refresh_request import operator_refresh_request, refresh_scope
+from pipelines.storage import open_store
+from pipelines.storage.base import Store
+from pipelines.storage.local import LocalStore
+
+outbox_app = typer.Typer(help="Results waiting for vendors and customers.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("process")(process_files)
+    app.command("run")(run)
+    app.command("refresh")(refresh)
+    app.command("refresh-request")(refresh_request)
+    app.add_typer(outbox_app, name="outbox")
+
+
+def _processor(ctx: typer.Context) -> Processor:
+    settings = settings_of(ctx)
+    return Processor(keyring=keyring_of(ctx), max_bytes=settings.max_file_bytes,
+                     max_attempts=settings.max_attempts)
+
+
+def _outcome_row(name: str, outcome: Outcome, keys: list[str]) -> dict[str, Any]:
+    return {"file": name, "status": outcome.status, "reason": outcome.reason,
+            "kind": outcome.kind, "request_id": outcome.request_id,
+            "duplicate": outcome.duplicate, "results": keys}
+
+
+def process_files(
+    ctx: typer.Context,
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    customer: str | None = typer.Option(None, "--customer", help="Tenant the files came from"),
+    operator: bool = typer.Option(False, "--operator", help="Vendor-issued files"),
+    outbox: Path | None = typer.Option(None, "--outbox", help="Folder for results"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run the processing core on FILES now; exit 1 if any was rejected."""
+    if bool(customer) == operator:
+        fail("give exactly one of --customer CODE or --operator", code=2)
+    settings = settings_of(ctx)
+    store: Store = LocalStore(outbox) if outbox else open_store(settings.resolved_outbox,
+                                                                settings)
+    area = customer or OPERATOR
+    processor = _processor(ctx)
+    intake = Intake(engine=engine_of(ctx), processor=processor, inbox=store, outbox=store)
+    rows = []
+    for path in files:
+        outcome = process(path.read_bytes(), engine=engine_of(ctx), tenant=area,
+                          processor=processor, source=f"cli:{path.name}")
+        rows.append(_outcome_row(path.name, outcome, intake.deliver(area, outcome)))
+    emit(rows, as_json=as_json, columns=["file", "status", "reason", "results"],
+         title="Outcomes")
+    if any(row["status"] != "done" for row in rows):
+        raise typer.Exit(1)
+
+
+def run(
+    ctx: typer.Context,
+    drain: bool = typer.Option(False, "--drain", help="Stop once the inbox is empty"),
+    timeout: float = typer.Option(0, "--timeout", help="With --drain: give up after N s"),
+    log_level: str = typer.Option("INFO", "--log-level"),
+) -> None:
+    """Watch the inbox and process files in-process (embedded mode). Ctrl-C stops cleanly."""
+    from workers.embedded import EmbeddedRunner
+    from workers.runtime import build_runtime
+
+    setup_logging(log_level)
+    runtime = build_runtime(settings_of(ctx))
+    runner = EmbeddedRunner(runtime)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        typer.echo(f"signal {signum}: finishing the file in hand, then stopping", err=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        if drain:
+            drained = runner.drain(stop, timeout=timeout or None)
+            if not drained:
+                fail("the inbox did not drain before the timeout", reason="timeout")
+        else:
+            runner.run(stop)
+    finally:
+        runtime.close()
+
+
+@outbox_app.command("list")
+def outbox_list(
+    ctx: typer.Context,
+    customer: str | None = typer.Option(None, "--customer"),
+    since: datetime | None = typer.Option(None, "--since", help="Only newer results (UTC)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List results in the outbox (newest last)."""
+    settings = settings_of(ctx)
+    store = open_store(settings.resolved_outbox, settings)
+    floor = since.replace(tzinfo=since.tzinfo or UTC) if since else None
+    prefix = f"{customer}/" if customer else ""
+    rows = [{"key": info.key, "size": info.size, "modified": info.modified.isoformat()}
+            for info in store.list(prefix) if floor is None or info.modified >= floor]
+    rows.sort(key=lambda r: r["modified"])
+    emit(rows, as_json=as_json, columns=["key", "size", "modified"], title="Outbox")
+
+
+@outbox_app.command("get")
+def outbox_get(
+    ctx: typer.Context,
+    keys: list[str] = typer.Argument(...),
+    out: Path | None = typer.Option(None, "--out", help="Folder to save into; stdout if unset"),
+) -> None:
+    """Fetch results by key (as listed by 'outbox list')."""
+    settings = settings_of(ctx)
+    store = open_store(settings.resolved_outbox, settings)
+    for key in keys:
+        try:
+            data = store.get(key)
+        except (FileNotFoundError, ValueError) as exc:
+            fail(f"{key}: {exc.__class__.__name__}", reason="not_found")
+        if out is None:
+            typer.echo(data.decode("ascii", errors="replace"), nl=False)
+        else:
+            target = out / key.replace("/", "__")
+            out.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            typer.echo(f"wrote {target}", err=True)
+
+
+def refresh_request(
+    ctx: typer.Context,
+    license_keys: list[str] = typer.Option(..., "--license", help="Repeat for a bulk refresh"),
+    hardware_id: str | None = typer.Option(None, "--hardware-id"),
+    reset_consumption: bool = typer.Option(False, "--reset-consumption"),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """Write an operator-signed refresh request for the pipeline (drop it in the inbox)."""
+    try:
+        scope = refresh_scope(license_keys, hardware_id)
+    except ValueError as exc:
+        fail(str(exc), code=2)
+    out.write_bytes(operator_refresh_request(keyring_of(ctx), scope, now=utcnow(),
+                                             reset_consumption=reset_consumption))
+    typer.echo(f"wrote {out}", err=True)
+
+
+def refresh(
+    ctx: typer.Context,
+    key: str = typer.Argument(..., help="License key"),
+    hardware_id: str | None = typer.Option(None, "--hardware-id", help="One device only"),
+    reset_consumption: bool = typer.Option(False, "--reset-consumption"),
+    out: Path = typer.Option(..., "--out", help="Folder for license_refresh.lic files"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Render license_refresh.lic for one device or every active device of a license."""
+    engine = engine_of(ctx)
+    try:
+        with session_scope(engine) as session:
+            tenant = catalog.describe_license(session=session, key=key)["customer"]
+    except CatalogError as exc:
+        fail(exc.message, reason=exc.reason)
+    request = operator_refresh_request(keyring_of(ctx), refresh_scope([key], hardware_id),
+                                       now=utcnow(), reset_consumption=reset_consumption)
+    outcome = process(request, engine=engine, tenant=tenant, processor=_processor(ctx),
+                      source="cli:refresh")
+    if not outcome.accepted:
+        fail(outcome.message or "refused", reason=outcome.reason)
+    written = []
+    for name, content in outcome.outputs:
+        relative = Path(*name.split("/")[1:])  # drop the request id folder
+        target = out / relative if len(outcome.outputs) > 1 or hardware_id is None \
+            else out / relative.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        written.append(str(target))
+    emit({"request_id": outcome.request_id, "devices": len(written), "files": written},
+         as_json=as_json)
+

@@ -1,0 +1,66 @@
+"""Embedded mode: watch the inbox and process each file in this process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from pipelines.layout import Arrival
+from workers.runtime import Runtime
+
+log = logging.getLogger("airlock.run")
+
+
+class EmbeddedRunner:
+    """Picks the source for the configured inbox (folder or s3://) and feeds the intake."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.intake = runtime.intake()
+        self.handled = 0
+        self.source = self._make_source()
+
+    def _on_arrival(self, arrival: Arrival) -> None:
+        self.intake.handle(arrival)
+        self.handled += 1
+
+    def _make_source(self):  # type: ignore[no-untyped-def]
+        settings = self.runtime.settings
+        location = settings.resolved_inbox
+        if location.startswith("s3://"):
+            from pipelines.sources.s3poller import S3Source
+            from pipelines.storage.s3 import make_sqs_client
+
+            sqs = make_sqs_client(settings) if settings.sqs_queue_url else None
+            return S3Source(self.runtime.inbox, on_arrival=self._on_arrival,  # type: ignore[arg-type]
+                            poll_interval=settings.scan_interval_seconds, sqs_client=sqs,
+                            queue_url=settings.sqs_queue_url)
+        from pathlib import Path
+
+        from pipelines.sources.dropfolder import DropFolderSource
+
+        return DropFolderSource(Path(location), on_arrival=self._on_arrival,
+                                settle_seconds=settings.settle_seconds,
+                                scan_interval=settings.scan_interval_seconds)
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("watching %s (embedded mode)", self.runtime.settings.resolved_inbox)
+        if hasattr(self.source, "run_until"):
+            self.source.run_until(stop)
+        else:
+            self.source.run(stop)
+
+    def drain(self, stop: threading.Event, timeout: float | None = None) -> bool:
+        """Process until the inbox has nothing left (or stop/timeout). True if drained."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if hasattr(self.source, "recover"):
+            self.source.recover()
+        while not stop.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            if hasattr(self.source, "drain"):
+                return bool(self.source.drain(timeout=timeout if timeout else 3600.0))
+            if self.source.poll_once() == 0:
+                return True
+        return False

@@ -1,0 +1,46 @@
+"""Build the collaborators of one process from Settings, once, at its entry point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from config.settings import Settings
+from models.db import make_engine
+from pipelines.intake import Intake
+from pipelines.keyring import VendorKeyring, load_keyring
+from pipelines.process import Processor
+from pipelines.storage import open_store
+from pipelines.storage.base import Store
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    keyring: VendorKeyring
+    processor: Processor
+    inbox: Store
+    outbox: Store
+
+    def intake(self) -> Intake:
+        return Intake(engine=self.engine, processor=self.processor, inbox=self.inbox,
+                      outbox=self.outbox)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build_runtime(settings: Settings, *, outbox: Store | None = None) -> Runtime:
+    keyring = load_keyring(settings.resolved_keys_dir)
+    processor = Processor(keyring=keyring, max_bytes=settings.max_file_bytes,
+                          max_attempts=settings.max_attempts)
+    return Runtime(
+        settings=settings,
+        engine=make_engine(settings.resolved_database_url),
+        keyring=keyring,
+        processor=processor,
+        inbox=open_store(settings.resolved_inbox, settings),
+        outbox=outbox or open_store(settings.resolved_outbox, settings),
+    )
