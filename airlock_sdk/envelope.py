@@ -253,10 +253,14 @@ def _dearmour(data: bytes, max_bytes: int) -> tuple[Kind, bytes]:
     body_lines = lines[start + 1:end]
     if not body_lines or any(not line for line in body_lines):
         raise FormatError(Reason.MALFORMED, "the armoured body is empty or has blank lines")
+    encoded = "".join(body_lines)
     try:
-        blob = base64.b64decode("".join(body_lines), validate=True)
+        blob = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise FormatError(Reason.MALFORMED, "the armoured body is not valid base64") from None
+    if base64.b64encode(blob).decode("ascii") != encoded:
+        # Unused low bits in the last character: one blob, one spelling.
+        raise FormatError(Reason.MALFORMED, "the armoured body is not canonical base64")
     return kind, blob
 
 
@@ -308,7 +312,8 @@ def _unseal(header: Mapping[str, Any], body: bytes,
 def _parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        canonical_json(value)  # must re-encode: no 1e400 (inf), no lone surrogate escapes
+    except (UnicodeError, ValueError, RecursionError):
         raise FormatError(Reason.MALFORMED, f"the {what} is not valid JSON") from None
     if not isinstance(value, dict):
         raise FormatError(Reason.MALFORMED, f"the {what} must be a JSON object")

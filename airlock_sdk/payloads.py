@@ -58,7 +58,7 @@ def validate(kind: Kind, payload: Mapping[str, Any]) -> None:
     """Raise FormatError(malformed) unless `payload` has every field of `kind`."""
     _check_fields(payload, _SCHEMAS[kind], str(kind))
     request_id = payload["request_id"]
-    if request_id is not None and not REQUEST_ID.match(request_id):
+    if request_id is not None and not REQUEST_ID.fullmatch(request_id):
         raise FormatError(Reason.MALFORMED, "request_id must be 32 lowercase hex digits")
     if kind is Kind.ACTIVATION_REQUEST:
         _check_auth(payload["auth"])
