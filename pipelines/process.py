@@ -14,7 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from airlock_sdk.envelope import DEVICE_KID_PREFIX, ENC_SEALED, Envelope, FormatError, Kind
 from airlock_sdk.envelope import open_envelope as _open_envelope
@@ -120,21 +120,23 @@ def process_many(submissions: Sequence[Submission], *, engine: Engine,
 def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor) -> list[Outcome]:
     """Apply registered jobs in one transaction, one savepoint each; finished jobs replay."""
     outcomes: dict[int, Outcome] = {}
-    with session_scope(engine) as session:
-        for job_id in dict.fromkeys(job_ids):
-            outcomes[job_id] = _process_job(session, job_id, processor)
+    with session_scope(engine) as session, session.no_autoflush:
+        jobs = _lock_jobs(session, list(dict.fromkeys(job_ids)))
+        for job in jobs:
+            outcomes[job.id] = _process_job(session, job, processor)  # type: ignore[index]
     return [outcomes[job_id] for job_id in job_ids]
 
 
-def _lock_job(session: Session, job_id: int) -> Job:
-    query = select(Job).where(Job.id == job_id)
+def _lock_jobs(session: Session, job_ids: list[int]) -> list[Job]:
+    """Load (and on PostgreSQL lock, in id order: no deadlocks) the jobs of a chunk."""
+    query = select(Job).where(col(Job.id).in_(job_ids)).order_by(Job.id)
     if is_postgres(session.get_bind()):  # type: ignore[arg-type]
         query = query.with_for_update()
-    return session.exec(query.execution_options(populate_existing=True)).one()
+    jobs = {job.id: job for job in session.exec(query.execution_options(populate_existing=True))}
+    return [jobs[job_id] for job_id in job_ids if job_id in jobs]
 
 
-def _process_job(session: Session, job_id: int, processor: Processor) -> Outcome:
-    job = _lock_job(session, job_id)
+def _process_job(session: Session, job: Job, processor: Processor) -> Outcome:
     if job.status in FINAL_STATUSES:
         return _stored_outcome(session, job, duplicate=True)
     now = processor.clock()
@@ -142,24 +144,29 @@ def _process_job(session: Session, job_id: int, processor: Processor) -> Outcome
         return _finish_rejected(session, job, Rejection("poison"), None, now, processor,
                                 status=JobStatus.QUARANTINED)
     envelope: Envelope | None = None
-    savepoint = session.begin_nested()
-    try:
-        _check_tenant_exists(session, job.tenant, processor)
-        envelope = verify(job.payload or b"", processor=processor, tenant=job.tenant)
-        job.kind = envelope.kind
-        job.request_id = envelope.request_id
-        replayed = _claim_request(session, job, envelope, now)
-        if replayed is not None:
+    for _ in range(3):
+        savepoint = session.begin_nested()
+        try:
+            _check_tenant_exists(session, job.tenant, processor)
+            envelope = verify(job.payload or b"", processor=processor, tenant=job.tenant)
+            job.kind = envelope.kind
+            job.request_id = envelope.request_id
+            replayed = _claim_request(session, job, envelope, now)
+            if replayed is not None:
+                savepoint.commit()
+                return _finish_done(session, job, replayed, now, duplicate=True)
+            applied = apply(session, envelope, processor=processor, job=job, now=now)
             savepoint.commit()
-            return _finish_done(session, job, replayed, now, duplicate=True)
-        applied = apply(session, envelope, processor=processor, job=job, now=now)
-        savepoint.commit()
-    except (Rejection, FormatError) as exc:
-        savepoint.rollback()
-        job = _lock_job(session, job_id)
-        rejection = exc if isinstance(exc, Rejection) else Rejection(exc.reason, exc.message)
-        return _finish_rejected(session, job, rejection, envelope, now, processor)
-    return _finish_done(session, job, applied.outputs, now)
+            return _finish_done(session, job, applied.outputs, now)
+        except (Rejection, FormatError) as exc:
+            savepoint.rollback()
+            rejection = exc if isinstance(exc, Rejection) else Rejection(exc.reason, exc.message)
+            return _finish_rejected(session, job, rejection, envelope, now, processor)
+        except IntegrityError:
+            # A concurrent worker applied the same request id first (PostgreSQL): undo and
+            # look again; the second pass finds its row and replays or refuses.
+            savepoint.rollback()
+    raise RuntimeError(f"job {job.id}: the request id claim did not settle")
 
 
 def _check_tenant_exists(session: Session, tenant: str, processor: Processor) -> None:
@@ -174,24 +181,17 @@ def _claim_request(session: Session, job: Job, envelope: Envelope,
                    now: datetime) -> list[tuple[str, bytes]] | None:
     """Reserve (tenant, request id). Returns the earlier outputs if this request already ran
     from an equivalent file; raises `replay` if it ran with different content."""
-    for _ in range(2):
-        existing = session.exec(select(AppliedRequest).where(
-            AppliedRequest.tenant == job.tenant,
-            AppliedRequest.request_id == envelope.request_id)).first()
-        if existing is not None:
-            if existing.sha256 != envelope.digest:
-                raise Rejection("replay")
-            return outputs_of(session, existing.job_id)
-        inner = session.begin_nested()
-        try:
-            session.add(AppliedRequest(tenant=job.tenant, request_id=envelope.request_id,
-                                       sha256=envelope.digest, job_id=job.id, applied_at=now))
-            session.flush()
-            inner.commit()
-            return None
-        except IntegrityError:
-            inner.rollback()  # a concurrent worker claimed it first: look again
-    raise RuntimeError("request id claim did not settle")
+    existing = session.exec(select(AppliedRequest).where(
+        AppliedRequest.tenant == job.tenant,
+        AppliedRequest.request_id == envelope.request_id)).first()
+    if existing is not None:
+        if existing.sha256 != envelope.digest:
+            raise Rejection("replay")
+        return outputs_of(session, existing.job_id)
+    session.add(AppliedRequest(tenant=job.tenant, request_id=envelope.request_id,
+                               sha256=envelope.digest, job_id=job.id, applied_at=now))
+    session.flush()  # the unique key decides now, before any effect is applied
+    return None
 
 
 def _finish_done(session: Session, job: Job, outputs: list[tuple[str, bytes]], now: datetime,
