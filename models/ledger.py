@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from models.types import UTCDateTime, utcnow
@@ -107,8 +107,8 @@ class ConsumptionEvent(SQLModel, table=True):
     device_id: int = Field(foreign_key="device.id")
     job_id: int = Field(foreign_key="job.id")
     feature_code: str | None = Field(default=None, max_length=64)
-    amount: int
-    overage: int = 0
+    amount: int = Field(sa_type=BigInteger)
+    overage: int = Field(default=0, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 

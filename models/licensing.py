@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, UniqueConstraint
+from sqlalchemy import BigInteger, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from models.types import UTCDateTime, utcnow
@@ -62,9 +62,9 @@ class LicensePolicy(SQLModel, table=True):
     max_activations: int = Field(default=1, ge=0)
     validity_days: int | None = None
     allow_offline_activation: bool = True
-    max_consumptions: int | None = None
+    max_consumptions: int | None = Field(default=None, sa_type=BigInteger)
     allow_overages: bool = False
-    max_overages: int | None = None
+    max_overages: int | None = Field(default=None, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_created())
 
 
@@ -88,10 +88,10 @@ class License(SQLModel, table=True):
     max_activations: int = Field(default=1, ge=0)
     starts_at: datetime = Field(default_factory=utcnow, sa_column=_created())
     expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
-    max_consumptions: int | None = None
-    total_consumptions: int = 0
+    max_consumptions: int | None = Field(default=None, sa_type=BigInteger)
+    total_consumptions: int = Field(default=0, sa_type=BigInteger)
     allow_overages: bool = False
-    max_overages: int | None = None
+    max_overages: int | None = Field(default=None, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_created())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_created())
 
@@ -103,10 +103,10 @@ class LicenseFeature(SQLModel, table=True):
     license_id: int = Field(foreign_key="license.id", index=True)
     code: str = Field(max_length=64)
     kind: str = Field(default=FeatureKind.ACTIVATION, max_length=16)
-    max_consumptions: int | None = None
-    total_consumptions: int = 0
+    max_consumptions: int | None = Field(default=None, sa_type=BigInteger)
+    total_consumptions: int = Field(default=0, sa_type=BigInteger)
     allow_overages: bool = False
-    max_overages: int | None = None
+    max_overages: int | None = Field(default=None, sa_type=BigInteger)
     expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
 
 

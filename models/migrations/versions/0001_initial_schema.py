@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 20:30:07.164766
+Create Date: 2026-11-28 21:16:18.142718
 """
 from alembic import op
 import sqlalchemy as sa
@@ -106,9 +106,9 @@ def upgrade() -> None:
     sa.Column('max_activations', sa.Integer(), nullable=False),
     sa.Column('validity_days', sa.Integer(), nullable=True),
     sa.Column('allow_offline_activation', sa.Boolean(), nullable=False),
-    sa.Column('max_consumptions', sa.Integer(), nullable=True),
+    sa.Column('max_consumptions', sa.BigInteger(), nullable=True),
     sa.Column('allow_overages', sa.Boolean(), nullable=False),
-    sa.Column('max_overages', sa.Integer(), nullable=True),
+    sa.Column('max_overages', sa.BigInteger(), nullable=True),
     sa.Column('created_at', models.types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['product_id'], ['product.id'], ),
     sa.PrimaryKeyConstraint('id')
@@ -153,10 +153,10 @@ def upgrade() -> None:
     sa.Column('max_activations', sa.Integer(), nullable=False),
     sa.Column('starts_at', models.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('expires_at', models.types.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('max_consumptions', sa.Integer(), nullable=True),
-    sa.Column('total_consumptions', sa.Integer(), nullable=False),
+    sa.Column('max_consumptions', sa.BigInteger(), nullable=True),
+    sa.Column('total_consumptions', sa.BigInteger(), nullable=False),
     sa.Column('allow_overages', sa.Boolean(), nullable=False),
-    sa.Column('max_overages', sa.Integer(), nullable=True),
+    sa.Column('max_overages', sa.BigInteger(), nullable=True),
     sa.Column('created_at', models.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', models.types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ),
@@ -200,10 +200,10 @@ def upgrade() -> None:
     sa.Column('license_id', sa.Integer(), nullable=False),
     sa.Column('code', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('max_consumptions', sa.Integer(), nullable=True),
-    sa.Column('total_consumptions', sa.Integer(), nullable=False),
+    sa.Column('max_consumptions', sa.BigInteger(), nullable=True),
+    sa.Column('total_consumptions', sa.BigInteger(), nullable=False),
     sa.Column('allow_overages', sa.Boolean(), nullable=False),
-    sa.Column('max_overages', sa.Integer(), nullable=True),
+    sa.Column('max_overages', sa.BigInteger(), nullable=True),
     sa.Column('expires_at', models.types.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['license_id'], ['license.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -231,8 +231,8 @@ def upgrade() -> None:
     sa.Column('device_id', sa.Integer(), nullable=False),
     sa.Column('job_id', sa.Integer(), nullable=False),
     sa.Column('feature_code', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-    sa.Column('amount', sa.Integer(), nullable=False),
-    sa.Column('overage', sa.Integer(), nullable=False),
+    sa.Column('amount', sa.BigInteger(), nullable=False),
+    sa.Column('overage', sa.BigInteger(), nullable=False),
     sa.Column('created_at', models.types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['device_id'], ['device.id'], ),
     sa.ForeignKeyConstraint(['job_id'], ['job.id'], ),

@@ -1,0 +1,1 @@
+"""Reproducible throughput, latency and memory benchmark (`airlock bench`, `python -m bench`)."""

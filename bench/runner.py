@@ -1,0 +1,86 @@
+"""Run the chosen scenarios, print a table and one JSON document."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import scenarios
+
+SCENARIOS = ("embedded", "latency", "activation", "activation-postgres", "distributed", "bulk")
+
+
+def run_bench(*, files: int, workers: int, chosen: list[str], database_url: str | None,
+              postgres_url: str | None, redis_url: str | None, json_path: Path | None,
+              timeout: float = 600.0) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
+    report: dict[str, Any] = {"files": files, "workers": workers, "machine": _machine(),
+                              "scenarios": {}}
+    try:
+        for name in chosen:
+            started = time.perf_counter()
+            report["scenarios"][name] = _one(name, root, files=files, workers=workers,
+                                             database_url=database_url,
+                                             postgres_url=postgres_url, redis_url=redis_url,
+                                             timeout=timeout)
+            report["scenarios"][name]["wall_seconds"] = round(time.perf_counter() - started, 1)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print_table(report)
+    text = json.dumps(report, indent=2)
+    if json_path:
+        json_path.write_text(text + "\n")
+    print(text)
+    return report
+
+
+def _one(name: str, root: Path, **kw: Any) -> dict[str, Any]:
+    files, database_url = kw["files"], kw["database_url"]
+    if name == "activation-postgres":
+        if not kw["postgres_url"]:
+            return {"skipped": "no --postgres-url given"}
+        database_url = kw["postgres_url"]
+    ws = scenarios.open_workspace(root, name, database_url)
+    try:
+        if name == "embedded":
+            return scenarios.embedded(ws, files, kw["timeout"])
+        if name == "latency":
+            return scenarios.latency(ws, min(files, 200))
+        if name in ("activation", "activation-postgres"):
+            return scenarios.activation(ws, files)
+        if name == "distributed":
+            from bench.distributed import distributed
+
+            return distributed(ws, files, kw["workers"], kw["redis_url"], kw["timeout"])
+        if name == "bulk":
+            from bench.distributed import bulk
+
+            return bulk(ws, files, kw["timeout"])
+        raise ValueError(f"unknown scenario {name!r}")
+    finally:
+        ws.close()
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    return {"python": platform.python_version(), "cpus": os.cpu_count(),
+            "platform": platform.platform()}
+
+
+def print_table(report: dict[str, Any]) -> None:
+    table = Table(title=f"airlock bench — {report['files']} files")
+    for column in ("scenario", "figures"):
+        table.add_column(column)
+    for name, figures in report["scenarios"].items():
+        shown = {k: v for k, v in figures.items() if k not in ("wall_seconds",)}
+        table.add_row(name, ", ".join(f"{k}={v}" for k, v in shown.items()))
+    Console(stderr=True).print(table)

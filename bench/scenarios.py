@@ -1,0 +1,198 @@
+"""The benchmark scenarios. Each returns a dict of figures; nothing here asserts speed."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, inspect, text
+from sqlmodel import SQLModel
+
+from bench.fleet import CUSTOMER, activation_file, active_fleet, create_catalogue, deactivation_file
+from bench.procs import spawn, wait_for_log
+from models.db import make_engine
+from models.migrate import upgrade
+from models.types import utcnow
+from pipelines.keyring import VendorKeyring, init_keyring
+from pipelines.ledger import Submission
+from pipelines.process import Processor, process_many
+
+
+class RefusedDatabase(Exception):
+    """The database given holds data: the benchmark never runs against it."""
+
+
+@dataclass
+class Workspace:
+    """A scenario's own home folder and database, removed again afterwards."""
+
+    home: Path
+    database_url: str
+    engine: Engine
+    keyring: VendorKeyring
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"AIRLOCK_HOME": str(self.home), "AIRLOCK_DATABASE_URL": self.database_url,
+                "AIRLOCK_BROKER_URL": ""}
+
+    def inbox(self, area: str = CUSTOMER) -> Path:
+        return self.home / "inbox" / area
+
+    def outbox(self, area: str = CUSTOMER) -> Path:
+        return self.home / "outbox" / area
+
+    def close(self) -> None:
+        if not self.database_url.startswith("sqlite"):
+            drop_all(self.engine)
+        self.engine.dispose()
+
+
+def open_workspace(root: Path, name: str, database_url: str | None) -> Workspace:
+    home = root / name
+    home.mkdir(parents=True)
+    url = database_url or f"sqlite:///{home / 'airlock.db'}"
+    engine = make_engine(url)
+    refuse_if_in_use(engine)
+    upgrade(url)
+    ring, _ = init_keyring(home / "keys")
+    for folder in ("inbox", "outbox"):
+        (home / folder).mkdir()
+    return Workspace(home, url, engine, ring)
+
+
+def refuse_if_in_use(engine: Engine) -> None:
+    tables = set(inspect(engine).get_table_names())
+    if not tables:
+        return
+    with engine.connect() as conn:
+        used = "customer" in tables and conn.execute(
+            text("SELECT count(*) FROM customer")).scalar_one() > 0
+    if used or "alembic_version" in tables and "customer" not in tables:
+        raise RefusedDatabase("the database already holds Airlock data; the benchmark only "
+                              "runs against an empty database")
+    drop_all(engine)
+
+
+def drop_all(engine: Engine) -> None:
+    import models  # noqa: F401
+
+    SQLModel.metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+
+
+def _count(folder: Path) -> int:
+    try:
+        return sum(1 for entry in os.scandir(folder) if entry.is_file())
+    except FileNotFoundError:
+        return 0
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float, poll: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return predicate()
+
+
+def _write(path: Path, data: bytes) -> float:
+    """Write like an SFTP server does; return the moment the file was closed."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return time.time()
+
+
+# --- 1. embedded drop-folder throughput -------------------------------------------------
+
+
+def embedded(ws: Workspace, files: int, timeout: float) -> dict[str, Any]:
+    now = utcnow()
+    t = time.perf_counter()
+    fleet = active_fleet(ws.engine, files, now=now)
+    bundle = ws.keyring.public_bundle()
+    blobs = [deactivation_file(d, bundle, now=now) for d in fleet]
+    setup = time.perf_counter() - t
+    runner = spawn("run", ["cli", "run"], ws.env, ws.home / "logs")
+    try:
+        wait_for_log(runner, "watching")
+        inbox = ws.inbox()
+        inbox.mkdir(exist_ok=True)
+        first = time.time()
+        for i, blob in enumerate(blobs):
+            _write(inbox / f"d{i:07d}.req", blob)
+        dropped = time.time()
+        done = _wait_until(lambda: _count(ws.outbox()) >= files, timeout, poll=0.2)
+    finally:
+        rss = runner.stop()
+    last = max((e.stat().st_mtime for e in os.scandir(ws.outbox())), default=first)
+    processed = _count(ws.home / "inbox" / "_processed" / CUSTOMER)
+    return {"files": files, "completed": done, "processed": processed,
+            "seconds": round(last - first, 3),
+            "files_per_s": round(files / max(last - first, 1e-9), 1),
+            "drop_seconds": round(dropped - first, 3), "setup_seconds": round(setup, 1),
+            "peak_rss_mib": {"runner": rss}}
+
+
+# --- 4. latency: one file at a time into a watched folder ----------------------------------
+
+
+def latency(ws: Workspace, samples: int, gap: float = 0.05,
+            timeout: float = 30.0) -> dict[str, Any]:
+    now = utcnow()
+    fleet = active_fleet(ws.engine, samples, now=now)
+    bundle = ws.keyring.public_bundle()
+    runner = spawn("run", ["cli", "run"], ws.env, ws.home / "logs")
+    delays: list[float] = []
+    try:
+        wait_for_log(runner, "watching")
+        ws.inbox().mkdir(exist_ok=True)
+        for i, device in enumerate(fleet):
+            blob = deactivation_file(device, bundle, now=now)
+            before = _count(ws.outbox())
+            closed = _write(ws.inbox() / f"l{i:05d}.req", blob)
+            if not _wait_until(lambda b=before: _count(ws.outbox()) > b, timeout, poll=0.001):
+                raise TimeoutError("a single file was not answered in time")
+            delays.append(time.time() - closed)
+            time.sleep(gap)
+    finally:
+        rss = runner.stop()
+    ms = sorted(d * 1000 for d in delays)
+    return {"samples": len(ms), "p50_ms": round(_pct(ms, 50), 1),
+            "p95_ms": round(_pct(ms, 95), 1), "p99_ms": round(_pct(ms, 99), 1),
+            "max_ms": round(ms[-1], 1), "mean_ms": round(statistics.fmean(ms), 1),
+            "peak_rss_mib": {"runner": rss}}
+
+
+def _pct(sorted_values: list[float], pct: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+# --- 5. activation mix through the core, SQLite and PostgreSQL ----------------------------
+
+
+def activation(ws: Workspace, files: int, chunk: int = 200) -> dict[str, Any]:
+    now = utcnow()
+    keys = create_catalogue(ws.engine, -(-files // 50), now=now)
+    bundle = ws.keyring.public_bundle()
+    blobs = [activation_file(f"ACT-{i:07d}", keys[i // 50], bundle, now=now)
+             for i in range(files)]
+    processor = Processor(keyring=ws.keyring)
+    accepted = 0
+    t = time.perf_counter()
+    for start in range(0, files, chunk):
+        outcomes = process_many([Submission(CUSTOMER, b) for b in blobs[start:start + chunk]],
+                                engine=ws.engine, processor=processor)
+        accepted += sum(o.accepted for o in outcomes)
+    seconds = time.perf_counter() - t
+    backend = "postgresql" if ws.database_url.startswith("postgresql") else "sqlite"
+    return {"files": files, "accepted": accepted, "backend": backend,
+            "seconds": round(seconds, 3), "files_per_s": round(files / seconds, 1)}
