@@ -1,0 +1,107 @@
+"""`airlock run` on a folder: every file that arrives ends processed, rejected (with a
+readable report) or quarantined — counted, not sampled."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from config.settings import Settings
+from models.db import make_engine
+from models.migrate import upgrade
+from pipelines.keyring import init_keyring
+from pipelines.process import process
+from tests.factories import WireDevice, add_license, license_info, vendor
+from workers.embedded import EmbeddedRunner
+from workers.runtime import build_runtime
+
+
+def _home(tmp_path: Path) -> tuple[Settings, str]:
+    settings = Settings(home=tmp_path / "var", settle_seconds=0.05, scan_interval_seconds=0.1)
+    upgrade(settings.resolved_database_url)
+    init_keyring(settings.resolved_keys_dir)
+    engine = make_engine(settings.resolved_database_url)
+    vendor(engine)
+    key = add_license(engine, max_activations=5, license_type="consumption",
+                      max_consumptions=1000)
+    engine.dispose()
+    return settings, key
+
+
+def _files(root: Path, area: str) -> list[str]:
+    folder = root / area
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def test_every_arrival_is_accounted_for(tmp_path: Path) -> None:
+    settings, key = _home(tmp_path)
+    runtime = build_runtime(settings)
+    inbox = Path(settings.resolved_inbox)
+    devices = [WireDevice(runtime.keyring, f"HW-{i}") for i in range(8)]
+    dropped = {}
+    for i, device in enumerate(devices):  # 8 devices, 5 seats: 3 refused
+        dropped[f"ACME/a{i}.req"] = device.activation(license_key=key)
+    dropped["ACME/copy-of-a0.req"] = dropped["ACME/a0.req"]  # same file, second name
+    dropped["ACME/garbage.bin"] = os.urandom(300)
+    dropped["ACME/big.req"] = b"x" * (settings.max_file_bytes + 1)
+    dropped["BETA/stranger.req"] = devices[0].activation(license_key=key)  # wrong tenant
+    dropped["NOBODY/x.req"] = b"hello"  # no such customer
+    dropped["_operator/dev.req"] = devices[1].activation(license_key=key)  # needs a tenant
+    for name, data in dropped.items():
+        (inbox / name).parent.mkdir(parents=True, exist_ok=True)
+        (inbox / name).write_bytes(data)
+    (inbox / "ACME" / "upload.part").write_bytes(b"still uploading")  # ignored, left alone
+
+    assert EmbeddedRunner(runtime).drain(threading.Event(), timeout=120)
+    processed = _files(inbox, "_processed")
+    rejected = [n for n in _files(inbox, "_rejected") if not n.endswith(".error.json")]
+    reports = [n for n in _files(inbox, "_rejected") if n.endswith(".error.json")]
+    quarantined = _files(inbox, "_quarantine")
+    assert len(processed) + len(rejected) + len(quarantined) == len(dropped)
+    assert len(processed) == 6  # 5 activations + the copy of a0 (same result)
+    assert len(reports) == len(rejected) == 8
+    for report in reports:
+        body = json.loads(next((inbox / "_rejected").rglob(report)).read_text())
+        assert body["reason"] and body["message"] and body["results"]
+    assert _files(inbox, "_processing") == []
+    assert (inbox / "ACME" / "upload.part").exists()
+    assert license_info(runtime.engine, key)["active_devices"] == 5
+    runtime.close()
+
+
+def test_killed_runner_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL `airlock run` mid-stream; a restarted one finishes every file once."""
+    settings, key = _home(tmp_path)
+    env = {**os.environ, "AIRLOCK_HOME": str(settings.home), "AIRLOCK_SETTLE_SECONDS": "0.05",
+           "AIRLOCK_SCAN_INTERVAL_SECONDS": "0.1"}
+    runtime = build_runtime(settings)
+    inbox = Path(settings.resolved_inbox) / "ACME"
+    inbox.mkdir(parents=True, exist_ok=True)
+    devices = [WireDevice(runtime.keyring, f"HW-{i}") for i in range(5)]
+    for device in devices:
+        assert process(device.activation(license_key=key), engine=runtime.engine,
+                       tenant="ACME", processor=runtime.processor).accepted
+    for i, device in enumerate(devices):
+        (inbox / f"off{i}.req").write_bytes(device.deactivation(license_key=key,
+                                                                consumptions=10 + i))
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "run"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    processed = Path(settings.resolved_inbox) / "_processed" / "ACME"
+    while time.monotonic() < deadline and not (processed.exists() and any(processed.iterdir())):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert EmbeddedRunner(runtime).drain(threading.Event(), timeout=120)
+    assert len(list(processed.iterdir())) == 5
+    assert license_info(runtime.engine, key)["consumptions"]["total"] == sum(
+        10 + i for i in range(5))
+    receipts = list((Path(settings.resolved_outbox) / "ACME").glob("*.receipt"))
+    assert len(receipts) == 5
+    runtime.close()
