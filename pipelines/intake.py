@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -22,8 +22,10 @@ from pipelines.layout import (
     outbox_key,
     unique_archive_key,
 )
-from pipelines.process import Outcome, Processor, process
+from pipelines.ledger import Submission
+from pipelines.process import Outcome, Processor, process, process_many
 from pipelines.storage.base import Store
+from pipelines.storage.local import LocalStore
 
 log = logging.getLogger("airlock.intake")
 
@@ -44,12 +46,45 @@ class Intake:
                           processor=self.processor, source=arrival.key)
         self.deliver(arrival.area, outcome)
         self.archive(arrival, outcome)
-        log.info("%s/%s -> %s%s%s", arrival.area, arrival.name, outcome.status,
-                 f" [{outcome.reason}]" if outcome.reason else "",
-                 " (duplicate)" if outcome.duplicate else "")
+        self._log(arrival, outcome)
         if self.on_outcome is not None:
             self.on_outcome(arrival, outcome)
         return outcome
+
+    def handle_many(self, arrivals: Sequence[Arrival]) -> list[Outcome]:
+        """`handle` for a batch: one `process_many` (two transactions for all), then the
+        outbox writes made durable together, then the sources archived.
+
+        The crash argument of `handle` holds per batch: until a source is archived it
+        stays in ``_processing/`` and a rerun rewrites the same results from the jobs.
+        """
+        if not arrivals:
+            return []
+        outcomes = process_many(
+            [Submission(tenant=a.area, data=a.data, source=a.key) for a in arrivals],
+            engine=self.engine, processor=self.processor)
+        results = [(outbox_key(a.area, name), content)
+                   for a, o in zip(arrivals, outcomes, strict=True) for name, content in o.outputs]
+        if isinstance(self.outbox, LocalStore):
+            self.outbox.put_many(results)  # one sync for the batch, before any archiving
+        else:
+            for key, content in results:
+                self.outbox.put(key, content)
+        inbox = self.inbox if isinstance(self.inbox, LocalStore) else None
+        for arrival, outcome in zip(arrivals, outcomes, strict=True):
+            self.archive(arrival, outcome, durable=inbox is None)
+            self._log(arrival, outcome)
+        if inbox is not None:
+            inbox.sync()  # the archive moves and error reports, all at once
+        if self.on_outcome is not None:
+            for arrival, outcome in zip(arrivals, outcomes, strict=True):
+                self.on_outcome(arrival, outcome)
+        return outcomes
+
+    def _log(self, arrival: Arrival, outcome: Outcome) -> None:
+        log.info("%s/%s -> %s%s%s", arrival.area, arrival.name, outcome.status,
+                 f" [{outcome.reason}]" if outcome.reason else "",
+                 " (duplicate)" if outcome.duplicate else "")
 
     def deliver(self, area: str, outcome: Outcome) -> list[str]:
         keys = []
@@ -59,7 +94,9 @@ class Intake:
             keys.append(key)
         return keys
 
-    def archive(self, arrival: Arrival, outcome: Outcome) -> str:
+    def archive(self, arrival: Arrival, outcome: Outcome, *, durable: bool = True) -> str:
+        """Move the source to its disposition folder (with an error report if refused);
+        `durable=False` (local inbox only) leaves the fsyncs to one `sync` of the batch."""
         disposition = DISPOSITIONS[outcome.status]
         target = unique_archive_key(self.inbox, disposition, arrival.area, arrival.name,
                                     arrival.sha256)
@@ -71,10 +108,18 @@ class Intake:
                 "results": [outbox_key(arrival.area, name) for name, _ in outcome.outputs],
                 "at": utcnow().isoformat(),
             }
-            self.inbox.put(error_report_key(target),
-                           (json.dumps(report, indent=2) + "\n").encode())
+            content = (json.dumps(report, indent=2) + "\n").encode()
+            if durable:
+                self.inbox.put(error_report_key(target), content)
+            else:
+                assert isinstance(self.inbox, LocalStore)
+                self.inbox.put_many([(error_report_key(target), content)], sync=False)
         try:
-            self.inbox.move(arrival.key, target)
+            if durable:
+                self.inbox.move(arrival.key, target)
+            else:
+                assert isinstance(self.inbox, LocalStore)
+                self.inbox.move(arrival.key, target, durable=False)
         except FileNotFoundError:
             pass  # another worker archived the same object already
         return target

@@ -91,8 +91,8 @@ def _run_in_processes(url: str, keys_dir: Path, shares: list[list[bytes]]) -> li
 @pytest.mark.postgres
 def test_two_processes_on_postgres_lose_no_update(pg_engine: Engine, pg_url: str,
                                                   tmp_path: Path) -> None:
-    from tests.conftest import truncate_all
     from pipelines.keyring import init_keyring
+    from tests.conftest import truncate_all
 
     truncate_all(pg_engine)
     keyring, _ = init_keyring(tmp_path / "keys")

@@ -33,7 +33,10 @@ How a file travels:
    it is renamed back to settle again. Then ``on_arrival(Arrival(...))`` runs
    synchronously with ``key`` = the ``_processing/...`` key; it processes the file and
    archives it out of ``_processing/``. If it raises, the error is logged and the file
-   stays in ``_processing/``.
+   stays in ``_processing/``. With ``on_batch`` instead, up to `batch_size` files that
+   are ready in one pass are claimed and held first, then handed over together as one
+   list (one transaction for all of them downstream); a failure leaves them all in
+   ``_processing/``.
 5. **Recovered.** `recover` (also run when the loop starts, and every
    `retry_interval` if set) hands over again every file in ``_processing/`` whose lock
    it can take: files left by a process that died, or whose processing failed. A file
@@ -61,6 +64,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -99,6 +103,7 @@ except ImportError:  # pragma: no cover - not POSIX: claims still exclusive, no 
 log = logging.getLogger(__name__)
 
 Stopping = Callable[[], bool]
+_T = TypeVar("_T")
 _CLAIM_MARK = re.compile(r"\.claim-[0-9a-f]{12}$")
 _AREA_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileOpenedEvent,
@@ -189,6 +194,16 @@ def _round_robin(groups: dict[str, list[tuple[str, str, Signature]]]
 
 
 @dataclass(frozen=True, slots=True)
+class _Held:
+    """A claimed file, locked through `fd` until its hand-over returns."""
+
+    arrival: Arrival
+    fd: int
+    stat: os.stat_result
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
 class _PassResult:
     handed: int
     pending: int
@@ -237,20 +252,28 @@ class DropFolderSource:
     so tests can run the settle rule without waiting.
     """
 
-    def __init__(self, root: Path, *, on_arrival: Callable[[Arrival], None],
-                 settle_seconds: float, scan_interval: float,
+    def __init__(self, root: Path, *, on_arrival: Callable[[Arrival], None] | None = None,
+                 on_batch: Callable[[list[Arrival]], None] | None = None,
+                 batch_size: int = 200, settle_seconds: float, scan_interval: float,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  close_grace: float | None = None, open_hold: float | None = None,
                  retry_interval: float | None = None) -> None:
         if scan_interval <= 0:
             raise ValueError("scan_interval must be > 0")
+        if (on_arrival is None) == (on_batch is None):
+            raise ValueError("give exactly one of on_arrival and on_batch")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
         self.root = Path(root).absolute()
         self.settle_seconds = settle_seconds
         self.scan_interval = scan_interval
         self.retry_interval = retry_interval
         self._root = str(self.root)
         self._on_arrival = on_arrival
+        self._on_batch = on_batch
+        # One file at a time for on_arrival: exactly the historical behaviour.
+        self._batch_size = batch_size if on_batch is not None else 1
         self._clock = clock
         self._sleep = sleep
         self._tracker = SettleTracker(settle_seconds, close_grace=close_grace,
@@ -387,16 +410,24 @@ class DropFolderSource:
             if full:
                 self._tracker.prune(seen)
             handed = 0
+            held: list[_Held] = []
             for area, name, key, signature in _round_robin(ready):
                 if stopping():
                     break
-                handed += self._claim(area, name, key, signature)
+                one = self._claim(area, name, key, signature)
+                if one is not None:
+                    held.append(one)
+                    if len(held) >= self._batch_size:
+                        handed += self._deliver(held)
+                        held = []
+            handed += self._deliver(held)  # claimed files are always handed over
             return _PassResult(handed, len(seen) - handed, next_due)
 
     def _recover(self, stopping: Stopping) -> int:
         base = os.path.join(self._root, PROCESSING)
         handed = 0
         with self._pass_lock:
+            held: list[_Held] = []
             for key, _entry in self._walk_areas(self._areas(base, PROCESSING)):
                 if stopping():
                     break
@@ -405,7 +436,13 @@ class DropFolderSource:
                     self._warn_once(key, "ignoring %s: not a valid processing name")
                     continue
                 area, name = parsed
-                handed += self._hand_over(area, _CLAIM_MARK.sub("", name), key)
+                one = self._take(area, _CLAIM_MARK.sub("", name), key)
+                if one is not None:
+                    held.append(one)
+                    if len(held) >= self._batch_size:
+                        handed += self._deliver(held)
+                        held = []
+            handed += self._deliver(held)
         return handed
 
     # --- walking the tree ----------------------------------------------------------------
@@ -492,18 +529,18 @@ class DropFolderSource:
 
     # --- claiming and handing over -------------------------------------------------------
 
-    def _claim(self, area: str, name: str, key: str, signature: Signature) -> int:
-        """Rename `key` into ``_processing/`` and hand it over; 1 if handed over."""
+    def _claim(self, area: str, name: str, key: str, signature: Signature) -> _Held | None:
+        """Rename `key` into ``_processing/`` and take hold of it; None if not taken."""
         self._tracker.forget(key)
         try:
             target = self._move_into_processing(key, processing_key(area, name))
         except FileNotFoundError:
             log.debug("%s was claimed by another source", key)
-            return 0
+            return None
         except OSError as exc:
             log.warning("cannot claim %s: %s", key, exc)
-            return 0
-        return self._hand_over(area, name, target, expect=signature, origin=key)
+            return None
+        return self._take(area, name, target, expect=signature, origin=key)
 
     def _move_into_processing(self, key: str, target: str) -> str:
         """Rename arrival `key` to `target`, or to a ``.claim-`` variant if that is taken."""
@@ -529,45 +566,70 @@ class DropFolderSource:
                 return candidate
         raise FileExistsError(errno.EEXIST, "no free processing name", target)
 
-    def _hand_over(self, area: str, name: str, key: str, *, expect: Signature | None = None,
-                   origin: str | None = None) -> int:
-        """Lock, read and pass the file at ``_processing`` `key` to `on_arrival`."""
+    def _take(self, area: str, name: str, key: str, *, expect: Signature | None = None,
+              origin: str | None = None) -> _Held | None:
+        """Lock and read the file at ``_processing`` `key`; None if it is not ours to pass
+        on now (gone, held by another source, unreadable, or put back to settle)."""
         path = self._path(key)
         try:
             fd = _hold(path)
         except OSError as exc:
             log.error("cannot open %s (%s); it stays for recovery", key, exc)
-            return 0
+            return None
         if fd is None:
             log.debug("%s is held by another source", key)
+            return None
+        try:
+            with open(fd, "rb", closefd=False) as handle:
+                data = handle.read()
+            held = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            log.error("cannot read %s (%s); it stays for recovery", key, exc)
+            return None
+        changed = expect is not None and (_signature(held) != expect
+                                          or len(data) != held.st_size)
+        if changed and origin is not None and self._put_back(key, origin):
+            os.close(fd)
+            return None
+        arrival = Arrival(area, name, key, data, hashlib.sha256(data).hexdigest(), len(data))
+        log.info("%s %s (%d bytes, sha256 %s)",
+                 f"claimed {origin} as" if origin else "recovered", key, arrival.size,
+                 arrival.sha256[:16])
+        return _Held(arrival, fd, held, path)
+
+    def _deliver(self, batch: list[_Held]) -> int:
+        """Pass held files to the callback, then release them; how many were handed over.
+
+        The locks stay taken until the callback returns, so no other source hands over
+        a file while it is being processed here.
+        """
+        if not batch:
             return 0
         try:
-            try:
-                with open(fd, "rb", closefd=False) as handle:
-                    data = handle.read()
-                held = os.fstat(fd)
-            except OSError as exc:
-                log.error("cannot read %s (%s); it stays for recovery", key, exc)
-                return 0
-            changed = expect is not None and (_signature(held) != expect
-                                              or len(data) != held.st_size)
-            if changed and origin is not None and self._put_back(key, origin):
-                return 0
-            arrival = Arrival(area, name, key, data, hashlib.sha256(data).hexdigest(),
-                              len(data))
-            log.info("%s %s (%d bytes, sha256 %s)",
-                     f"claimed {origin} as" if origin else "recovered", key, arrival.size,
-                     arrival.sha256[:16])
-            try:
-                self._on_arrival(arrival)
-            except Exception:
-                log.exception("processing %s failed; it stays for recovery", key)
+            if self._on_batch is not None:
+                self._call(self._on_batch, [h.arrival for h in batch], batch)
             else:
-                if _same_file(held, path):
-                    log.warning("processing %s returned but left it in place", key)
-            return 1
+                assert self._on_arrival is not None
+                for one in batch:
+                    self._call(self._on_arrival, one.arrival, [one])
         finally:
-            os.close(fd)
+            for one in batch:
+                os.close(one.fd)
+        return len(batch)
+
+    @staticmethod
+    def _call(callback: Callable[[_T], None], argument: _T, batch: list[_Held]) -> None:
+        try:
+            callback(argument)
+        except Exception:
+            log.exception("processing %s failed; it stays for recovery",
+                          ", ".join(h.arrival.key for h in batch[:5])
+                          + (f" and {len(batch) - 5} more" if len(batch) > 5 else ""))
+            return
+        for one in batch:
+            if _same_file(one.stat, one.path):
+                log.warning("processing %s returned but left it in place", one.arrival.key)
 
     def _put_back(self, key: str, origin: str) -> bool:
         """Return a file that changed while being claimed; False if it cannot go back."""
