@@ -12,20 +12,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from airlock_sdk.envelope import DEVICE_KID_PREFIX, ENC_SEALED, Envelope, FormatError, Kind
 from airlock_sdk.envelope import open_envelope as _open_envelope
 from airlock_sdk.payloads import validate
-from models import AppliedRequest, Customer, Job, JobStatus
+from models import AppliedRequest, Customer, Job, JobOutput, JobStatus
 from models.db import is_postgres, session_scope
 from models.ledger import FINAL_STATUSES
 from models.types import utcnow
 from pipelines.errors import REASONS, Rejection
 from pipelines.keyring import VendorKeyring
-from pipelines.ledger import OPERATOR, Submission, outputs_of, register, store_outputs
+from pipelines.ledger import OPERATOR, Submission, outputs_of, register
 from pipelines.render import rejection_name, rejection_report
 from pipelines.rules.activation import apply_activation
 from pipelines.rules.common import Applied, RuleContext
@@ -133,6 +135,10 @@ def _lock_jobs(session: Session, job_ids: list[int]) -> list[Job]:
     if is_postgres(session.get_bind()):  # type: ignore[arg-type]
         query = query.with_for_update()
     jobs = {job.id: job for job in session.exec(query.execution_options(populate_existing=True))}
+    # Detached: the job rows are written with plain UPDATEs in _finish_*, so the unit of
+    # work never has to diff and flush them.
+    for job in jobs.values():
+        session.expunge(job)
     return [jobs[job_id] for job_id in job_ids if job_id in jobs]
 
 
@@ -181,17 +187,38 @@ def _claim_request(session: Session, job: Job, envelope: Envelope,
                    now: datetime) -> list[tuple[str, bytes]] | None:
     """Reserve (tenant, request id). Returns the earlier outputs if this request already ran
     from an equivalent file; raises `replay` if it ran with different content."""
-    existing = session.exec(select(AppliedRequest).where(
+    # One round trip in the common case: the unique key decides now, before any effect
+    # is applied; no row back means the id was taken (by an earlier or concurrent job).
+    claimed = session.execute(_dialect_insert(session)(AppliedRequest.__table__).values(
+        tenant=job.tenant, request_id=envelope.request_id, sha256=envelope.digest,
+        job_id=job.id, applied_at=now).on_conflict_do_nothing(
+        index_elements=["tenant", "request_id"]).returning(AppliedRequest.__table__.c.id)
+    ).first()
+    if claimed is not None:
+        return None
+    existing = session.execute(select(AppliedRequest.sha256, AppliedRequest.job_id).where(
         AppliedRequest.tenant == job.tenant,
         AppliedRequest.request_id == envelope.request_id)).first()
-    if existing is not None:
-        if existing.sha256 != envelope.digest:
-            raise Rejection("replay")
-        return outputs_of(session, existing.job_id)
-    session.add(AppliedRequest(tenant=job.tenant, request_id=envelope.request_id,
-                               sha256=envelope.digest, job_id=job.id, applied_at=now))
-    session.flush()  # the unique key decides now, before any effect is applied
-    return None
+    if existing is None:
+        # PostgreSQL: the other claim rolled back after we waited for it; look again.
+        raise IntegrityError("applied_request claim", None, Exception("claim lost"))
+    if existing.sha256 != envelope.digest:
+        raise Rejection("replay")
+    return outputs_of(session, existing.job_id)
+
+
+def _dialect_insert(session: Session):  # type: ignore[no-untyped-def]
+    return pg_insert if is_postgres(session.get_bind()) else sqlite_insert  # type: ignore[arg-type]
+
+
+def _finish(session: Session, job: Job, outputs: Sequence[tuple[str, bytes]]) -> None:
+    """Write the job's final state and its outputs with two plain statements."""
+    session.execute(update(Job.__table__).where(Job.__table__.c.id == job.id).values(
+        status=job.status, reason=job.reason, message=job.message, kind=job.kind,
+        request_id=job.request_id, finished_at=job.finished_at, updated_at=job.updated_at))
+    if outputs:
+        session.execute(insert(JobOutput.__table__), [
+            {"job_id": job.id, "name": name, "content": content} for name, content in outputs])
 
 
 def _finish_done(session: Session, job: Job, outputs: list[tuple[str, bytes]], now: datetime,
@@ -201,9 +228,7 @@ def _finish_done(session: Session, job: Job, outputs: list[tuple[str, bytes]], n
     job.message = None
     job.finished_at = now
     job.updated_at = now
-    session.add(job)
-    store_outputs(session, job.id, outputs)  # type: ignore[arg-type]
-    session.flush()
+    _finish(session, job, outputs)
     log.info("job %s %s %s done", job.id, job.tenant, job.kind)
     return Outcome(job_id=job.id, tenant=job.tenant, status=job.status, kind=job.kind,  # type: ignore[arg-type]
                    request_id=job.request_id, outputs=list(outputs), duplicate=duplicate)
@@ -225,9 +250,7 @@ def _finish_rejected(session: Session, job: Job, rejection: Rejection,
     job.request_id = request_id
     job.finished_at = now
     job.updated_at = now
-    session.add(job)
-    store_outputs(session, job.id, outputs)  # type: ignore[arg-type]
-    session.flush()
+    _finish(session, job, outputs)
     log.info("job %s %s rejected: %s", job.id, job.tenant, rejection.reason)
     return Outcome(job_id=job.id, tenant=job.tenant, status=status, reason=rejection.reason,  # type: ignore[arg-type]
                    message=rejection.message, kind=job.kind, request_id=request_id,

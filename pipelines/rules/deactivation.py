@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import select
+from sqlalchemy import Row, func, insert, select, update
 
-from models import ConsumptionEvent, Device, DeviceStatus, FeatureKind, JobOutput, License
+from models import (
+    ConsumptionEvent,
+    Device,
+    DeviceStatus,
+    FeatureKind,
+    JobOutput,
+    License,
+    LicenseFeature,
+)
+from models.db import is_postgres
 from pipelines.errors import Rejection
 from pipelines.render import receipt, receipt_name
 from pipelines.rules.common import (
@@ -16,19 +25,36 @@ from pipelines.rules.common import (
     check_offline_manageable,
     check_product,
     check_tenant,
-    features_of,
-    license_by_key,
 )
+
+# Plain Core statements on the tables (compiled once, cached): a deactivation is the
+# hot path of the drop folder, and the ORM unit of work cost more than the SQL itself.
+# Rows come back read-only; new totals are computed here and written with UPDATEs that
+# run inside the job's savepoint, so a rejection rolls every one of them back.
+_LICENSE, _DEVICE = License.__table__, Device.__table__
+_FEATURE, _EVENT = LicenseFeature.__table__, ConsumptionEvent.__table__
+
+
+def _license_row(ctx: RuleContext, key: str) -> Row[Any]:
+    """The license row, locked for the rest of the transaction (FOR UPDATE on PostgreSQL)."""
+    query = select(_LICENSE).where(_LICENSE.c.key == key)
+    if is_postgres(ctx.session.get_bind()):  # type: ignore[arg-type]
+        query = query.with_for_update()
+    lic = ctx.session.execute(query).first()
+    if lic is None:
+        raise Rejection("unknown_license")
+    return lic
 
 
 def apply_deactivation(ctx: RuleContext) -> Applied:
     payload = ctx.envelope.payload
-    lic = license_by_key(ctx, payload["license_key"])
+    session = ctx.session
+    lic = _license_row(ctx, payload["license_key"])
     check_tenant(ctx, lic)
     product = check_product(ctx, lic, payload["product"])
     check_offline_manageable(lic)
-    device = ctx.session.exec(select(Device).where(
-        Device.license_id == lic.id, Device.hardware_id == payload["hardware_id"])).first()
+    device = session.execute(select(_DEVICE).where(
+        _DEVICE.c.license_id == lic.id, _DEVICE.c.hardware_id == payload["hardware_id"])).first()
     if device is None:
         raise Rejection("unknown_device")
     if device.public_key != ctx.signer_public_key:
@@ -41,24 +67,28 @@ def apply_deactivation(ctx: RuleContext) -> Applied:
     applied: dict[str, Any] = {"consumptions": usage["consumptions"], "features": {},
                                "overage": {"license": 0, "features": {}},
                                "overage_unauthorized": [], "unknown_features": {}}
-    applied["overage"]["license"] = _consume_license(ctx, lic, device, usage["consumptions"],
-                                                     applied)
-    _consume_features(ctx, lic, device, usage["features"], applied)
-
-    device.variables = dict(payload["variables"])
-    device.usage_counter = usage["counter"]
-    device.usage_chain_head = usage["head"]
-    device.status = DeviceStatus.DEACTIVATED
-    device.deactivated_at = ctx.now
-    device.deactivation_job_id = ctx.job.id
-    ctx.session.add(device)
-    ctx.session.add(lic)
-    ctx.session.flush()
-    active = len(ctx.session.exec(select(Device.id).where(
-        Device.license_id == lic.id, Device.status == DeviceStatus.ACTIVE)).all())
-    applied["variables"] = sorted(device.variables)
+    events: list[dict[str, Any]] = []
+    total, applied["overage"]["license"] = _consume_license(lic, usage["consumptions"],
+                                                            applied, events)
+    _consume_features(ctx, lic, usage["features"], applied, events)
+    for event in events:
+        event.update(license_id=lic.id, device_id=device.id, job_id=ctx.job.id,
+                     created_at=ctx.now)
+    if events:
+        session.execute(insert(_EVENT), events)
+    if total != lic.total_consumptions:
+        session.execute(update(_LICENSE).where(_LICENSE.c.id == lic.id)
+                        .values(total_consumptions=total))
+    variables = dict(payload["variables"])
+    session.execute(update(_DEVICE).where(_DEVICE.c.id == device.id).values(
+        variables=variables, usage_counter=usage["counter"], usage_chain_head=usage["head"],
+        status=DeviceStatus.DEACTIVATED, deactivated_at=ctx.now,
+        deactivation_job_id=ctx.job.id))
+    active = session.execute(select(func.count()).select_from(_DEVICE).where(
+        _DEVICE.c.license_id == lic.id, _DEVICE.c.status == DeviceStatus.ACTIVE)).scalar_one()
+    applied["variables"] = sorted(variables)
     applied["seats"] = {"active": active, "max": lic.max_activations}
-    applied["license_totals"] = {"consumptions": lic.total_consumptions}
+    applied["license_totals"] = {"consumptions": total}
     audit(ctx, "device.deactivate", lic=lic, device=device, hardware_id=device.hardware_id,
           consumptions=usage["consumptions"], features=usage["features"])
     output = receipt(ctx.keyring, request_id=ctx.request_id, request_sha256=ctx.envelope.digest,
@@ -68,7 +98,7 @@ def apply_deactivation(ctx: RuleContext) -> Applied:
                    summary=applied)
 
 
-def _check_continuity(device: Device, usage: dict[str, Any]) -> None:
+def _check_continuity(device: Row[Any], usage: dict[str, Any]) -> None:
     """The device's usage chain must continue exactly where it was last reported."""
     continues = (usage["since_counter"] == device.usage_counter
                  and usage["since_head"] == device.usage_chain_head
@@ -92,23 +122,26 @@ def _authorised(overage_total: int, allow: bool, max_overages: int | None) -> bo
                                              or overage_total <= max_overages))
 
 
-def _consume_license(ctx: RuleContext, lic: License, device: Device, amount: int,
-                     applied: dict[str, Any]) -> int:
+def _consume_license(lic: Row[Any], amount: int, applied: dict[str, Any],
+                     events: list[dict[str, Any]]) -> tuple[int, int]:
+    """(new license total, overage of this report)."""
     if amount == 0:
-        return 0
+        return lic.total_consumptions, 0
     over = _overage(lic.total_consumptions, amount, lic.max_consumptions)
-    lic.total_consumptions += amount
-    ctx.session.add(ConsumptionEvent(license_id=lic.id, device_id=device.id, job_id=ctx.job.id,
-                                     amount=amount, overage=over, created_at=ctx.now))
-    total_over = max(0, lic.total_consumptions - (lic.max_consumptions or lic.total_consumptions))
+    total = lic.total_consumptions + amount
+    events.append({"feature_code": None, "amount": amount, "overage": over})
+    total_over = max(0, total - (lic.max_consumptions or total))
     if over and not _authorised(total_over, lic.allow_overages, lic.max_overages):
         applied["overage_unauthorized"].append("license")
-    return over
+    return total, over
 
 
-def _consume_features(ctx: RuleContext, lic: License, device: Device, amounts: dict[str, int],
-                      applied: dict[str, Any]) -> None:
-    features = {f.code: f for f in features_of(ctx, lic)}
+def _consume_features(ctx: RuleContext, lic: Row[Any], amounts: dict[str, int],
+                      applied: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    if not any(amounts.values()):
+        return
+    features = {f.code: f for f in ctx.session.execute(
+        select(_FEATURE).where(_FEATURE.c.license_id == lic.id))}
     for code, amount in sorted(amounts.items()):
         if amount == 0:
             continue
@@ -119,23 +152,22 @@ def _consume_features(ctx: RuleContext, lic: License, device: Device, amounts: d
             applied["unknown_features"][code] = amount
         else:
             over = _overage(feature.total_consumptions, amount, feature.max_consumptions)
-            feature.total_consumptions += amount
-            ctx.session.add(feature)
+            total = feature.total_consumptions + amount
+            ctx.session.execute(update(_FEATURE).where(_FEATURE.c.id == feature.id)
+                                .values(total_consumptions=total))
             applied["features"][code] = amount
             limit = feature.max_consumptions
-            total_over = max(0, feature.total_consumptions - limit) if limit is not None else 0
+            total_over = max(0, total - limit) if limit is not None else 0
             if over:
                 applied["overage"]["features"][code] = over
                 if not _authorised(total_over, feature.allow_overages, feature.max_overages):
                     applied["overage_unauthorized"].append(code)
-        ctx.session.add(ConsumptionEvent(license_id=lic.id, device_id=device.id,
-                                         job_id=ctx.job.id, feature_code=code, amount=amount,
-                                         overage=over, created_at=ctx.now))
+        events.append({"feature_code": code, "amount": amount, "overage": over})
 
 
-def _original_receipt(ctx: RuleContext, device: Device) -> list[tuple[str, bytes]]:
+def _original_receipt(ctx: RuleContext, device: Row[Any]) -> list[tuple[str, bytes]]:
     if device.deactivation_job_id is None:
         return []
-    outputs = ctx.session.exec(select(JobOutput).where(
-        JobOutput.job_id == device.deactivation_job_id)).all()
+    outputs = ctx.session.execute(select(JobOutput.name, JobOutput.content).where(
+        JobOutput.job_id == device.deactivation_job_id).order_by(JobOutput.id)).all()
     return [(o.name, o.content) for o in outputs]
