@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine, bindparam, insert, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -211,13 +211,21 @@ def _dialect_insert(session: Session):  # type: ignore[no-untyped-def]
     return pg_insert if is_postgres(session.get_bind()) else sqlite_insert  # type: ignore[arg-type]
 
 
+_JOB = Job.__table__
+_FINISH_JOB = update(_JOB).where(_JOB.c.id == bindparam("row")).values(
+    {name: bindparam(name) for name in ("status", "reason", "message", "kind", "request_id",
+                                        "finished_at", "updated_at")})
+_INSERT_OUTPUT = insert(JobOutput.__table__)
+
+
 def _finish(session: Session, job: Job, outputs: Sequence[tuple[str, bytes]]) -> None:
-    """Write the job's final state and its outputs with two plain statements."""
-    session.execute(update(Job.__table__).where(Job.__table__.c.id == job.id).values(
-        status=job.status, reason=job.reason, message=job.message, kind=job.kind,
-        request_id=job.request_id, finished_at=job.finished_at, updated_at=job.updated_at))
+    """Write the job's final state and its outputs with two plain, prebuilt statements."""
+    session.execute(_FINISH_JOB, {
+        "row": job.id, "status": job.status, "reason": job.reason, "message": job.message,
+        "kind": job.kind, "request_id": job.request_id, "finished_at": job.finished_at,
+        "updated_at": job.updated_at})
     if outputs:
-        session.execute(insert(JobOutput.__table__), [
+        session.execute(_INSERT_OUTPUT, [
             {"job_id": job.id, "name": name, "content": content} for name, content in outputs])
 
 

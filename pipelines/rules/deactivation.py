@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 
 from models import (
     ConsumptionEvent,
@@ -33,6 +33,20 @@ from pipelines.rules.common import (
 # run inside the job's savepoint, so a rejection rolls every one of them back.
 _LICENSE, _DEVICE = License.__table__, Device.__table__
 _FEATURE, _EVENT = LicenseFeature.__table__, ConsumptionEvent.__table__
+# Built once: constructing a statement per call cost as much as running it.
+_DEVICE_BY_HW = select(_DEVICE).where(_DEVICE.c.license_id == bindparam("lic"),
+                                      _DEVICE.c.hardware_id == bindparam("hw"))
+_FEATURES = select(_FEATURE).where(_FEATURE.c.license_id == bindparam("lic"))
+_SET_LICENSE_TOTAL = update(_LICENSE).where(_LICENSE.c.id == bindparam("row")).values(
+    total_consumptions=bindparam("total"))
+_SET_FEATURE_TOTAL = update(_FEATURE).where(_FEATURE.c.id == bindparam("row")).values(
+    total_consumptions=bindparam("total"))
+_DEACTIVATE = update(_DEVICE).where(_DEVICE.c.id == bindparam("row")).values(
+    variables=bindparam("variables"), usage_counter=bindparam("counter"),
+    usage_chain_head=bindparam("head"), status=DeviceStatus.DEACTIVATED,
+    deactivated_at=bindparam("at"), deactivation_job_id=bindparam("job"))
+_ACTIVE_SEATS = select(func.count()).select_from(_DEVICE).where(
+    _DEVICE.c.license_id == bindparam("lic"), _DEVICE.c.status == DeviceStatus.ACTIVE)
 
 
 def _license_row(ctx: RuleContext, key: str) -> Row[Any]:
@@ -53,8 +67,7 @@ def apply_deactivation(ctx: RuleContext) -> Applied:
     check_tenant(ctx, lic)
     product = check_product(ctx, lic, payload["product"])
     check_offline_manageable(lic)
-    device = session.execute(select(_DEVICE).where(
-        _DEVICE.c.license_id == lic.id, _DEVICE.c.hardware_id == payload["hardware_id"])).first()
+    device = session.execute(_DEVICE_BY_HW, {"lic": lic.id, "hw": payload["hardware_id"]}).first()
     if device is None:
         raise Rejection("unknown_device")
     if device.public_key != ctx.signer_public_key:
@@ -77,15 +90,12 @@ def apply_deactivation(ctx: RuleContext) -> Applied:
     if events:
         session.execute(insert(_EVENT), events)
     if total != lic.total_consumptions:
-        session.execute(update(_LICENSE).where(_LICENSE.c.id == lic.id)
-                        .values(total_consumptions=total))
+        session.execute(_SET_LICENSE_TOTAL, {"row": lic.id, "total": total})
     variables = dict(payload["variables"])
-    session.execute(update(_DEVICE).where(_DEVICE.c.id == device.id).values(
-        variables=variables, usage_counter=usage["counter"], usage_chain_head=usage["head"],
-        status=DeviceStatus.DEACTIVATED, deactivated_at=ctx.now,
-        deactivation_job_id=ctx.job.id))
-    active = session.execute(select(func.count()).select_from(_DEVICE).where(
-        _DEVICE.c.license_id == lic.id, _DEVICE.c.status == DeviceStatus.ACTIVE)).scalar_one()
+    session.execute(_DEACTIVATE, {"row": device.id, "variables": variables,
+                                  "counter": usage["counter"], "head": usage["head"],
+                                  "at": ctx.now, "job": ctx.job.id})
+    active = session.execute(_ACTIVE_SEATS, {"lic": lic.id}).scalar_one()
     applied["variables"] = sorted(variables)
     applied["seats"] = {"active": active, "max": lic.max_activations}
     applied["license_totals"] = {"consumptions": total}
@@ -140,8 +150,7 @@ def _consume_features(ctx: RuleContext, lic: Row[Any], amounts: dict[str, int],
                       applied: dict[str, Any], events: list[dict[str, Any]]) -> None:
     if not any(amounts.values()):
         return
-    features = {f.code: f for f in ctx.session.execute(
-        select(_FEATURE).where(_FEATURE.c.license_id == lic.id))}
+    features = {f.code: f for f in ctx.session.execute(_FEATURES, {"lic": lic.id})}
     for code, amount in sorted(amounts.items()):
         if amount == 0:
             continue
@@ -153,8 +162,7 @@ def _consume_features(ctx: RuleContext, lic: Row[Any], amounts: dict[str, int],
         else:
             over = _overage(feature.total_consumptions, amount, feature.max_consumptions)
             total = feature.total_consumptions + amount
-            ctx.session.execute(update(_FEATURE).where(_FEATURE.c.id == feature.id)
-                                .values(total_consumptions=total))
+            ctx.session.execute(_SET_FEATURE_TOTAL, {"row": feature.id, "total": total})
             applied["features"][code] = amount
             limit = feature.max_consumptions
             total_over = max(0, total - limit) if limit is not None else 0
