@@ -105,3 +105,28 @@ def test_killed_runner_loses_nothing(tmp_path: Path) -> None:
     receipts = list((Path(settings.resolved_outbox) / "ACME").glob("*.receipt"))
     assert len(receipts) == 5
     runtime.close()
+
+
+def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
+    settings, key = _home(tmp_path)
+    env = {**os.environ, "AIRLOCK_HOME": str(settings.home), "AIRLOCK_SETTLE_SECONDS": "0.05",
+           "AIRLOCK_SCAN_INTERVAL_SECONDS": "0.1"}
+    runtime = build_runtime(settings)
+    inbox = Path(settings.resolved_inbox) / "ACME"
+    inbox.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "run"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for i in range(3):
+        (inbox / f"a{i}.req").write_bytes(
+            WireDevice(runtime.keyring, f"HW-{i}").activation(license_key=key))
+    outbox = Path(settings.resolved_outbox) / "ACME"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(outbox.glob("*.lic"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
+    assert output.count("-> done") == 3  # one log line per file
+    assert _files(Path(settings.resolved_inbox), "_processing") == []
+    runtime.close()
