@@ -63,12 +63,22 @@ def lock_license(ctx: RuleContext, license_id: int) -> License:
     return ctx.session.exec(query).one()
 
 
+def _pinned(ctx: RuleContext, model: type[Any], ident: int) -> Any:
+    """Customers and products, loaded once per session: the identity map only holds
+    weak references, so without a pin every file of a chunk would select them again."""
+    pins = ctx.session.info.setdefault("airlock.pins", {})
+    obj = pins.get((model, ident))
+    if obj is None:
+        obj = pins[(model, ident)] = ctx.session.get(model, ident)
+    return obj
+
+
 def customer_of(ctx: RuleContext, lic: License | Row[Any]) -> Customer:
-    return ctx.session.get(Customer, lic.customer_id)  # type: ignore[return-value]
+    return _pinned(ctx, Customer, lic.customer_id)  # type: ignore[no-any-return]
 
 
 def product_of(ctx: RuleContext, lic: License | Row[Any]) -> Product:
-    return ctx.session.get(Product, lic.product_id)  # type: ignore[return-value]
+    return _pinned(ctx, Product, lic.product_id)  # type: ignore[no-any-return]
 
 
 def check_tenant(ctx: RuleContext, lic: License | Row[Any]) -> Customer:
