@@ -1,0 +1,429 @@
+"""Reading bulk archives safely: zip, tar (plain or gzip) and NDJSON, one member at a time.
+
+Members come out as (name, bytes) and go straight to job rows; nothing is ever
+written to a path built from a member name. A member name must be relative, without
+``..`` segments, backslashes or control characters; links, devices and other special
+entries are refused, and so are duplicate names (different tools would pick
+different copies). Limits (member count, per-member size, total size, compression
+ratio) are checked on the sizes an archive declares and again on the bytes actually
+produced while reading, so a header that lies cannot inflate past a cap.
+
+Any violation raises `ArchiveError` with a reason code from `pipelines.errors`:
+``unsafe_archive``, ``archive_too_large`` or ``unsupported_archive``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import re
+import stat
+import tarfile
+import unicodedata
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
+
+from pipelines.errors import REASONS
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+ZIP, TAR, NDJSON = "zip", "tar", "ndjson"
+_SUFFIXES = ((".tar.gz", TAR), (".tgz", TAR), (".tar", TAR), (".zip", ZIP),
+             (".ndjson", NDJSON), (".jsonl", NDJSON))
+MAX_NAME_BYTES = 512
+RATIO_FLOOR = 4096  # below this many bytes a "ratio" says nothing and can harm nothing
+STREAM_RATIO_FLOOR = 1024 * 1024  # a whole-stream ratio is judged once this much came out
+_BLOCK = 64 * 1024
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_GZIP_MAGIC = b"\x1f\x8b"
+_OTHER_COMPRESSION = (b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")  # bzip2, xz, zstd
+
+
+def archive_format(name: str) -> str | None:
+    """``zip``, ``tar`` or ``ndjson`` judged by the name's suffix; None for other files."""
+    lowered = name.lower()
+    for suffix, fmt in _SUFFIXES:
+        if lowered.endswith(suffix):
+            return fmt
+    return None
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Caps for one archive; `from_settings` reads the ``AIRLOCK_MAX_*`` settings."""
+
+    max_members: int
+    max_total_bytes: int
+    max_member_bytes: int
+    max_ratio: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ArchiveLimits:
+        return cls(max_members=settings.max_archive_members,
+                   max_total_bytes=settings.max_uncompressed_bytes,
+                   max_member_bytes=settings.max_file_bytes,
+                   max_ratio=settings.max_compression_ratio)
+
+
+class ArchiveError(Exception):
+    """The archive as a whole is refused; `reason` is a code, `message` a sentence."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.message = f"{REASONS.get(reason, reason)} {detail}".strip()
+        super().__init__(f"{reason}: {detail}")
+
+
+def _unsafe(detail: str) -> ArchiveError:
+    return ArchiveError("unsafe_archive", detail)
+
+
+def _too_large(detail: str) -> ArchiveError:
+    return ArchiveError("archive_too_large", detail)
+
+
+def _unsupported(detail: str) -> ArchiveError:
+    return ArchiveError("unsupported_archive", detail)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file inside an archive: its checked name and its exact bytes."""
+
+    name: str
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def safe_member_name(raw: str) -> str:
+    """The member name with ``.`` and empty segments dropped; `ArchiveError` if unsafe."""
+    shown = repr(raw[:80])
+    if not raw:
+        raise _unsafe("A member has an empty name.")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in raw):
+        raise _unsafe(f"Member {shown} has a control character in its name.")
+    if "\\" in raw:
+        raise _unsafe(f"Member {shown} has a backslash in its name.")
+    if raw.startswith("/") or _DRIVE.match(raw):
+        raise _unsafe(f"Member {shown} has an absolute path.")
+    segments = [seg for seg in raw.split("/") if seg not in ("", ".")]
+    if ".." in segments:
+        raise _unsafe(f"Member {shown} has a '..' segment.")
+    if not segments:
+        raise _unsafe(f"Member {shown} has no file name.")
+    name = "/".join(segments)
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise _unsafe(f"Member {shown}... has a name longer than {MAX_NAME_BYTES} bytes.")
+    return name
+
+
+class _Budget:
+    """Counts members and bytes against the limits; raises as soon as one is passed."""
+
+    def __init__(self, limits: ArchiveLimits) -> None:
+        self.limits = limits
+        self.members = 0
+        self.total = 0
+        self.names: set[str] = set()
+
+    def entry(self) -> None:
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise _too_large(f"It has more than {self.limits.max_members} members.")
+
+    def name(self, raw: str) -> str:
+        name = safe_member_name(raw)
+        if name in self.names:
+            raise _unsafe(f"Member name {name!r} appears more than once.")
+        self.names.add(name)
+        return name
+
+    @staticmethod
+    def folder(raw: str) -> None:
+        """Folders are skipped, but their names must be as safe as file names."""
+        if raw.strip("./"):
+            safe_member_name(raw)
+
+    def declared(self, name: str, size: int) -> None:
+        if size > self.limits.max_member_bytes:
+            raise _too_large(f"Member {name!r} is {size} bytes "
+                             f"(at most {self.limits.max_member_bytes}).")
+
+    def read(self, name: str, handle: IO[bytes], cap: int) -> bytes:
+        """Read a member in blocks, counting the bytes that actually come out."""
+        cap = min(cap, self.limits.max_member_bytes)
+        parts: list[bytes] = []
+        count = 0
+        while True:
+            block = handle.read(_BLOCK)
+            if not block:
+                break
+            count += len(block)
+            if count > cap:
+                raise _too_large(f"Member {name!r} produces more bytes than its declared "
+                                 f"size or the {self.limits.max_member_bytes}-byte limit.")
+            parts.append(block)
+        self.add(count)
+        return b"".join(parts)
+
+    def add(self, size: int) -> None:
+        self.total += size
+        if self.total > self.limits.max_total_bytes:
+            raise _too_large(f"Its members add up to more than "
+                             f"{self.limits.max_total_bytes} bytes.")
+
+    def ratio(self, what: str, produced: int, consumed: int, floor: int = RATIO_FLOOR) -> None:
+        if produced >= floor and produced > self.limits.max_ratio * max(consumed, 1):
+            raise _too_large(f"{what} expands {produced} bytes from {consumed} "
+                             f"(more than {self.limits.max_ratio:g} times).")
+
+
+def read_members(fileobj: IO[bytes], fmt: str, limits: ArchiveLimits) -> Iterator[Member]:
+    """Every file member of the archive in `fileobj` (seekable, read from its start)."""
+    fileobj.seek(0)
+    budget = _Budget(limits)
+    if fmt == ZIP:
+        return _zip_members(fileobj, budget)
+    if fmt == TAR:
+        return _tar_members(fileobj, budget)
+    if fmt == NDJSON:
+        return _ndjson_members(fileobj, budget)
+    raise _unsupported(f"Archives of type {fmt!r} are not supported.")
+
+
+def scan(fileobj: IO[bytes], fmt: str, limits: ArchiveLimits) -> list[tuple[str, str]]:
+    """Check the whole archive before anything is imported: (member name, sha256) each."""
+    return [(member.name, member.sha256) for member in read_members(fileobj, fmt, limits)]
+
+
+# --- zip ---------------------------------------------------------------------------------
+
+
+def _zip_declared_entries(fileobj: IO[bytes]) -> int | None:
+    """The entry count in the end-of-central-directory record, read before parsing it."""
+    try:
+        end = zipfile._EndRecData(fileobj)  # type: ignore[attr-defined]  # stable helper
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if not end else int(end[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
+
+
+def _zip_member_type(info: zipfile.ZipInfo) -> str:
+    """``file``, ``dir`` or what else the entry is (from its Unix mode, when it has one)."""
+    mode = info.external_attr >> 16
+    kind = stat.S_IFMT(mode)
+    if kind == stat.S_IFLNK:
+        return "symlink"
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+        return "special file"
+    if info.is_dir() or kind == stat.S_IFDIR:
+        return "dir"
+    return "file"
+
+
+def _zip_members(fileobj: IO[bytes], budget: _Budget) -> Iterator[Member]:
+    """Check the whole central directory now; the returned iterator reads the data."""
+    declared = _zip_declared_entries(fileobj)
+    if declared is not None and declared > budget.limits.max_members:
+        raise _too_large(f"It has more than {budget.limits.max_members} members.")
+    try:
+        archive = zipfile.ZipFile(fileobj)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise _unsupported(f"It is not a readable zip archive ({exc}).") from None
+    try:
+        files = _zip_check_directory(archive, budget, fileobj.seek(0, io.SEEK_END))
+    except BaseException:
+        archive.close()
+        raise
+    return _zip_read(archive, files, budget)
+
+
+def _zip_check_directory(archive: zipfile.ZipFile, budget: _Budget,
+                         archive_size: int) -> list[tuple[zipfile.ZipInfo, str]]:
+    files: list[tuple[zipfile.ZipInfo, str]] = []
+    total_declared = 0
+    for info in archive.infolist():
+        budget.entry()
+        kind = _zip_member_type(info)
+        if kind == "dir":
+            budget.folder(info.filename)
+            continue
+        name = budget.name(info.filename)
+        if kind != "file":
+            raise _unsafe(f"Member {name!r} is a {kind}.")
+        if info.flag_bits & 0x1:
+            raise _unsupported(f"Member {name!r} is encrypted.")
+        budget.declared(name, info.file_size)
+        budget.ratio(f"Member {name!r}", info.file_size, info.compress_size)
+        total_declared += info.file_size
+        files.append((info, name))
+    if total_declared > budget.limits.max_total_bytes:
+        raise _too_large(f"Its members add up to more than "
+                         f"{budget.limits.max_total_bytes} bytes.")
+    budget.ratio("The archive", total_declared, archive_size, STREAM_RATIO_FLOOR)
+    return files
+
+
+def _zip_read(archive: zipfile.ZipFile, files: list[tuple[zipfile.ZipInfo, str]],
+              budget: _Budget) -> Iterator[Member]:
+    with archive:
+        for info, name in files:
+            try:
+                with archive.open(info) as handle:
+                    data = budget.read(name, handle, info.file_size)
+            except ArchiveError:
+                raise
+            except NotImplementedError as exc:
+                raise _unsupported(f"Member {name!r} uses an unsupported method ({exc}).") \
+                    from None
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+                raise _unsafe(f"Member {name!r} is damaged or its declared size is wrong "
+                              f"({exc}).") from None
+            budget.ratio(f"Member {name!r}", len(data), info.compress_size)
+            yield Member(name, data)
+
+
+# --- tar -----------------------------------------------------------------------------------
+
+
+class _Counted(io.RawIOBase):
+    """A read-only stream that counts what passes through and calls `check` after reads."""
+
+    def __init__(self, inner: IO[bytes], check: object = None) -> None:
+        self.inner = inner
+        self.count = 0
+        self.window = 0  # bytes since the caller last reset it (one tar step)
+        self._check = check
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.inner.read(len(buffer))
+        size = len(data)
+        buffer[:size] = data
+        self.count += size
+        self.window += size
+        if self._check is not None:
+            self._check()  # type: ignore[operator]
+        return size
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = _BLOCK
+        buffer = bytearray(size)
+        got = self.readinto(buffer)
+        return bytes(buffer[:got])
+
+
+def _tar_stream(fileobj: IO[bytes], budget: _Budget) -> _Counted:
+    """The uncompressed tar byte stream, guarded by the size and ratio limits."""
+    head = fileobj.read(6)
+    fileobj.seek(0)
+    if head.startswith(_OTHER_COMPRESSION):
+        raise _unsupported("Only plain and gzip-compressed tar archives are supported.")
+    raw: _Counted | None = None
+    inner: IO[bytes] = fileobj
+    if head.startswith(_GZIP_MAGIC):
+        raw = _Counted(fileobj)
+        inner = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+    limits = budget.limits
+    step_cap = limits.max_member_bytes + 1024 * 1024  # one member plus its headers
+
+    def check() -> None:
+        if tar.count > limits.max_total_bytes:
+            raise _too_large(f"It expands to more than {limits.max_total_bytes} bytes.")
+        if tar.window > step_cap:
+            raise _too_large("A member or header is larger than the per-member limit.")
+        if raw is not None:
+            budget.ratio("The archive", tar.count, raw.count, STREAM_RATIO_FLOOR)
+
+    tar = _Counted(inner, check)
+    return tar
+
+
+def _tar_members(fileobj: IO[bytes], budget: _Budget) -> Iterator[Member]:
+    stream = _tar_stream(fileobj, budget)
+    try:
+        archive = tarfile.open(fileobj=stream, mode="r|")  # type: ignore[call-overload]
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise _unsupported(f"It is not a readable tar archive ({exc}).") from None
+    with archive:
+        while True:
+            try:
+                info = archive.next()
+            except ArchiveError:
+                raise
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                raise _unsupported(f"The tar archive is damaged ({exc}).") from None
+            stream.window = 0
+            if info is None:
+                return
+            archive.members.clear()  # stream mode still collects members; keep memory flat
+            budget.entry()
+            if info.isdir():
+                budget.folder(info.name)
+                continue
+            name = budget.name(info.name)
+            if info.issym() or info.islnk():
+                raise _unsafe(f"Member {name!r} is a {'symbolic' if info.issym() else 'hard'} "
+                              "link.")
+            if not info.isreg() or info.issparse():
+                raise _unsafe(f"Member {name!r} is not a regular file.")
+            budget.declared(name, info.size)
+            handle = archive.extractfile(info)
+            if handle is None:
+                raise _unsafe(f"Member {name!r} cannot be read as a file.")
+            try:
+                data = budget.read(name, handle, info.size)
+            except ArchiveError:
+                raise
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                raise _unsupported(f"The tar archive is damaged ({exc}).") from None
+            yield Member(name, data)
+
+
+# --- NDJSON ---------------------------------------------------------------------------------
+
+
+def _ndjson_members(fileobj: IO[bytes], budget: _Budget) -> Iterator[Member]:
+    """One JSON object per line: ``{"name": "...", "data": "<armoured file text>"}``."""
+    line_cap = budget.limits.max_member_bytes * 2 + 4096  # JSON escapes newlines as "\n"
+    number = 0
+    while True:
+        line = fileobj.readline(line_cap + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > line_cap:
+            raise _too_large(f"Line {number} is longer than {line_cap} bytes.")
+        if number == 1:
+            line = line.removeprefix(b"\xef\xbb\xbf")
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            raise _unsupported(f"Line {number} is not JSON.") from None
+        if not isinstance(record, dict) or not isinstance(record.get("name"), str) \
+                or not isinstance(record.get("data"), str):
+            raise _unsupported(f'Line {number} needs string fields "name" and "data".')
+        budget.entry()
+        name = budget.name(record["name"])
+        try:
+            data = record["data"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise _unsupported(f"Line {number} has data that is not valid text.") from None
+        budget.declared(name, len(data))
+        budget.add(len(data))
+        yield Member(name, data)

@@ -1,0 +1,1 @@
+"""Distributed mode against a real Redis server and real Celery worker processes."""

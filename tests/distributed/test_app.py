@@ -1,0 +1,194 @@
+"""The Celery app factory, per-process runtimes, error mapping and the enqueue side,
+without a broker: publishing is captured by a stand-in app."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from config.settings import Settings
+from models.types import utcnow
+from pipelines.keyring import init_keyring
+from pipelines.layout import make_arrival
+from pipelines.storage.base import TransientStorageError
+from tests.distributed.cluster import ROOT, airlock_env
+from tests.factories import WireDevice, add_license, vendor
+from tests.test_archives import make_zip
+from workers import celery_app
+from workers.celery_app import (
+    BULK,
+    FINISH_BATCH,
+    INTERACTIVE,
+    PROCESS_CHUNK,
+    PROCESS_JOB,
+    RuntimeHolder,
+    make_celery,
+)
+from workers.dispatch import Watcher, requeue_stale
+from workers.runtime import build_runtime
+from workers.tasks import TransientError, transient_errors
+
+
+def settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"home": tmp_path, "broker_url": "redis://127.0.0.1:1/5",
+                              "task_time_limit": 120, "chunk_size": 3}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def test_celery_configuration(tmp_path: Path) -> None:
+    app = make_celery(settings(tmp_path))
+    conf = app.conf
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.task_ignore_result and conf.result_backend is None
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_time_limit == 120 and 0 < conf.task_soft_time_limit < 120
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    assert conf.broker_connection_retry_on_startup
+    assert {q.name for q in conf.task_queues} == {INTERACTIVE, BULK}
+    assert app.amqp.router.route({}, PROCESS_JOB)["queue"].name == INTERACTIVE
+    assert app.amqp.router.route({}, PROCESS_CHUNK)["queue"].name == BULK
+    assert app.amqp.router.route({}, FINISH_BATCH)["queue"].name == BULK
+    for name in (PROCESS_JOB, PROCESS_CHUNK, FINISH_BATCH):
+        task = app.tasks[name]
+        assert task.acks_late and task.reject_on_worker_lost and task.ignore_result
+        assert task.autoretry_for == (TransientError,) and task.retry_backoff
+        assert task.retry_jitter and task.max_retries
+
+
+def test_no_broker_means_no_celery(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="embedded"):
+        make_celery(Settings(home=tmp_path))
+
+
+def test_module_app_reads_settings_only_when_asked(tmp_path: Path) -> None:
+    code = ("import workers.celery_app as m; assert m._lazy_app is None; "
+            "print(m.app.conf.broker_url, m.app.conf.task_time_limit)")
+    env = airlock_env(home=tmp_path, broker_url="redis://127.0.0.1:1/7", task_time_limit=42)
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["redis://127.0.0.1:1/7", "42"]
+
+
+def test_runtime_is_built_per_process(tmp_path: Path, monkeypatch) -> None:
+    built: list[int] = []
+
+    def factory(s: Settings) -> Any:
+        built.append(1)
+        return build_runtime(s)
+
+    init_keyring(tmp_path / "keys")
+    holder = RuntimeHolder(settings(tmp_path), factory=factory)
+    first = holder.get()
+    assert holder.get() is first and len(built) == 1
+    monkeypatch.setattr(celery_app.os, "getpid", lambda: -1)  # as if after a fork
+    second = holder.get()
+    assert second is not first and second.engine is not first.engine and len(built) == 2
+    holder.after_fork()  # same "process": keeps what it has
+    assert holder.get() is second
+    holder.close()
+
+
+@pytest.mark.parametrize("error,transient", [
+    (OperationalError("SELECT 1", {}, Exception("database is locked")), True),
+    (TransientStorageError("SlowDown"), True),
+    (redis.exceptions.ConnectionError("gone"), True),
+    (ConnectionResetError("reset"), True),
+    (SoftTimeLimitExceeded(), True),
+    (IntegrityError("INSERT", {}, Exception("unique")), False),
+    (ValueError("a bug"), False),
+])
+def test_transient_errors_are_retried_others_are_not(error: Exception, transient: bool) -> None:
+    expected = TransientError if transient else type(error)
+    with pytest.raises(expected):
+        with transient_errors():
+            raise error
+
+
+class Publisher:
+    """Stands in for a Celery app: records what would be published."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[Any], dict[str, Any]]] = []
+        self.conf = type("Conf", (), {"broker_url": "redis://x"})()
+
+    def send_task(self, name: str, args: list[Any] | None = None,
+                  kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+        self.sent.append((name, list(args or []), dict(kwargs or {})))
+
+
+@pytest.fixture
+def publishing(tmp_path: Path, sqlite_engine: Engine) -> tuple[Any, Publisher, Any]:
+    ring, _ = init_keyring(tmp_path / "keys")
+    vendor(sqlite_engine)
+    runtime = build_runtime(settings(tmp_path, database_url=str(sqlite_engine.url)))
+    return runtime, Publisher(), ring
+
+
+def test_watcher_commits_rows_then_publishes_once(publishing: Any) -> None:
+    runtime, app, ring = publishing
+    clock = [0.0]
+    watcher = Watcher(runtime, app, repeat_after=60, clock=lambda: clock[0])  # type: ignore[arg-type]
+    key = add_license(runtime.engine, max_activations=10)
+    data = WireDevice(ring, "HW").activation(license_key=key)
+    arrival = make_arrival("ACME/a.req", data)
+    job_id = watcher.submit(arrival)
+    watcher.on_arrival(arrival)  # the S3 poller hands it over again: not published again
+    assert app.sent == [(PROCESS_JOB, [job_id], {"source": "ACME/a.req"})]
+    clock[0] = 61
+    watcher.on_arrival(arrival)
+    assert len(app.sent) == 2
+
+    files = [(f"m{i}.req", WireDevice(ring, f"M{i}").activation(license_key=key))
+             for i in range(7)]
+    watcher.on_arrival(make_arrival("ACME/b.zip", make_zip(files)))
+    chunks = [s for s in app.sent if s[0] == PROCESS_CHUNK]
+    assert [len(args[0]) for _, args, _ in chunks] == [3, 3, 1]
+    assert all(kwargs["batch_id"] == 1 for _, _, kwargs in chunks)
+    runtime.close()
+
+
+def test_sweep_publishes_work_nobody_touched(publishing: Any) -> None:
+    runtime, app, ring = publishing
+    watcher = Watcher(runtime, app)  # type: ignore[arg-type]
+    key = add_license(runtime.engine, max_activations=10)
+    watcher.on_arrival(make_arrival("ACME/a.req", WireDevice(ring, "HW").activation(
+        license_key=key)))
+    watcher.on_arrival(make_arrival("ACME/b.zip", make_zip([
+        (f"m{i}.req", WireDevice(ring, f"M{i}").activation(license_key=key))
+        for i in range(4)])))
+    app.sent.clear()
+    assert requeue_stale(runtime, app, older_than=timedelta(hours=1)).jobs == 0  # type: ignore[arg-type]
+    swept = requeue_stale(runtime, app, older_than=timedelta(0),  # type: ignore[arg-type]
+                          now=utcnow() + timedelta(seconds=1))
+    assert (swept.jobs, swept.chunks, swept.batches) == (1, 2, 0)
+    assert [name for name, _, _ in app.sent] == [PROCESS_JOB, PROCESS_CHUNK, PROCESS_CHUNK]
+    app.sent.clear()
+    # just published: not again until `older_than` passes once more
+    assert requeue_stale(runtime, app, older_than=timedelta(minutes=5)).jobs == 0  # type: ignore[arg-type]
+    runtime.close()
+
+
+def test_watcher_takes_a_pass_of_files_in_one_commit(publishing: Any) -> None:
+    runtime, app, ring = publishing
+    watcher = Watcher(runtime, app)  # type: ignore[arg-type]
+    key = add_license(runtime.engine, max_activations=10)
+    singles = [make_arrival(f"ACME/{i}.req", WireDevice(ring, f"S{i}").activation(
+        license_key=key)) for i in range(3)]
+    archive = make_arrival("ACME/b.zip", make_zip([("m.req", WireDevice(ring, "M").activation(
+        license_key=key))]))
+    watcher.on_batch([singles[0], archive, singles[1], singles[2]])
+    assert [name for name, _, _ in app.sent] == [PROCESS_JOB] * 3 + [PROCESS_CHUNK]
+    assert [kwargs["source"] for _, _, kwargs in app.sent[:3]] == [a.key for a in singles]
+    runtime.close()

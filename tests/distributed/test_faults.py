@@ -1,0 +1,92 @@
+"""Faults in the middle of a bulk import: a worker SIGKILLed, Redis restarted, Redis
+losing its data. Every member must still be applied exactly once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import timedelta
+
+from tests.distributed.cluster import wait_for
+from tests.distributed.conftest import Deployment
+from tests.factories import WireDevice, add_license, license_info
+from tests.test_archives import make_zip
+from workers.dispatch import requeue_stale
+
+
+def _usage_archive(dep: Deployment, count: int) -> tuple[str, bytes, int]:
+    """(license key, a zip of `count` deactivations, the consumption they add up to)."""
+    key = add_license(dep.engine, license_type="consumption", max_consumptions=100_000,
+                      max_activations=count)
+    devices = dep.activated(key, count)
+    files = [(f"usage/{i:03d}.deact", device.deactivation(license_key=key, consumptions=i + 1))
+             for i, device in enumerate(devices)]
+    return key, make_zip(files), sum(range(1, count + 1))
+
+
+def _check_exactly_once(dep: Deployment, key: str, members: int, total: int) -> None:
+    result = dep.wait_reported(timeout=180)
+    assert result.status == "reported" and result.counts == {"done": members}
+    assert license_info(dep.engine, key)["consumptions"]["total"] == total
+    assert len(dep.outbox(".receipt")) == members  # one outbox file per member
+    document = json.loads(next(iter(dep.outbox(".report.json").values())))
+    assert len(document["members"]) == members
+    assert {row["status"] for row in document["members"]} == {"done"}
+    # No redelivery loop: the interrupted chunk is tried again once or twice, no more.
+    assert max(job.attempts for job in dep.jobs()) <= 3
+
+
+def test_worker_killed_mid_batch_loses_nothing(deployment: Deployment) -> None:
+    """Messages the killed worker held come back after the visibility timeout; one it
+    had just popped (kombu records it as unacknowledged a moment later) is published
+    again by the sweep, as ``airlock watch`` does."""
+    dep = deployment
+    key, archive, total = _usage_archive(dep, 40)
+    dep.sweep_in_background(older_than=60)
+    slots = dep.root / "slots"
+    slots.mkdir()
+    first = dep.worker("w1", concurrency=2, chunk_slots=2, slot_dir=slots)
+    dep.drop("ACME/usage.zip", archive)
+    wait_for(lambda: dep.batch().finished == 8, timeout=90, what="two chunks")
+    wait_for(lambda: first.log().count(" received") >= 4, timeout=30,
+             what="the worker to hold more chunks")
+    first.kill()  # SIGKILL to the main process and every pool process, mid-batch
+    state = dep.batch()
+    assert (state.status, state.finished, state.total) == ("open", 8, 40)
+    dep.worker("w2", concurrency=2)
+    _check_exactly_once(dep, key, 40, total)
+
+
+def test_redis_restart_mid_batch_loses_nothing(deployment: Deployment) -> None:
+    dep = deployment
+    key, archive, total = _usage_archive(dep, 30)
+    dep.sweep_in_background(older_than=60)
+    dep.worker("w1", apply_delay=0.2)
+    dep.drop("ACME/usage.zip", archive)
+    wait_for(lambda: dep.batch().finished >= 4, timeout=90, what="the first chunks")
+    dep.redis.stop()
+    time.sleep(2)  # the broker is away for a while, not just a blip
+    dep.redis.start()
+    _check_exactly_once(dep, key, 30, total)
+
+
+def test_work_lost_with_the_broker_data_is_published_again(deployment: Deployment) -> None:
+    """Redis comes back empty (no persistence): the sweep publishes what is unfinished."""
+    dep = deployment
+    key, archive, total = _usage_archive(dep, 8)
+    dep.drop("ACME/usage.zip", archive)
+    single = add_license(dep.engine, max_activations=5)
+    dep.drop("ACME/single.req", WireDevice(dep.keyring, "HW-S").activation(license_key=single))
+    assert sum(dep.redis.queue_lengths().values()) > 0
+    dep.redis.stop()
+    shutil.rmtree(dep.redis.folder / "appendonlydir")
+    dep.redis.start()
+    assert sum(dep.redis.queue_lengths().values()) == 0
+    dep.worker()
+    swept = requeue_stale(dep.runtime, dep.app, older_than=timedelta(0))
+    assert (swept.jobs, swept.chunks) == (1, 2)
+    _check_exactly_once(dep, key, 8, total)
+    wait_for(lambda: (dep.root / "inbox/_processed/ACME/single.req").exists(), timeout=60,
+             what="the single file")
+    assert license_info(dep.engine, single)["active_devices"] == 1

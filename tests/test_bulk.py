@@ -1,0 +1,482 @@
+"""Bulk archives in embedded mode: expand → job rows → chunks → report, and refusals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import stat
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func
+from sqlmodel import col, select
+from typer.testing import CliRunner
+
+from config.settings import Settings
+from models import Batch, Job, JobOutput
+from models.db import session_scope
+from pipelines import bulk
+from pipelines.bulk import BulkParts, handle_archive, run_chunk, update_progress
+from pipelines.keyring import VendorKeyring
+from pipelines.layout import make_arrival
+from pipelines.process import Processor, process
+from pipelines.storage.local import LocalStore
+from tests.factories import NOW, WireDevice, add_license, license_info, vendor
+from tests.s3fixtures import moto_server  # noqa: F401  (fixture)
+from tests.test_archives import make_ndjson, make_tar, make_zip
+
+
+@pytest.fixture
+def env(sqlite_engine: Engine, keyring: VendorKeyring, tmp_path: Path) -> BulkParts:
+    vendor(sqlite_engine)
+    sandbox = tmp_path / "sandbox"
+    return BulkParts(settings=Settings(home=tmp_path / "var", chunk_size=4),
+                     engine=sqlite_engine,
+                     processor=Processor(keyring=keyring, clock=lambda: NOW),
+                     inbox=LocalStore(sandbox / "inbox"), outbox=LocalStore(sandbox / "outbox"))
+
+
+def activations(keyring: VendorKeyring, key: str, n: int) -> list[tuple[str, bytes]]:
+    return [(f"requests/dev-{i:05d}.req", WireDevice(keyring, f"HW-{i}").activation(
+        license_key=key)) for i in range(n)]
+
+
+def drop(env: BulkParts, name: str, data: bytes, area: str = "ACME") -> bulk.BatchResult:
+    key = f"{area}/{name}"
+    env.inbox.put(key, data)
+    return handle_archive(env, make_arrival(key, data))
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def report(env: BulkParts, result: bulk.BatchResult) -> tuple[dict[str, Any], list[dict]]:
+    json_key, csv_key = result.report_keys
+    document = json.loads(env.outbox.get(json_key))
+    rows = list(csv.DictReader(io.StringIO(env.outbox.get(csv_key).decode())))
+    return document, rows
+
+
+def job_count(engine: Engine) -> int:
+    with session_scope(engine) as session:
+        return int(session.exec(select(func.count()).select_from(Job)).one())
+
+
+# --- the happy path ---------------------------------------------------------------------
+
+
+def test_zip_import_applies_members_and_reports_each_one(env: BulkParts, keyring) -> None:
+    key = add_license(env.engine, max_activations=100)
+    files = activations(keyring, key, 6)
+    files += [("notes.txt", b"not an airlock file"), ("copy-of-first.req", files[0][1])]
+    result = drop(env, "march.zip", make_zip(files))
+    assert result.status == "reported" and result.accepted and not result.duplicate
+    assert result.members == 8 and result.total == 7  # the copy reuses the first job
+    assert result.counts == {"done": 6, "rejected": 1}
+    assert license_info(env.engine, key)["active_devices"] == 6
+
+    document, rows = report(env, result)
+    assert [r["member"] for r in rows] == [name for name, _ in files]
+    assert document["member_count"] == 8 and document["summary"] == {"done": 7, "rejected": 1}
+    assert document["status"] == "complete" and document["archive"] == "march.zip"
+    by_name = {r["member"]: r for r in rows}
+    assert by_name["notes.txt"]["status"] == "rejected"
+    assert by_name["notes.txt"]["reason"] == "malformed" and by_name["notes.txt"]["message"]
+    assert by_name["copy-of-first.req"]["results"] == by_name[files[0][0]]["results"]
+    for row in rows:
+        for result_key in row["results"].split(";"):
+            assert env.outbox.exists(result_key)
+    lic = [r for r in rows if r["status"] == "done"]
+    assert all(r["request_id"] and r["results"] == f"ACME/{r['request_id']}.lic" for r in lic)
+
+    outbox = files_under(env.outbox.root)
+    assert sum(name.endswith(".lic") for name in outbox) == 6
+    assert sum(name.endswith(".rejection") for name in outbox) == 1
+    assert f"ACME/batches/march.zip.{result.sha256[:12]}.report.json" in outbox
+    assert "_processed/ACME/march.zip" in files_under(env.inbox.root)
+
+
+@pytest.mark.parametrize("name,build", [
+    ("x.tar", lambda f: make_tar(f)),
+    ("x.tar.gz", lambda f: make_tar(f, gz=True)),
+    ("x.tgz", lambda f: make_tar(f, gz=True)),
+    ("x.ndjson", lambda f: make_ndjson([(n, d.decode()) for n, d in f])),
+])
+def test_tar_and_ndjson_imports(env: BulkParts, keyring, name: str, build: Any) -> None:
+    key = add_license(env.engine, max_activations=100)
+    files = activations(keyring, key, 5)
+    result = drop(env, name, build(files))
+    assert result.status == "reported" and result.counts == {"done": 5}
+    _, rows = report(env, result)
+    assert [r["member"] for r in rows] == [n for n, _ in files]
+    assert license_info(env.engine, key)["active_devices"] == 5
+
+
+def test_members_are_registered_one_commit_per_chunk(env: BulkParts, keyring,
+                                                     monkeypatch) -> None:
+    key = add_license(env.engine, max_activations=100)
+    chunks: list[list[int]] = []
+    real = bulk.InlineSink.chunk
+
+    def spy(self: bulk.InlineSink, batch_id: int, job_ids: list[int]) -> None:
+        chunks.append(job_ids)
+        real(self, batch_id, job_ids)
+
+    monkeypatch.setattr(bulk.InlineSink, "chunk", spy)
+    drop(env, "nine.zip", make_zip(activations(keyring, key, 9)))
+    assert [len(c) for c in chunks] == [4, 4, 1]
+
+
+def test_consumption_from_a_bulk_of_deactivations(env: BulkParts, keyring) -> None:
+    key = add_license(env.engine, license_type="consumption", max_consumptions=10_000,
+                      max_activations=100)
+    devices = [WireDevice(keyring, f"HW-{i}") for i in range(7)]
+    for device in devices:
+        assert process(device.activation(license_key=key), engine=env.engine, tenant="ACME",
+                       processor=env.processor).accepted
+    files = [(f"d{i}.deact", d.deactivation(license_key=key, consumptions=i + 1))
+             for i, d in enumerate(devices)]
+    result = drop(env, "usage.zip", make_zip(files))
+    assert result.counts == {"done": 7}
+    assert license_info(env.engine, key)["consumptions"]["total"] == sum(range(1, 8))
+    receipts = [n for n in files_under(env.outbox.root) if n.endswith(".receipt")]
+    assert len(receipts) == 7
+
+
+# --- exactly once ---------------------------------------------------------------------------
+
+
+def test_reimport_applies_nothing_and_redelivers_the_same_report(env: BulkParts,
+                                                                keyring) -> None:
+    key = add_license(env.engine, max_activations=100)
+    data = make_zip(activations(keyring, key, 5))
+    first = drop(env, "a.zip", data)
+    report_bytes = env.outbox.get(first.report_keys[0])
+    env.outbox.delete(first.report_keys[0])
+    again = drop(env, "a-again.zip", data)
+    assert again.duplicate and again.batch_id == first.batch_id
+    assert env.outbox.get(first.report_keys[0]) == report_bytes
+    assert license_info(env.engine, key)["active_devices"] == 5
+    assert job_count(env.engine) == 5
+    assert {"_processed/ACME/a.zip", "_processed/ACME/a-again.zip"} <= set(
+        files_under(env.inbox.root))
+
+
+def test_interrupted_import_resumes_without_applying_twice(env: BulkParts, keyring,
+                                                           monkeypatch) -> None:
+    key = add_license(env.engine, max_activations=100)
+    data = make_zip(activations(keyring, key, 10))
+    real = bulk.InlineSink.chunk
+    calls = {"n": 0}
+
+    def crash_after_first(self: bulk.InlineSink, batch_id: int, job_ids: list[int]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the process dies half-way through registration
+        real(self, batch_id, job_ids)
+
+    monkeypatch.setattr(bulk.InlineSink, "chunk", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        drop(env, "big.zip", data)
+    with session_scope(env.engine) as session:
+        assert session.exec(select(Batch.status)).one() == "loading"
+    monkeypatch.setattr(bulk.InlineSink, "chunk", real)
+    result = handle_archive(env, make_arrival("ACME/big.zip", data))  # handed over again
+    assert result.status == "reported" and result.counts == {"done": 10}
+    assert license_info(env.engine, key)["active_devices"] == 10
+
+
+def test_a_chunk_run_twice_does_not_count_twice(env: BulkParts, keyring, monkeypatch) -> None:
+    key = add_license(env.engine, max_activations=100)
+    finished: list[int] = []
+    monkeypatch.setattr(bulk.InlineSink, "finish", lambda self, bid: finished.append(bid))
+    result = drop(env, "c.zip", make_zip(activations(keyring, key, 6)))
+    assert result.status == "complete" and finished == [result.batch_id]
+    with session_scope(env.engine) as session:
+        ids = list(session.exec(select(Job.id).order_by(Job.id)))
+    again = run_chunk(env, ids[:4], result.batch_id)  # a redelivered chunk
+    assert all(o.duplicate for o in again.outcomes)
+    assert update_progress(env.engine, result.batch_id) == (False, "complete")
+    state = bulk.batch_result(env.engine, result.batch_id)
+    assert (state.total, state.finished) == (6, 6)
+
+
+def test_progress_cannot_flip_before_every_member_is_registered(env: BulkParts) -> None:
+    with session_scope(env.engine) as session:
+        batch = Batch(tenant="ACME", source="x", sha256="0" * 64, status="loading")
+        session.add(batch)
+    assert update_progress(env.engine, batch.id) == (False, "loading")  # type: ignore[arg-type]
+
+
+# --- refusals ------------------------------------------------------------------------------
+
+
+def _zip_symlink() -> bytes:
+    link = zipfile.ZipInfo("link.req")
+    link.create_system = 3
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return make_zip([("fine.req", b"x"), (link, b"../../../../etc/passwd")])
+
+
+def _tar_link(kind: bytes) -> bytes:
+    entry = tarfile.TarInfo("link.req")
+    entry.type = kind
+    entry.linkname = "../../escape-target"
+    return make_tar([("fine.req", b"x"), (entry, b"")], gz=True)
+
+
+def _lying_zip() -> bytes:
+    from tests.test_archives import _lie_about_size
+
+    return _lie_about_size(make_zip([("bomb.req", b"\0" * 3_000_000)]), 100)
+
+
+ESCAPE = "airlock-escape-7c1e.req"
+HOSTILE = [
+    ("slip.zip", lambda: make_zip([("ok.req", b"x"), (f"../../../{ESCAPE}", b"evil")]),
+     "unsafe_archive"),
+    ("abs.zip", lambda: make_zip([(f"/tmp/{ESCAPE}", b"evil")]), "unsafe_archive"),
+    ("slip.tar.gz", lambda: make_tar([(f"../../{ESCAPE}", b"evil")], gz=True), "unsafe_archive"),
+    ("link.zip", _zip_symlink, "unsafe_archive"),
+    ("symlink.tgz", lambda: _tar_link(tarfile.SYMTYPE), "unsafe_archive"),
+    ("hardlink.tar.gz", lambda: _tar_link(tarfile.LNKTYPE), "unsafe_archive"),
+    ("ratio.zip", lambda: make_zip([("bomb.req", b"\0" * 250_000)]), "archive_too_large"),
+    ("lying.zip", _lying_zip, "unsafe_archive"),
+    ("garbage.zip", lambda: b"this is not a zip", "unsupported_archive"),
+]
+
+
+@pytest.mark.parametrize("name,build,reason", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_archive_is_refused_whole_with_a_report(env: BulkParts, tmp_path: Path,
+                                                        name: str, build: Any,
+                                                        reason: str) -> None:
+    before = {p for p in files_under(tmp_path) if not p.startswith("sandbox/")}
+    result = drop(env, name, build())
+    assert result.status == "rejected" and not result.accepted
+    assert result.reason == reason and result.message
+    assert job_count(env.engine) == 0
+
+    document, rows = report(env, result)
+    assert document["status"] == "rejected" and document["reason"] == reason
+    assert document["message"] == result.message and rows == []
+    inbox = files_under(env.inbox.root)
+    assert f"_rejected/ACME/{name}" in inbox
+    error = json.loads(env.inbox.get(f"_rejected/ACME/{name}.error.json"))
+    assert error["reason"] == reason and error["results"] == result.report_keys
+
+    after = {p for p in files_under(tmp_path) if not p.startswith("sandbox/")}
+    assert after - before <= {"airlock.db-wal", "airlock.db-shm"}
+    assert not list(tmp_path.rglob(ESCAPE)) and not Path("/tmp", ESCAPE).exists()
+    assert all(p.startswith(("_rejected/", "_batches/")) for p in inbox)
+
+
+def test_refused_archive_dropped_again_is_refused_again_without_work(env: BulkParts) -> None:
+    data = make_zip([("../x.req", b"x")])
+    first = drop(env, "bad.zip", data)
+    second = drop(env, "bad-again.zip", data)
+    assert second.duplicate and second.status == "rejected" and second.reason == first.reason
+    assert "_rejected/ACME/bad-again.zip" in files_under(env.inbox.root)
+
+
+def test_archive_for_an_unknown_customer_is_refused(env: BulkParts, keyring) -> None:
+    result = drop(env, "who.zip", make_zip([("a.req", b"x")]), area="NOBODY")
+    assert result.status == "rejected" and result.reason == "unknown_tenant"
+    assert job_count(env.engine) == 0
+
+
+def test_limits_come_from_settings(env: BulkParts, keyring) -> None:
+    env.settings = Settings(home=env.settings.home, max_archive_members=3, chunk_size=4)
+    key = add_license(env.engine, max_activations=100)
+    result = drop(env, "many.zip", make_zip(activations(keyring, key, 4)))
+    assert result.reason == "archive_too_large"
+    assert license_info(env.engine, key)["active_devices"] == 0
+
+
+def test_operator_area_archives_are_not_bulk() -> None:
+    assert not bulk.is_bulk(make_arrival("_operator/x.zip", b""))
+    assert bulk.is_bulk(make_arrival("ACME/sub/x.ZIP", b""))
+    assert not bulk.is_bulk(make_arrival("ACME/x.req", b""))
+
+
+def test_archive_names_in_reports_are_safe() -> None:
+    assert bulk.archive_name("cli:my archive (1).zip") == "my_archive__1_.zip"
+    assert bulk.archive_name("_processing/ACME/sub/x.zip.claim-0123456789ab") == "x.zip"
+    assert bulk.archive_name("ACME/deep/er/y.tgz") == "y.tgz"
+
+
+# --- scale and the command line ---------------------------------------------------------------
+
+
+@pytest.mark.slow  # ~2 minutes: the processing core applies ~10 ms per activation
+def test_ten_thousand_member_zip(env: BulkParts, keyring, tmp_path: Path) -> None:
+    env.settings = Settings(home=tmp_path / "var")  # the default chunk size
+    keys = [add_license(env.engine, max_activations=250) for _ in range(50)]
+    files = [(f"requests/{i:05d}.req", WireDevice(keyring, f"HW-{i}").activation(
+        license_key=keys[i % 50])) for i in range(9_990)]
+    files += [(f"junk/{i}.txt", f"junk {i}".encode()) for i in range(10)]
+    started = time.monotonic()
+    result = drop(env, "ten-thousand.zip", make_zip(files))
+    print(f"10,000-member zip imported in {time.monotonic() - started:.1f}s")
+    assert result.status == "reported" and result.members == 10_000
+    assert result.counts == {"done": 9_990, "rejected": 10}
+    document, rows = report(env, result)
+    assert len(rows) == 10_000 and document["member_count"] == 10_000
+    assert [r["member"] for r in rows] == [n for n, _ in files]
+    assert document["summary"] == {"done": 9_990, "rejected": 10}
+    assert all(r["status"] == "done" and r["results"] == f"ACME/{r['request_id']}.lic"
+               for r in rows[:9_990])
+    assert all(r["reason"] == "malformed" for r in rows[9_990:])
+    assert sum(license_info(env.engine, k)["active_devices"] for k in keys) == 9_990
+    with session_scope(env.engine) as session:
+        assert session.exec(select(func.count()).select_from(JobOutput)).one() == 10_000
+        assert session.exec(select(func.max(Job.attempts))).one() == 1
+    outbox = list((env.outbox.root / "ACME").iterdir())
+    assert sum(p.suffix == ".lic" for p in outbox) == 9_990
+    assert sum(p.suffix == ".rejection" for p in outbox) == 10
+
+
+def test_import_command_in_embedded_mode(tmp_path: Path, keyring, monkeypatch) -> None:
+    from cli.distributed import register
+    from cli.main import app
+    from models.db import create_schema, make_engine
+    from pipelines.keyring import init_keyring
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("AIRLOCK_HOME", str(home))
+    monkeypatch.delenv("AIRLOCK_BROKER_URL", raising=False)
+    engine = make_engine(f"sqlite:///{home / 'airlock.db'}")
+    create_schema(engine)
+    vendor(engine)
+    ring, _ = init_keyring(home / "keys")
+    key = add_license(engine, max_activations=10)
+    archive = tmp_path / "upload.zip"
+    archive.write_bytes(make_zip(activations(ring, key, 3)))
+    if not any(c.name == "import" for c in app.registered_commands):
+        register(app)
+    outcome = CliRunner().invoke(app, ["import", str(archive), "--customer", "ACME", "--json"])
+    assert outcome.exit_code == 0, outcome.output
+    summary = json.loads(outcome.stdout)
+    assert summary["status"] == "reported" and summary["members"] == 3
+    assert summary["report"][0].startswith("ACME/batches/upload.zip.")
+    assert (home / "outbox" / summary["report"][1]).exists()
+    again = CliRunner().invoke(app, ["import", str(archive), "--customer", "ACME", "--json"])
+    assert json.loads(again.stdout)["duplicate"] is True
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(make_zip([("../x.req", b"x")]))
+    refused = CliRunner().invoke(app, ["import", str(bad), "--customer", "ACME", "--json"])
+    assert refused.exit_code == 1 and json.loads(refused.stdout)["reason"] == "unsafe_archive"
+    with session_scope(engine) as session:
+        assert session.exec(select(func.count()).select_from(Job).where(
+            col(Job.batch_id).is_not(None))).one() == 3
+    engine.dispose()
+
+
+# --- where archives come from -------------------------------------------------------------
+
+
+def test_archive_claimed_by_the_drop_folder_is_archived_from_processing(env: BulkParts,
+                                                                        keyring) -> None:
+    from pipelines.layout import Arrival, processing_key
+
+    key = add_license(env.engine, max_activations=10)
+    data = make_zip(activations(keyring, key, 2))
+    claimed = processing_key("ACME", "in/drop.zip") + ".claim-0123456789ab"
+    env.inbox.put(claimed, data)
+    arrival = Arrival(area="ACME", name="in/drop.zip", key=claimed, data=data,
+                      sha256=bulk._hash_file(io.BytesIO(data)), size=len(data))
+    result = handle_archive(env, arrival)
+    assert result.status == "reported"
+    assert files_under(env.inbox.root) == ["_batches/ACME/1.members.ndjson",
+                                           "_processed/ACME/in/drop.zip"]
+    assert result.report_keys[0] == f"ACME/batches/drop.zip.{result.sha256[:12]}.report.json"
+
+
+def test_archive_is_streamed_from_the_store_when_the_arrival_has_no_bytes(
+        env: BulkParts, keyring) -> None:
+    from pipelines.layout import Arrival
+
+    key = add_license(env.engine, max_activations=10)
+    data = make_zip(activations(keyring, key, 3))
+    env.inbox.put("ACME/lazy.zip", data)
+    arrival = Arrival(area="ACME", name="lazy.zip", key="ACME/lazy.zip", data=b"",
+                      sha256="", size=len(data))
+    result = handle_archive(env, arrival)
+    assert result.status == "reported" and result.counts == {"done": 3}
+    assert result.sha256 == bulk._hash_file(io.BytesIO(data))
+
+
+def test_s3_archives_are_spooled_to_a_temp_file(env: BulkParts, keyring,
+                                                moto_server) -> None:  # noqa: F811
+    from pipelines.layout import Arrival
+    from tests.s3fixtures import make_s3_store
+
+    key = add_license(env.engine, max_activations=10)
+    store = make_s3_store(moto_server)
+    env.inbox = store
+    data = make_zip(activations(keyring, key, 3))
+    store.put("ACME/remote.zip", data)
+    with bulk.open_stored(store, "ACME/remote.zip") as spooled:
+        assert not isinstance(spooled, io.BytesIO) and spooled.read() == data
+    with pytest.raises(FileNotFoundError):
+        with bulk.open_stored(store, "ACME/missing.zip"):
+            pass
+    result = handle_archive(env, Arrival(area="ACME", name="remote.zip", key="ACME/remote.zip",
+                                         data=b"", sha256="", size=len(data)))
+    assert result.status == "reported" and result.counts == {"done": 3}
+    assert [info.key for info in store.list("_processed/")] == ["_processed/ACME/remote.zip"]
+
+
+def test_import_command_reads_an_s3_url(tmp_path: Path, moto_server,  # noqa: F811
+                                        monkeypatch) -> None:
+    from cli.distributed import register
+    from cli.main import app
+    from models.db import create_schema, make_engine
+    from pipelines.keyring import init_keyring
+    from tests.s3fixtures import create_bucket
+
+    home = tmp_path / "home"
+    for name, value in {"AIRLOCK_HOME": str(home), "AIRLOCK_S3_ENDPOINT_URL": moto_server.url,
+                        "AIRLOCK_S3_REGION": moto_server.region}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AIRLOCK_BROKER_URL", raising=False)
+    engine = make_engine(f"sqlite:///{home / 'airlock.db'}")
+    create_schema(engine)
+    vendor(engine)
+    ring, _ = init_keyring(home / "keys")
+    key = add_license(engine, max_activations=10)
+    bucket = create_bucket(moto_server)
+    moto_server.client("s3").put_object(Bucket=bucket, Key="uploads/acme.ndjson",
+                                        Body=make_ndjson([(n, d.decode()) for n, d in
+                                                          activations(ring, key, 2)]))
+    if not any(c.name == "import" for c in app.registered_commands):
+        register(app)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["import", f"s3://{bucket}/uploads/acme.ndjson", "--customer",
+                             "ACME", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["counts"] == {"done": 2}
+    missing = runner.invoke(app, ["import", f"s3://{bucket}/nope.zip", "--customer", "ACME"])
+    assert missing.exit_code == 2
+    engine.dispose()
+
+
+def test_report_falls_back_to_the_jobs_when_the_member_list_is_gone(env: BulkParts, keyring,
+                                                                    monkeypatch) -> None:
+    key = add_license(env.engine, max_activations=10)
+    monkeypatch.setattr(bulk.InlineSink, "finish", lambda self, bid: None)
+    files = activations(keyring, key, 3)
+    result = drop(env, "lost.zip", make_zip(files))
+    assert result.status == "complete"
+    with session_scope(env.engine) as session:
+        batch = session.exec(select(Batch)).one()
+    env.inbox.delete(bulk.manifest_key(batch))
+    finished = bulk.finish_batch(env, result.batch_id)
+    assert finished.status == "reported"
+    _, rows = report(env, finished)
+    assert [r["member"] for r in rows] == [n for n, _ in files]

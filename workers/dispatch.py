@@ -1,0 +1,237 @@
+"""The enqueue side of distributed mode: job rows are committed first, then published.
+
+`Watcher.on_arrival` is the callback the inbox sources (drop folder, S3 poller) call:
+a single file becomes a job row and a ``process_job`` message; a bulk archive becomes
+a batch, chunks of job rows and one ``process_chunk`` message per chunk. Publishing
+happens only after the commit that created the rows, so no message names a row that
+does not exist. A file the source hands over again (the S3 poller does so until the
+worker archives it) finds its row and is not published twice within `repeat_after`.
+
+`requeue_stale` is the safety net for lost messages (a broker that lost its data, a
+task that ran out of retries): unfinished work untouched for a while is published
+again, which the ledger makes harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from models import Batch, Job, JobStatus
+from models.db import session_scope
+from models.types import utcnow
+from pipelines import bulk
+from pipelines.layout import Arrival
+from pipelines.ledger import Submission, register
+from workers.celery_app import FINISH_BATCH, PROCESS_CHUNK, PROCESS_JOB
+from workers.runtime import Runtime
+
+log = logging.getLogger("airlock.dispatch")
+
+
+def enqueue_job(app: Celery, job_id: int, source: str | None = None) -> None:
+    """Publish ``process_job`` for a committed job row (`source`: the inbox key to archive)."""
+    app.send_task(PROCESS_JOB, args=[job_id], kwargs={"source": source})
+
+
+def enqueue_chunk(app: Celery, job_ids: list[int], batch_id: int | None) -> None:
+    """Publish ``process_chunk`` for committed job rows of one batch."""
+    app.send_task(PROCESS_CHUNK, args=[sorted(job_ids)], kwargs={"batch_id": batch_id})
+
+
+def enqueue_finish(app: Celery, batch_id: int) -> None:
+    """Publish ``finish_batch`` (idempotent: a reported batch ignores it)."""
+    app.send_task(FINISH_BATCH, args=[batch_id])
+
+
+class _Recently:
+    """Remembers what was published, to skip repeats within `window` seconds."""
+
+    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self._clock = clock
+        self._seen: dict[Hashable, float] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, key: Hashable) -> bool:
+        """True (and remembered) if `key` was not published within the window."""
+        now = self._clock()
+        with self._lock:
+            if len(self._seen) > 50_000:
+                self._seen = {k: t for k, t in self._seen.items() if now - t < self.window}
+            last = self._seen.get(key)
+            if last is not None and now - last < self.window:
+                return False
+            self._seen[key] = now
+            return True
+
+
+class CelerySink:
+    """A `pipelines.bulk.ChunkSink` that publishes chunks instead of applying them."""
+
+    def __init__(self, app: Celery, runtime: Runtime, recently: _Recently | None = None) -> None:
+        self.app = app
+        self.runtime = runtime
+        self._recently = recently or _Recently(0)
+
+    def chunk(self, batch_id: int, job_ids: list[int]) -> None:
+        enqueue_chunk(self.app, job_ids, batch_id)
+
+    def finish(self, batch_id: int) -> None:
+        enqueue_finish(self.app, batch_id)
+
+    def resume(self, batch_id: int) -> None:
+        """The batch was registered before; its chunks are (or were) in the queue. Only a
+        batch already complete gets its report published again."""
+        _flipped, status = bulk.update_progress(self.runtime.engine, batch_id)
+        if status == bulk.COMPLETE and self._recently.claim(("finish", batch_id)):
+            enqueue_finish(self.app, batch_id)
+
+
+class Watcher:
+    """`on_arrival` for distributed mode: register (commit), then publish."""
+
+    def __init__(self, runtime: Runtime, app: Celery, *, repeat_after: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.runtime = runtime
+        self.app = app
+        self._recently = _Recently(repeat_after, clock)
+        self.sink = CelerySink(app, runtime, self._recently)
+
+    def on_arrival(self, arrival: Arrival) -> None:
+        self.on_batch([arrival])
+
+    def on_batch(self, arrivals: list[Arrival]) -> None:
+        """Files are registered in one commit, then published one message each; archives
+        become batches (after the files, so a large archive does not hold them back)."""
+        self.submit_many([a for a in arrivals if not bulk.is_bulk(a)])
+        for arrival in arrivals:
+            if bulk.is_bulk(arrival):
+                result = bulk.handle_archive(self.runtime, arrival, sink=self.sink)
+                log.info("%s/%s: batch %s %s", arrival.area, arrival.name, result.batch_id,
+                         result.status)
+
+    def submit(self, arrival: Arrival) -> int:
+        """Register one file as a job (no attempt counted: the worker counts) and publish."""
+        return self.submit_many([arrival])[0]
+
+    def submit_many(self, arrivals: list[Arrival]) -> list[int]:
+        if not arrivals:
+            return []
+        now = self.runtime.processor.clock()
+        with session_scope(self.runtime.engine) as session:
+            jobs = register(session, [Submission(tenant=a.area, data=a.data, source=a.key)
+                                      for a in arrivals], now=now, count_attempt=False)
+        for arrival, job in zip(arrivals, jobs, strict=True):
+            assert job.id is not None
+            if self._recently.claim((job.id, arrival.key)):
+                enqueue_job(self.app, job.id, arrival.key)
+                log.info("%s/%s -> job %s queued", arrival.area, arrival.name, job.id)
+        return [job.id for job in jobs]  # type: ignore[misc]
+
+
+@dataclass
+class SweepResult:
+    jobs: int = 0
+    chunks: int = 0
+    batches: int = 0
+
+
+def requeue_stale(runtime: Runtime, app: Celery, *, older_than: timedelta,
+                  now: datetime | None = None, limit: int = 10_000) -> SweepResult:
+    """Publish again the work nobody touched for `older_than`: unfinished jobs, open
+    batches whose jobs are all finished, and complete batches still without a report."""
+    now = now or utcnow()
+    cutoff = now - older_than
+    result = SweepResult()
+    with session_scope(runtime.engine) as session:
+        stale = session.exec(select(Job.id, Job.source, Job.batch_id).where(
+            Job.status == JobStatus.PENDING, col(Job.updated_at) < cutoff)
+            .order_by(Job.batch_id, Job.id).limit(limit)).all()
+        if stale:
+            session.execute(update(Job).where(col(Job.id).in_([row[0] for row in stale]))
+                            .values(updated_at=now))
+        open_batches = list(session.exec(select(Batch.id).where(
+            Batch.status == bulk.OPEN, col(Batch.created_at) < cutoff)))
+        unreported = list(session.exec(select(Batch.id).where(
+            Batch.status == bulk.COMPLETE, col(Batch.finished_at) < cutoff)))
+    chunks: dict[int, list[int]] = {}
+    for job_id, source, batch_id in stale:
+        if batch_id is None:
+            enqueue_job(app, job_id, source)
+            result.jobs += 1
+        else:
+            chunks.setdefault(batch_id, []).append(job_id)
+    size = runtime.settings.chunk_size
+    for batch_id, ids in chunks.items():
+        for start in range(0, len(ids), size):
+            enqueue_chunk(app, ids[start:start + size], batch_id)
+            result.chunks += 1
+    for batch_id in open_batches:
+        flipped, _status = bulk.update_progress(runtime.engine, batch_id, now=now)
+        if flipped:
+            unreported.append(batch_id)
+    for batch_id in unreported:
+        enqueue_finish(app, batch_id)
+        result.batches += 1
+    if result.jobs or result.chunks or result.batches:
+        log.warning("published again: %d jobs, %d chunks, %d batch reports", result.jobs,
+                    result.chunks, result.batches)
+    return result
+
+
+def make_source(runtime: Runtime, watcher: Watcher) -> Any:
+    """The inbox source embedded mode uses too: an S3 poller or a drop-folder watcher
+    (which hands over a pass's ready files together)."""
+    settings = runtime.settings
+    location = settings.resolved_inbox
+    if location.startswith("s3://"):
+        from pipelines.sources.s3poller import S3Source
+        from pipelines.sources.sqs import make_sqs_client
+
+        sqs = make_sqs_client(settings) if settings.sqs_queue_url else None
+        return S3Source(runtime.inbox, on_arrival=watcher.on_arrival,  # type: ignore[arg-type]
+                        poll_interval=settings.scan_interval_seconds, sqs_client=sqs,
+                        queue_url=settings.sqs_queue_url)
+    from pipelines.sources.dropfolder import DropFolderSource
+
+    return DropFolderSource(Path(location), on_batch=watcher.on_batch, batch_size=200,
+                            settle_seconds=settings.settle_seconds,
+                            scan_interval=settings.scan_interval_seconds)
+
+
+def watch(runtime: Runtime, app: Celery, stop: threading.Event, *,
+          requeue_after: float = 900.0, sweep_every: float = 60.0) -> None:
+    """Feed the inbox to the broker until `stop`; sweep for lost work every `sweep_every`."""
+    watcher = Watcher(runtime, app, repeat_after=min(requeue_after, 300.0))
+    source = make_source(runtime, watcher)
+
+    def sweeper() -> None:
+        while not stop.wait(sweep_every):
+            try:
+                requeue_stale(runtime, app, older_than=timedelta(seconds=requeue_after))
+            except Exception:  # noqa: BLE001 - the next sweep tries again
+                log.exception("sweeping for stale work failed")
+
+    thread = threading.Thread(target=sweeper, name="airlock-sweeper", daemon=True)
+    thread.start()
+    log.info("watching %s (distributed mode, broker %s)", runtime.settings.resolved_inbox,
+             app.conf.broker_url.split("@")[-1])
+    try:
+        if hasattr(source, "run_until"):
+            source.run_until(stop)
+        else:
+            source.run(stop)
+    finally:
+        stop.set()
+        thread.join(5)
