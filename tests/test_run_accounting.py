@@ -130,3 +130,30 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     assert output.count("-> done") == 3  # one log line per file
     assert _files(Path(settings.resolved_inbox), "_processing") == []
     runtime.close()
+
+
+def test_archive_dropped_in_the_inbox_is_imported(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    settings, key = _home(tmp_path)
+    runtime = build_runtime(settings)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for i in range(3):
+            archive.writestr(f"requests/hw{i}.req",
+                             WireDevice(runtime.keyring, f"HW-{i}").activation(license_key=key))
+        archive.writestr("notes.txt", b"not an airlock file")
+    inbox = Path(settings.resolved_inbox) / "ACME"
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / "fleet.zip").write_bytes(buffer.getvalue())
+    assert EmbeddedRunner(runtime).drain(threading.Event(), timeout=120)
+    outbox = Path(settings.resolved_outbox) / "ACME"
+    (report_path,) = list((outbox / "batches").glob("*.report.json"))
+    report = json.loads(report_path.read_text())
+    rows = report["members"] if isinstance(report, dict) else report
+    assert sorted(r["status"] for r in rows) == ["done", "done", "done", "rejected"]
+    assert len(list(outbox.glob("*.lic"))) == 3
+    assert license_info(runtime.engine, key)["active_devices"] == 3
+    assert _files(Path(settings.resolved_inbox), "_processed") == ["fleet.zip"]
+    runtime.close()

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+from pipelines.bulk import handle_archive, is_bulk
 from pipelines.layout import Arrival
 from workers.runtime import Runtime
 
@@ -22,13 +23,19 @@ class EmbeddedRunner:
         self.source = self._make_source()
 
     def _on_arrival(self, arrival: Arrival) -> None:
-        self.intake.handle(arrival)
+        if is_bulk(arrival):
+            handle_archive(self.runtime, arrival)
+        else:
+            self.intake.handle(arrival)
         self.handled += 1
 
     def _on_batch(self, arrivals: list[Arrival]) -> None:
         # A whole pass's ready files in two transactions and one outbox sync: per-file
         # commits and fsyncs, not the work itself, were what bounded throughput.
-        self.intake.handle_many(arrivals)
+        self.intake.handle_many([a for a in arrivals if not is_bulk(a)])
+        for arrival in arrivals:
+            if is_bulk(arrival):  # archives expand into their own batch of jobs
+                handle_archive(self.runtime, arrival)
         self.handled += len(arrivals)
 
     def _make_source(self):  # type: ignore[no-untyped-def]
