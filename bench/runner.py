@@ -63,7 +63,7 @@ def _one(name: str, root: Path, **kw: Any) -> dict[str, Any]:
         if name == "bulk":
             from bench.distributed import bulk
 
-            return bulk(ws, files, kw["timeout"])
+            return bulk(ws, files, kw["timeout"], kw["redis_url"])
         raise ValueError(f"unknown scenario {name!r}")
     finally:
         ws.close()

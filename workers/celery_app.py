@@ -30,8 +30,9 @@ INTERACTIVE, BULK = "interactive", "bulk"
 PROCESS_JOB = "airlock.process_job"
 PROCESS_CHUNK = "airlock.process_chunk"
 FINISH_BATCH = "airlock.finish_batch"
+NOOP = "airlock.noop"  # the benchmark's baseline: Celery's own cost per task
 ROUTES = {PROCESS_JOB: {"queue": INTERACTIVE}, PROCESS_CHUNK: {"queue": BULK},
-          FINISH_BATCH: {"queue": BULK}}
+          FINISH_BATCH: {"queue": BULK}, NOOP: {"queue": INTERACTIVE}}
 
 
 def visibility_timeout(settings: Settings) -> int:

@@ -32,7 +32,7 @@ from pipelines.intake import Intake
 from pipelines.layout import Arrival, parse_arrival_key, parse_processing_key
 from pipelines.process import Outcome
 from pipelines.storage.base import TransientStorageError
-from workers.celery_app import FINISH_BATCH, PROCESS_CHUNK, PROCESS_JOB, RuntimeHolder
+from workers.celery_app import FINISH_BATCH, NOOP, PROCESS_CHUNK, PROCESS_JOB, RuntimeHolder
 from workers.runtime import Runtime
 
 log = logging.getLogger("airlock.tasks")
@@ -142,6 +142,11 @@ def register_tasks(app: Celery, holder: RuntimeHolder) -> None:
         """One chunk of a bulk archive."""
         with transient_errors():
             run_chunk(holder.get(), job_ids, batch_id, app)
+
+    @app.task(name=NOOP, **options)
+    def noop(job_id: int) -> None:
+        """Nothing at all, with the same delivery settings: `airlock bench` compares the
+        pipeline's files/s with this task's rate through the same broker and workers."""
 
     @app.task(name=FINISH_BATCH, **options)
     def finish_batch(batch_id: int) -> None:

@@ -1,0 +1,114 @@
+"""Scenarios that need the broker: the pipeline through Celery workers, Celery's own
+no-op baseline on the same broker and worker settings, and a bulk zip import."""
+
+from __future__ import annotations
+
+import os
+import time
+import zipfile
+from typing import Any
+
+import redis
+
+from bench.fleet import CUSTOMER, active_fleet, deactivation_file
+from bench.procs import spawn, wait_for_log, wait_rss
+from bench.scenarios import Workspace, _count, _wait_until, _write
+from config.settings import Settings
+from models.types import utcnow
+from workers.celery_app import INTERACTIVE, NOOP, make_celery
+
+
+def _broker(url: str) -> redis.Redis:
+    """The benchmark's own Redis database, emptied first (never point it at a live one)."""
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    return client
+
+
+def _queues_empty(client: redis.Redis) -> bool:
+    # kombu keeps delivered-but-unacknowledged messages in the "unacked" hash.
+    return client.llen(INTERACTIVE) == 0 and client.hlen("unacked") == 0
+
+
+def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
+                timeout: float) -> dict[str, Any]:
+    client = _broker(redis_url)
+    env = {**ws.env, "AIRLOCK_BROKER_URL": redis_url}
+    now = utcnow()
+    fleet = active_fleet(ws.engine, files, now=now)
+    bundle = ws.keyring.public_bundle()
+    blobs = [deactivation_file(d, bundle, now=now) for d in fleet]
+    worker = spawn("worker", ["cli", "worker", "--concurrency", str(workers), "--loglevel",
+                              "WARNING"], env, ws.home / "logs")
+    watcher = spawn("watch", ["cli", "watch"], env, ws.home / "logs")
+    try:
+        wait_for_log(watcher, "watching")
+        _wait_until(lambda: _ping(env), 60, poll=0.5)
+        ws.inbox().mkdir(exist_ok=True)
+        first = time.time()
+        for i, blob in enumerate(blobs):
+            _write(ws.inbox() / f"d{i:07d}.req", blob)
+        done = _wait_until(lambda: _count(ws.outbox()) >= files, timeout, poll=0.2)
+        last = max((e.stat().st_mtime for e in os.scandir(ws.outbox())), default=first)
+        pipeline_rate = files / max(last - first, 1e-9)
+
+        # Baseline: one no-op task per file, same broker, same worker, same options.
+        app = make_celery(Settings(home=ws.home, broker_url=redis_url))
+        start = time.time()
+        for i in range(files):
+            app.send_task(NOOP, args=[i])
+        sent = time.time()
+        _wait_until(lambda: _queues_empty(client), timeout, poll=0.05)
+        noop_rate = files / max(time.time() - start, 1e-9)
+    finally:
+        watcher_rss = watcher.stop()
+        worker_rss = worker.stop()
+    return {"files": files, "workers": workers, "completed": done,
+            "files_per_s": round(pipeline_rate, 1),
+            "celery_noop_tasks_per_s": round(noop_rate, 1),
+            "noop_publish_seconds": round(sent - start, 2),
+            "pipeline_to_noop_ratio": round(pipeline_rate / max(noop_rate, 1e-9), 2),
+            "peak_rss_mib": {"worker": worker_rss, "watcher": watcher_rss}}
+
+
+def _ping(env: dict[str, str]) -> bool:
+    app = make_celery(Settings(broker_url=env["AIRLOCK_BROKER_URL"]))
+    try:
+        return bool(app.control.ping(timeout=1.0))
+    finally:
+        app.close()
+
+
+def bulk(ws: Workspace, files: int, timeout: float,
+         redis_url: str = "redis://127.0.0.1:6379/15") -> dict[str, Any]:
+    """One zip of `files` members through `airlock import` and the workers."""
+    _broker(redis_url)
+    env = {**ws.env, "AIRLOCK_BROKER_URL": redis_url}
+    now = utcnow()
+    fleet = active_fleet(ws.engine, files, now=now)
+    bundle = ws.keyring.public_bundle()
+    archive = ws.home / "fleet.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i, device in enumerate(fleet):  # written member by member: flat memory
+            zf.writestr(f"deactivations/d{i:07d}.req", deactivation_file(device, bundle,
+                                                                       now=now))
+    worker = spawn("worker", ["cli", "worker", "--concurrency", "2", "--loglevel", "WARNING"],
+                   env, ws.home / "logs")
+    try:
+        _wait_until(lambda: _ping(env), 60, poll=0.5)
+        start = time.time()
+        importer = spawn("import", ["cli", "import", str(archive), "--customer", CUSTOMER,
+                                    "--json", "--timeout", str(timeout)], env, ws.home / "logs")
+        importer_rss = wait_rss(importer.proc, timeout + 60)
+        seconds = time.time() - start
+    finally:
+        worker_rss = worker.stop()
+    results = _count(ws.outbox())
+    report = list((ws.outbox() / "batches").glob("*.report.json")) \
+        if (ws.outbox() / "batches").exists() else []
+    return {"files": files, "archive_mib": round(archive.stat().st_size / 2**20, 1),
+            "importer_exit": importer.proc.returncode, "results": results,
+            "report": bool(report), "seconds": round(seconds, 2),
+            "files_per_s": round(files / max(seconds, 1e-9), 1),
+            "peak_rss_mib": {"importer": importer_rss, "worker": worker_rss}}
+

@@ -1,0 +1,50 @@
+"""Smoke test of `airlock bench` at a small N: every scenario runs and reports figures.
+
+No speed is asserted here; the figures are for people (see README, Performance)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.runner import run_bench
+from bench.scenarios import RefusedDatabase, open_workspace
+from tests.conftest import REDIS_URL
+
+
+def test_every_scenario_reports_its_figures(tmp_path: Path, fresh_pg_url: str,
+                                            redis_url: str) -> None:
+    bench_redis = REDIS_URL.rsplit("/", 1)[0] + "/14"  # the smoke test's own database
+    report = run_bench(files=30, workers=1, chosen=["embedded", "latency", "activation",
+                                                    "activation-postgres", "distributed",
+                                                    "bulk"],
+                       database_url=None, postgres_url=fresh_pg_url, redis_url=bench_redis,
+                       json_path=tmp_path / "out.json", timeout=180)
+    figures = report["scenarios"]
+    assert json.loads((tmp_path / "out.json").read_text())["files"] == 30
+    assert figures["embedded"]["completed"] and figures["embedded"]["processed"] == 30
+    assert figures["embedded"]["files_per_s"] > 0
+    assert figures["latency"]["samples"] == 30
+    assert figures["latency"]["p50_ms"] <= figures["latency"]["p99_ms"]
+    assert figures["activation"]["accepted"] == 30
+    assert figures["activation-postgres"]["backend"] == "postgresql"
+    assert figures["activation-postgres"]["accepted"] == 30
+    assert figures["distributed"]["completed"]
+    assert figures["distributed"]["celery_noop_tasks_per_s"] > 0
+    assert figures["bulk"]["results"] == 30 and figures["bulk"]["report"]
+    assert all(v > 0 for v in figures["bulk"]["peak_rss_mib"].values())
+
+
+def test_refuses_a_database_that_holds_data(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'prod.db'}"
+    ws = open_workspace(tmp_path, "first", url)
+    from models.db import session_scope
+    from pipelines import catalog
+
+    with session_scope(ws.engine) as session:
+        catalog.add_customer(session=session, code="REAL", name="A real customer")
+    ws.engine.dispose()
+    with pytest.raises(RefusedDatabase):
+        open_workspace(tmp_path, "second", url)
