@@ -207,7 +207,7 @@ def make_source(runtime: Runtime, watcher: Watcher) -> Any:
 
     return DropFolderSource(Path(location), on_batch=watcher.on_batch, batch_size=200,
                             settle_seconds=settings.settle_seconds,
-                            scan_interval=settings.scan_interval_seconds)
+                            scan_interval=settings.scan_interval_seconds, hand_off=True)
 
 
 def watch(runtime: Runtime, app: Celery, stop: threading.Event, *,

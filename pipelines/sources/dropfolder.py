@@ -255,7 +255,9 @@ class DropFolderSource:
     `pipelines.sources.settle`. `retry_interval`: how often the background loop
     runs `recover` to retry files whose processing failed (None: only when the loop
     starts). `clock` (seconds, monotonic) and `sleep` (used by `drain`) are injectable
-    so tests can run the settle rule without waiting.
+    so tests can run the settle rule without waiting. `hand_off`: the callback passes
+    the claimed file on (distributed mode queues it for a worker, which archives it
+    later), so a file still in ``_processing/`` after the callback is expected.
     """
 
     def __init__(self, root: Path, *, on_arrival: Callable[[Arrival], None] | None = None,
@@ -264,7 +266,7 @@ class DropFolderSource:
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  close_grace: float | None = None, open_hold: float | None = None,
-                 retry_interval: float | None = None) -> None:
+                 retry_interval: float | None = None, hand_off: bool = False) -> None:
         if scan_interval <= 0:
             raise ValueError("scan_interval must be > 0")
         if (on_arrival is None) == (on_batch is None):
@@ -275,6 +277,7 @@ class DropFolderSource:
         self.settle_seconds = settle_seconds
         self.scan_interval = scan_interval
         self.retry_interval = retry_interval
+        self.hand_off = hand_off
         self._root = str(self.root)
         self._on_arrival = on_arrival
         self._on_batch = on_batch
@@ -624,8 +627,7 @@ class DropFolderSource:
                 os.close(one.fd)
         return len(batch)
 
-    @staticmethod
-    def _call(callback: Callable[[_T], None], argument: _T, batch: list[_Held]) -> None:
+    def _call(self, callback: Callable[[_T], None], argument: _T, batch: list[_Held]) -> None:
         try:
             callback(argument)
         except Exception:
@@ -633,7 +635,7 @@ class DropFolderSource:
                           ", ".join(h.arrival.key for h in batch[:5])
                           + (f" and {len(batch) - 5} more" if len(batch) > 5 else ""))
             return
-        for one in batch:
+        for one in [] if self.hand_off else batch:
             if _same_file(one.stat, one.path):
                 log.warning("processing %s returned but left it in place", one.arrival.key)
 
