@@ -112,3 +112,28 @@ def test_user_based_activation_via_the_device_cli(airlock: Airlock, tmp_path: Pa
     assert row["status"] == "done"
     airlock("device", "load", folder, result_path(airlock, row, ".lic"))
     assert airlock.json("device", "status", folder, "--json")["user"] == "ana@acme.example"  # type: ignore[index]
+
+
+def test_operator_refresh_request_through_the_pipeline(airlock: Airlock, tmp_path: Path) -> None:
+    key = airlock.json("license", "add", "--customer", "ACME", "--product", "pro",
+                       "--max-activations", "2", "--json")["key"]  # type: ignore[index]
+    folder = tmp_path / "dev"
+    airlock("device", "init", folder, "--hardware-id", "HW-R")
+    request = tmp_path / "act.req"
+    airlock("device", "request-activation", folder, "--product", "pro", "--key", key,
+            "--out", request)
+    (row,) = submit(airlock, request)
+    airlock("device", "load", folder, result_path(airlock, row, ".lic"))
+    airlock("license", "update", key, "--feature", "pdf")
+    refresh_request = tmp_path / "refresh.req"
+    airlock("refresh-request", "--license", key, "--out", refresh_request)
+    assert b"BEGIN AIRLOCK REFRESH REQUEST" in refresh_request.read_bytes()
+    (row,) = airlock.json("process", refresh_request, "--operator", "--json")  # type: ignore[misc]
+    assert row["status"] == "done"
+    refresh_file = result_path(airlock, row, "license_refresh.lic")
+    airlock("device", "load", folder, refresh_file)
+    features = airlock.json("device", "status", folder, "--json")["features"]  # type: ignore[index]
+    assert [f["code"] for f in features] == ["pdf"]
+    bad = airlock("refresh-request", "--license", key, "--license", "OTHER", "--hardware-id",
+                  "HW-R", "--out", tmp_path / "x.req", ok=False)
+    assert "exactly one license" in bad
