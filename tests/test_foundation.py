@@ -64,28 +64,9 @@ def test_migrations_upgrade_empty_sqlite(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-def test_migrations_upgrade_empty_postgres() -> None:
-    from sqlalchemy import create_engine, text
-
-    from tests.conftest import PG_ADMIN_URL, service_unavailable
-
-    name = "airlock_mig_" + os.urandom(4).hex()
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
-        service_unavailable("PostgreSQL", exc)
-    from sqlalchemy.engine import make_url
-
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        _assert_migrated_schema_matches_models(url)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+def test_migrations_upgrade_empty_postgres(fresh_pg_url: str) -> None:
+    upgrade(fresh_pg_url)
+    _assert_migrated_schema_matches_models(fresh_pg_url)
 
 
 def _vendor(session: Session) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -13,8 +12,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 from sqlmodel import select
 
 from config.settings import Settings
@@ -24,7 +22,7 @@ from pipelines.bulk import BatchResult, batch_result
 from pipelines.keyring import VendorKeyring, init_keyring
 from pipelines.layout import make_arrival
 from pipelines.process import Processor, process
-from tests.conftest import PG_ADMIN_URL, service_unavailable
+from tests.conftest import own_postgres_database
 from tests.distributed.cluster import RedisServer, Worker, airlock_env, wait_for
 from tests.factories import WireDevice, vendor
 from workers.celery_app import make_celery
@@ -180,20 +178,8 @@ def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deplo
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A PostgreSQL database of its own, dropped afterwards."""
-    name = f"airlock_d_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
-        admin.dispose()
-        service_unavailable("PostgreSQL", exc)
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with own_postgres_database("airlock_d") as url:
+        yield url
 
 
 @pytest.hookimpl(hookwrapper=True)
