@@ -13,7 +13,7 @@ so a caller can try again later instead of rejecting the file.
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +41,9 @@ class TransientStorageError(StorageError):
         self.cause = cause
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # exactly Unicode category Cc
+
+
 def check_key(key: str) -> str:
     """Return `key` unchanged if it is a safe relative key, else raise `InvalidKey`.
 
@@ -60,7 +63,7 @@ def check_key(key: str) -> str:
         raise InvalidKey(f"key is {size} bytes long (at most {MAX_KEY_BYTES})")
     if "\\" in key:
         raise InvalidKey(f"key {key!r} contains a backslash")
-    if any(unicodedata.category(ch) == "Cc" for ch in key):
+    if _CONTROL.search(key):
         raise InvalidKey(f"key {key!r} contains a control character")
     if key.startswith("/"):
         raise InvalidKey(f"key {key!r} is absolute")

@@ -53,10 +53,23 @@ class LocalStore:
         """The file path for `key`; `InvalidKey` if the key is unsafe or the resolved
         path (following any symlinked folders) would leave the store root."""
         check_key(key)
-        path = self.root.joinpath(*key.split("/"))
-        resolved = path.resolve()
-        if not resolved.is_relative_to(self.root) or resolved == self.root:
-            raise InvalidKey(f"key {key!r} resolves outside {self.location}")
+        parts = key.split("/")
+        path = self.root.joinpath(*parts)
+        # The root was resolved once, when the operator configured it. Below it, a
+        # symlinked folder or file could point anywhere: each existing component is
+        # lstat'ed (cheap), and only a symlink costs a full resolve and check.
+        current = str(self.root)
+        for part in parts:
+            current = f"{current}{os.sep}{part}"
+            try:
+                mode = os.lstat(current).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                break  # the rest does not exist: nothing to follow
+            if stat.S_ISLNK(mode):
+                resolved = path.resolve()
+                if not resolved.is_relative_to(self.root) or resolved == self.root:
+                    raise InvalidKey(f"key {key!r} resolves outside {self.location}")
+                break
         return path
 
     def _file_stat(self, key: str) -> os.stat_result:

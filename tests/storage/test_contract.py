@@ -311,6 +311,13 @@ def test_local_refuses_paths_through_symlinks_out_of_the_root(tmp_path: Path) ->
     assert keys(store) == []
     assert keys(store, "evil/") == []
     assert sorted(os.listdir(tmp_path / "outside")) == ["secret"]
+    os.symlink(tmp_path / "outside" / "secret", tmp_path / "root" / "leaf")  # a file link
+    with pytest.raises(InvalidKey):
+        store.get("leaf")
+    (tmp_path / "root" / "inside").mkdir()
+    os.symlink(tmp_path / "root" / "inside", tmp_path / "root" / "alias")  # stays inside
+    store.put("alias/ok", b"fine")
+    assert store.get("inside/ok") == b"fine"
 
 
 def test_local_head_mtime_follows_the_file(tmp_path: Path) -> None:
