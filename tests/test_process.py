@@ -359,3 +359,11 @@ def test_refresh_scopes_and_refusals(core, keyring) -> None:
              "reset_not_allowed", keyring)
     stranger = WireDevice(keyring, "A")  # right hardware id, not the bound key
     rejected(run(core, stranger.refresh_request(license_key=key)), "wrong_device_key", keyring)
+
+
+def test_license_show_lists_the_files_applied(core, keyring) -> None:
+    key = add_license(core[0], max_activations=2)
+    outcome = run(core, WireDevice(keyring, "HW-1").activation(license_key=key))
+    recent = license_info(core[0], key)["recent_files"]
+    assert [(r["action"], r["request_id"], r["job_id"]) for r in recent] == [
+        ("device.activate", outcome.request_id, outcome.job_id)]
