@@ -19,7 +19,7 @@ from pipelines.keyring import init_keyring
 from pipelines.process import process
 from tests.factories import WireDevice, add_license, license_info, vendor
 from workers.embedded import EmbeddedRunner
-from workers.runtime import build_runtime
+from workers.runtime import Runtime, build_runtime
 
 
 def _home(tmp_path: Path) -> tuple[Settings, str]:
@@ -32,6 +32,15 @@ def _home(tmp_path: Path) -> tuple[Settings, str]:
                       max_consumptions=1000)
     engine.dispose()
     return settings, key
+
+
+def _run_setup(settings: Settings) -> tuple[dict[str, str], Runtime, Path]:
+    """Environment for an `airlock run` child, this process's runtime, ACME's inbox."""
+    env = {**os.environ, "AIRLOCK_HOME": str(settings.home), "AIRLOCK_SETTLE_SECONDS": "0.05",
+           "AIRLOCK_SCAN_INTERVAL_SECONDS": "0.1"}
+    inbox = Path(settings.resolved_inbox) / "ACME"
+    inbox.mkdir(parents=True, exist_ok=True)
+    return env, build_runtime(settings), inbox
 
 
 def _files(root: Path, area: str) -> list[str]:
@@ -78,11 +87,7 @@ def test_every_arrival_is_accounted_for(tmp_path: Path) -> None:
 def test_killed_runner_loses_nothing(tmp_path: Path) -> None:
     """SIGKILL `airlock run` mid-stream; a restarted one finishes every file once."""
     settings, key = _home(tmp_path)
-    env = {**os.environ, "AIRLOCK_HOME": str(settings.home), "AIRLOCK_SETTLE_SECONDS": "0.05",
-           "AIRLOCK_SCAN_INTERVAL_SECONDS": "0.1"}
-    runtime = build_runtime(settings)
-    inbox = Path(settings.resolved_inbox) / "ACME"
-    inbox.mkdir(parents=True, exist_ok=True)
+    env, runtime, inbox = _run_setup(settings)
     devices = [WireDevice(runtime.keyring, f"HW-{i}") for i in range(5)]
     for device in devices:
         assert process(device.activation(license_key=key), engine=runtime.engine,
@@ -109,11 +114,7 @@ def test_killed_runner_loses_nothing(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     settings, key = _home(tmp_path)
-    env = {**os.environ, "AIRLOCK_HOME": str(settings.home), "AIRLOCK_SETTLE_SECONDS": "0.05",
-           "AIRLOCK_SCAN_INTERVAL_SECONDS": "0.1"}
-    runtime = build_runtime(settings)
-    inbox = Path(settings.resolved_inbox) / "ACME"
-    inbox.mkdir(parents=True, exist_ok=True)
+    env, runtime, inbox = _run_setup(settings)
     proc = subprocess.Popen([sys.executable, "-m", "cli", "run"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for i in range(3):
