@@ -16,8 +16,6 @@ from models import Job, JobOutput
 from models.db import is_postgres
 from models.ledger import FINAL_STATUSES
 
-OPERATOR = "_operator"  # the tenant value of files from the vendor's operator area
-
 
 @dataclass(frozen=True)
 class Submission:

@@ -25,9 +25,10 @@ from models import AppliedRequest, Customer, Job, JobOutput, JobStatus
 from models.db import is_postgres, session_scope
 from models.ledger import FINAL_STATUSES
 from models.types import utcnow
-from pipelines.errors import REASONS, Rejection
+from pipelines.errors import Rejection
 from pipelines.keyring import VendorKeyring
-from pipelines.ledger import OPERATOR, Submission, outputs_of, register
+from pipelines.layout import OPERATOR
+from pipelines.ledger import Submission, outputs_of, register
 from pipelines.render import rejection_name, rejection_report
 from pipelines.rules.activation import apply_activation
 from pipelines.rules.common import Applied, RuleContext
@@ -270,6 +271,3 @@ def _stored_outcome(session: Session, job: Job, *, duplicate: bool) -> Outcome:
                    message=job.message, kind=job.kind, request_id=job.request_id,
                    outputs=outputs_of(session, job.id), duplicate=duplicate)  # type: ignore[arg-type]
 
-
-def describe_reason(reason: str) -> str:
-    return REASONS.get(reason, reason)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import botocore.retries.standard
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -128,3 +129,11 @@ def seed_objects(endpoint: MotoEndpoint, bucket: str, keys: list[str] | tuple[st
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
     for key in keys:
         backend.put_object(bucket, key, data)
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep botocore's retry decisions but skip its (up to 15 s of) sleeping; active in
+    every test module that imports it."""
+    monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount",
+                        lambda self, context: 0.0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import botocore.retries.standard
 import pytest
 from sqlalchemy import Engine
 
@@ -16,14 +15,8 @@ from pipelines.process import Processor, process
 from pipelines.sources.s3poller import S3Source
 from pipelines.storage import S3Store
 from tests.factories import NOW, WireDevice, add_license, license_info, vendor
-from tests.s3fixtures import MotoEndpoint, create_bucket, moto_server  # noqa: F401
+from tests.s3fixtures import MotoEndpoint, create_bucket, moto_server, no_backoff  # noqa: F401
 from tests.storage.test_s3_faults import inject, read_timeout, slow_down
-
-
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount",
-                        lambda self, context: 0.0)
 
 
 @pytest.fixture

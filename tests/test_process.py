@@ -14,7 +14,7 @@ from airlock_sdk.envelope import Kind, open_envelope
 from models import ConsumptionEvent, Job
 from models.db import session_scope
 from pipelines.keyring import VendorKeyring
-from pipelines.ledger import OPERATOR
+from pipelines.layout import OPERATOR
 from pipelines.process import Outcome, Processor, process
 from tests.factories import NOW, WireDevice, add_license, license_info, operator_refresh, vendor
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from airlock_sdk.store import fsync_dir
 from pipelines.storage.base import InvalidKey, ObjectInfo, check_key, check_prefix
 
 # Our own in-flight writes: ".<name>.airlock-<hex>.tmp" next to the final file. The
@@ -108,18 +109,7 @@ class LocalStore:
             raise
         return tmp
 
-    @staticmethod
-    def _sync_dir(path: Path) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+    _sync_dir = staticmethod(fsync_dir)
 
     def put(self, key: str, data: bytes) -> None:
         """Write via a temp file in the same folder, fsync, then `os.replace`."""

@@ -8,7 +8,6 @@ import threading
 import time
 from typing import Any
 
-import botocore.retries.standard
 import pytest
 
 from pipelines.layout import Arrival, archive_key
@@ -19,6 +18,7 @@ from tests.s3fixtures import (  # noqa: F401
     MotoEndpoint,
     make_s3_store,
     moto_server,
+    no_backoff,
     unique_name,
 )
 
@@ -62,11 +62,6 @@ class Ledger:
         self.claims[claim] = 1
         self.effects.append(arrival.key)
 
-
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount",
-                        lambda self, context: 0.0)
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import botocore.retries.standard
 import pytest
 import urllib3.exceptions
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 from pipelines.storage import S3Store, StorageError, TransientStorageError
-from tests.s3fixtures import MotoEndpoint, make_s3_store, moto_server  # noqa: F401
+from tests.s3fixtures import MotoEndpoint, make_s3_store, moto_server, no_backoff  # noqa: F401
 
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")
@@ -62,12 +61,6 @@ def inject(store: S3Store, operation: str, fail: Callable[[Any], Any], times: in
     store.client.meta.events.register(f"before-send.s3.{operation}", faults)
     return faults
 
-
-@pytest.fixture(autouse=True)
-def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep botocore's retry decisions but skip its (up to 15 s of) sleeping."""
-    monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount",
-                        lambda self, context: 0.0)
 
 
 @pytest.fixture
