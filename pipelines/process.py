@@ -1,8 +1,11 @@
 """The processing core: parse → verify → apply → render, recorded on a Job, exactly once.
 
-`process()` is the single-file entry; `process_many()` runs a batch in two
-transactions (register, then apply with one savepoint per file) so throughput does
-not pay a commit per file. Celery tasks and the embedded runner both call these.
+`process()` is the single-file entry; `process_many()` registers a batch in one
+transaction and `process_jobs()` applies registered jobs as one chunk in one more:
+the files are verified first, the rows they name are loaded in sets (a WorkSet),
+the rules run in memory in file order, and the changes are written with a few
+executemany statements. Celery tasks, bulk imports and the embedded runner all
+call these.
 """
 
 from __future__ import annotations
@@ -11,29 +14,28 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, bindparam, insert, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from airlock_sdk.envelope import DEVICE_KID_PREFIX, ENC_SEALED, Envelope, FormatError, Kind
 from airlock_sdk.envelope import open_envelope as _open_envelope
 from airlock_sdk.payloads import validate
-from models import AppliedRequest, Customer, Job, JobOutput, JobStatus
+from models import Job, JobOutput, JobStatus
 from models.db import is_postgres, session_scope
 from models.ledger import FINAL_STATUSES
 from models.types import utcnow
 from pipelines.errors import Rejection
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import OPERATOR
-from pipelines.ledger import Submission, outputs_of, register
+from pipelines.ledger import Submission, register
 from pipelines.render import rejection_name, rejection_report
 from pipelines.rules.activation import apply_activation
 from pipelines.rules.common import Applied, RuleContext
 from pipelines.rules.deactivation import apply_deactivation
 from pipelines.rules.refresh import apply_refresh
+from pipelines.workset import CUSTOMER, OUTPUT, WorkSet
 
 log = logging.getLogger("airlock.process")
 
@@ -93,11 +95,11 @@ def verify(data: bytes, *, processor: Processor, tenant: str) -> Envelope:
     return envelope
 
 
-def apply(session: Session, envelope: Envelope, *, processor: Processor, job: Job,
-          now: datetime) -> Applied:
-    """Run the rule for the file's kind inside the caller's transaction."""
-    ctx = RuleContext(session=session, keyring=processor.keyring, now=now,
-                      tenant=None if job.tenant == OPERATOR else job.tenant, job=job,
+def apply(state: WorkSet, envelope: Envelope, *, processor: Processor, tenant: str,
+          job_id: int, now: datetime) -> Applied:
+    """Run the rule for the file's kind against the chunk's rows."""
+    ctx = RuleContext(state=state, keyring=processor.keyring, now=now,
+                      tenant=None if tenant == OPERATOR else tenant, job_id=job_id,
                       envelope=envelope)
     return RULES[envelope.kind](ctx)
 
@@ -120,154 +122,206 @@ def process_many(submissions: Sequence[Submission], *, engine: Engine,
     return process_jobs([job.id for job in jobs], engine=engine, processor=processor)  # type: ignore[misc]
 
 
+_RETRIES = 3
+
+
 def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor) -> list[Outcome]:
-    """Apply registered jobs in one transaction, one savepoint each; finished jobs replay."""
-    outcomes: dict[int, Outcome] = {}
-    with session_scope(engine) as session, session.no_autoflush:
-        jobs = _lock_jobs(session, list(dict.fromkeys(job_ids)))
-        for job in jobs:
-            outcomes[job.id] = _process_job(session, job, processor)  # type: ignore[index]
+    """Apply registered jobs as one chunk in one transaction; finished jobs replay.
+
+    A chunk that lost a race on PostgreSQL (a request id claimed by another worker in
+    the meantime, or a deadlock) is rolled back whole and run again: the second run
+    sees the other worker's claim and replays or refuses accordingly.
+    """
+    order = list(dict.fromkeys(job_ids))
+    verified: dict[int, Envelope | Rejection] = {}  # pure results, kept across a retry
+    for attempt in range(1, _RETRIES + 1):
+        try:
+            with engine.begin() as conn:
+                outcomes = _run_chunk(conn, order, processor, verified)
+            break
+        except DBAPIError as exc:
+            if attempt == _RETRIES or not _lost_race(exc):
+                raise
+            log.info("chunk of %d jobs lost a race (%s); running it again", len(order),
+                     type(exc.orig).__name__)
     return [outcomes[job_id] for job_id in job_ids]
 
 
-def _lock_jobs(session: Session, job_ids: list[int]) -> list[Job]:
-    """Load (and on PostgreSQL lock, in id order: no deadlocks) the jobs of a chunk."""
-    query = select(Job).where(col(Job.id).in_(job_ids)).order_by(Job.id)
-    if is_postgres(session.get_bind()):  # type: ignore[arg-type]
-        query = query.with_for_update()
-    jobs = {job.id: job for job in session.exec(query.execution_options(populate_existing=True))}
-    # Detached: the job rows are written with plain UPDATEs in _finish_*, so the unit of
-    # work never has to diff and flush them.
-    for job in jobs.values():
-        session.expunge(job)
-    return [jobs[job_id] for job_id in job_ids if job_id in jobs]
+def _lost_race(exc: DBAPIError) -> bool:
+    return isinstance(exc, IntegrityError) or getattr(exc.orig, "sqlstate", None) in {
+        "40P01", "40001"}  # deadlock detected, serialization failure
 
 
-def _process_job(session: Session, job: Job, processor: Processor) -> Outcome:
-    if job.status in FINAL_STATUSES:
-        return _stored_outcome(session, job, duplicate=True)
-    now = processor.clock()
-    if job.attempts > processor.max_attempts:
-        return _finish_rejected(session, job, Rejection("poison"), None, now, processor,
-                                status=JobStatus.QUARANTINED)
-    envelope: Envelope | None = None
-    for _ in range(3):
-        savepoint = session.begin_nested()
+def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
+               verified: dict[int, Envelope | Rejection]) -> dict[int, Outcome]:
+    jobs = _lock_jobs(conn, job_ids)
+    state = WorkSet(conn)
+    outcomes: dict[int, Outcome] = {}
+    finished: list[dict[str, Any]] = []
+    stored = _stored_outputs(conn, [j.id for j in jobs if j.status in FINAL_STATUSES])
+    todo = []
+    for job in jobs:
+        if job.status in FINAL_STATUSES:
+            outcomes[job.id] = Outcome(
+                job_id=job.id, tenant=job.tenant, status=job.status, reason=job.reason,
+                message=job.message, kind=job.kind, request_id=job.request_id,
+                outputs=stored.get(job.id, []), duplicate=True)
+        elif job.attempts > processor.max_attempts:
+            outcomes[job.id] = _rejected(job, Rejection("poison"), None, processor, finished,
+                                         status=JobStatus.QUARANTINED)
+        else:
+            if job.id not in verified:
+                verified[job.id] = _verified(conn, job, processor)
+            todo.append((job, verified[job.id]))
+    envelopes = [(job.tenant, e) for job, e in todo if isinstance(e, Envelope)]
+    state.prefetch(license_keys=[k for _, e in envelopes for k in _license_keys(e)],
+                   devices=[d for _, e in envelopes if (d := _device_of(e)) is not None],
+                   claims=[(tenant, e.request_id) for tenant, e in envelopes])
+    for job, result in todo:
+        if isinstance(result, Rejection):
+            outcomes[job.id] = _rejected(job, result, None, processor, finished)
+            continue
+        state.begin_job()
         try:
-            _check_tenant_exists(session, job.tenant, processor)
-            envelope = verify(job.payload or b"", processor=processor, tenant=job.tenant)
-            job.kind = envelope.kind
-            job.request_id = envelope.request_id
-            replayed = _claim_request(session, job, envelope, now)
-            if replayed is not None:
-                savepoint.commit()
-                return _finish_done(session, job, replayed, now, duplicate=True)
-            applied = apply(session, envelope, processor=processor, job=job, now=now)
-            savepoint.commit()
-            return _finish_done(session, job, applied.outputs, now)
-        except (Rejection, FormatError) as exc:
-            savepoint.rollback()
-            rejection = exc if isinstance(exc, Rejection) else Rejection(exc.reason, exc.message)
-            return _finish_rejected(session, job, rejection, envelope, now, processor)
-        except IntegrityError:
-            # A concurrent worker applied the same request id first (PostgreSQL): undo and
-            # look again; the second pass finds its row and replays or refuses.
-            savepoint.rollback()
-    raise RuntimeError(f"job {job.id}: the request id claim did not settle")
+            outputs, duplicate = _apply_once(state, job, result, processor)
+        except Rejection as rejection:
+            state.rollback_job()
+            outcomes[job.id] = _rejected(job, rejection, result, processor, finished)
+            continue
+        state.commit_job(job.id, outputs)
+        outcomes[job.id] = _done(job, result, outputs, processor, finished,
+                                 duplicate=duplicate)
+    state.flush()
+    _write_finished(conn, finished)
+    return outcomes
 
 
-def _check_tenant_exists(session: Session, tenant: str, processor: Processor) -> None:
+def _verified(conn: Connection, job: Any, processor: Processor) -> Envelope | Rejection:
+    try:
+        _check_tenant_exists(conn, job.tenant, processor)
+        return verify(job.payload or b"", processor=processor, tenant=job.tenant)
+    except Rejection as rejection:
+        return rejection
+    except FormatError as exc:
+        return Rejection(exc.reason, exc.message)
+
+
+def _apply_once(state: WorkSet, job: Any, envelope: Envelope,
+                processor: Processor) -> tuple[list[tuple[str, bytes]], bool]:
+    """Claim (tenant, request id) and apply; an id applied before from an equivalent
+    file gives back that file's outputs, from different content it is a replay."""
+    now = processor.clock()
+    earlier = state.claim_of(job.tenant, envelope.request_id)
+    if earlier is not None:
+        sha256, earlier_job = earlier
+        if sha256 != envelope.digest:
+            raise Rejection("replay")
+        return state.outputs_of(earlier_job), True
+    state.claim(job.tenant, envelope.request_id, envelope.digest, job.id, now)
+    applied = apply(state, envelope, processor=processor, tenant=job.tenant, job_id=job.id,
+                    now=now)
+    return applied.outputs, False
+
+
+def _license_keys(envelope: Envelope) -> list[str]:
+    """The license keys a file names (prefetched for the chunk)."""
+    payload = envelope.payload
+    if envelope.kind is Kind.DEACTIVATION:
+        return [payload["license_key"]]
+    if envelope.kind is Kind.ACTIVATION_REQUEST:
+        return [payload["auth"]["key"]] if payload["auth"]["method"] == "key" else []
+    scope = payload["scope"]
+    if "device" in scope:
+        return [scope["device"]["license_key"]]
+    return [scope["license"]] if "license" in scope else list(scope["licenses"])
+
+
+def _device_of(envelope: Envelope) -> tuple[str, str] | None:
+    """(license key, hardware id) of the device a file names, if any."""
+    payload = envelope.payload
+    if envelope.kind is Kind.DEACTIVATION:
+        return payload["license_key"], payload["hardware_id"]
+    if envelope.kind is Kind.ACTIVATION_REQUEST and payload["auth"]["method"] == "key":
+        return payload["auth"]["key"], payload["hardware_id"]
+    device = payload.get("scope", {}).get("device")
+    return (device["license_key"], device["hardware_id"]) if device else None
+
+
+_JOB = Job.__table__  # type: ignore[attr-defined]
+_JOB_COLUMNS = [_JOB.c[name] for name in ("id", "tenant", "sha256", "status", "attempts",
+                                          "payload", "kind", "request_id", "reason", "message")]
+
+
+def _lock_jobs(conn: Connection, job_ids: list[int]) -> list[Any]:
+    """Load (and on PostgreSQL lock, in id order: no deadlocks) the jobs of a chunk."""
+    query = select(*_JOB_COLUMNS).where(_JOB.c.id.in_(job_ids)).order_by(_JOB.c.id)
+    if is_postgres(conn.engine):
+        query = query.with_for_update()
+    rows = {row.id: row for row in conn.execute(query)}
+    return [rows[job_id] for job_id in job_ids if job_id in rows]
+
+
+def _stored_outputs(conn: Connection, job_ids: list[int]) -> dict[int, list[tuple[str, bytes]]]:
+    outputs: dict[int, list[tuple[str, bytes]]] = {}
+    if job_ids:
+        for row in conn.execute(select(OUTPUT.c.job_id, OUTPUT.c.name, OUTPUT.c.content)
+                                .where(OUTPUT.c.job_id.in_(job_ids)).order_by(OUTPUT.c.id)):
+            outputs.setdefault(row.job_id, []).append((row.name, row.content))
+    return outputs
+
+
+def _check_tenant_exists(conn: Connection, tenant: str, processor: Processor) -> None:
     if tenant == OPERATOR or tenant in processor.known_tenants:
         return
-    if session.exec(select(Customer.id).where(Customer.code == tenant)).first() is None:
+    if conn.execute(select(CUSTOMER.c.id).where(CUSTOMER.c.code == tenant)).first() is None:
         raise Rejection("unknown_tenant")
     processor.known_tenants.add(tenant)
 
 
-def _claim_request(session: Session, job: Job, envelope: Envelope,
-                   now: datetime) -> list[tuple[str, bytes]] | None:
-    """Reserve (tenant, request id). Returns the earlier outputs if this request already ran
-    from an equivalent file; raises `replay` if it ran with different content."""
-    # One round trip in the common case: the unique key decides now, before any effect
-    # is applied; no row back means the id was taken (by an earlier or concurrent job).
-    claimed = session.execute(_dialect_insert(session)(AppliedRequest.__table__).values(
-        tenant=job.tenant, request_id=envelope.request_id, sha256=envelope.digest,
-        job_id=job.id, applied_at=now).on_conflict_do_nothing(
-        index_elements=["tenant", "request_id"]).returning(AppliedRequest.__table__.c.id)
-    ).first()
-    if claimed is not None:
-        return None
-    existing = session.execute(select(AppliedRequest.sha256, AppliedRequest.job_id).where(
-        AppliedRequest.tenant == job.tenant,
-        AppliedRequest.request_id == envelope.request_id)).first()
-    if existing is None:
-        # PostgreSQL: the other claim rolled back after we waited for it; look again.
-        raise IntegrityError("applied_request claim", None, Exception("claim lost"))
-    if existing.sha256 != envelope.digest:
-        raise Rejection("replay")
-    return outputs_of(session, existing.job_id)
-
-
-def _dialect_insert(session: Session):  # type: ignore[no-untyped-def]
-    return pg_insert if is_postgres(session.get_bind()) else sqlite_insert  # type: ignore[arg-type]
-
-
-_JOB = Job.__table__
 _FINISH_JOB = update(_JOB).where(_JOB.c.id == bindparam("row")).values(
     {name: bindparam(name) for name in ("status", "reason", "message", "kind", "request_id",
                                         "finished_at", "updated_at")})
-_INSERT_OUTPUT = insert(JobOutput.__table__)
+_INSERT_OUTPUT = insert(JobOutput.__table__)  # type: ignore[arg-type]
 
 
-def _finish(session: Session, job: Job, outputs: Sequence[tuple[str, bytes]]) -> None:
-    """Write the job's final state and its outputs with two plain, prebuilt statements."""
-    session.execute(_FINISH_JOB, {
-        "row": job.id, "status": job.status, "reason": job.reason, "message": job.message,
-        "kind": job.kind, "request_id": job.request_id, "finished_at": job.finished_at,
-        "updated_at": job.updated_at})
+def _write_finished(conn: Connection, finished: list[dict[str, Any]]) -> None:
+    """Every job's final state and outputs, with two prebuilt executemany statements."""
+    if not finished:
+        return
+    outputs = [{"job_id": f["row"], "name": name, "content": content}
+               for f in finished for name, content in f.pop("outputs")]
+    conn.execute(_FINISH_JOB, finished)
     if outputs:
-        session.execute(_INSERT_OUTPUT, [
-            {"job_id": job.id, "name": name, "content": content} for name, content in outputs])
+        conn.execute(_INSERT_OUTPUT, outputs)
 
 
-def _finish_done(session: Session, job: Job, outputs: list[tuple[str, bytes]], now: datetime,
-                 *, duplicate: bool = False) -> Outcome:
-    job.status = JobStatus.DONE
-    job.reason = None
-    job.message = None
-    job.finished_at = now
-    job.updated_at = now
-    _finish(session, job, outputs)
-    log.info("job %s %s %s done", job.id, job.tenant, job.kind)
-    return Outcome(job_id=job.id, tenant=job.tenant, status=job.status, kind=job.kind,  # type: ignore[arg-type]
-                   request_id=job.request_id, outputs=list(outputs), duplicate=duplicate)
+def _done(job: Any, envelope: Envelope, outputs: list[tuple[str, bytes]],
+          processor: Processor, finished: list[dict[str, Any]], *,
+          duplicate: bool = False) -> Outcome:
+    now = processor.clock()
+    finished.append({"row": job.id, "status": JobStatus.DONE, "reason": None, "message": None,
+                     "kind": envelope.kind, "request_id": envelope.request_id,
+                     "finished_at": now, "updated_at": now, "outputs": outputs})
+    log.info("job %s %s %s done", job.id, job.tenant, envelope.kind)
+    return Outcome(job_id=job.id, tenant=job.tenant, status=JobStatus.DONE,
+                   kind=envelope.kind, request_id=envelope.request_id, outputs=list(outputs),
+                   duplicate=duplicate)
 
 
-def _finish_rejected(session: Session, job: Job, rejection: Rejection,
-                     envelope: Envelope | None, now: datetime, processor: Processor,
-                     status: JobStatus = JobStatus.REJECTED) -> Outcome:
+def _rejected(job: Any, rejection: Rejection, envelope: Envelope | None,
+              processor: Processor, finished: list[dict[str, Any]],
+              status: JobStatus = JobStatus.REJECTED) -> Outcome:
+    now = processor.clock()
     request_id = envelope.request_id if envelope is not None else None
-    if envelope is not None:
-        job.kind = envelope.kind
+    kind = envelope.kind if envelope is not None else job.kind
     report = rejection_report(processor.keyring, request_id=request_id,
                               request_sha256=envelope.digest if envelope else job.sha256,
                               issued_at=now, reason=rejection.reason, message=rejection.message)
     outputs = [(rejection_name(request_id, job.sha256), report), *rejection.attachments]
-    job.status = status
-    job.reason = rejection.reason
-    job.message = rejection.message
-    job.request_id = request_id
-    job.finished_at = now
-    job.updated_at = now
-    _finish(session, job, outputs)
+    finished.append({"row": job.id, "status": status, "reason": rejection.reason,
+                     "message": rejection.message, "kind": kind, "request_id": request_id,
+                     "finished_at": now, "updated_at": now, "outputs": outputs})
     log.info("job %s %s rejected: %s", job.id, job.tenant, rejection.reason)
-    return Outcome(job_id=job.id, tenant=job.tenant, status=status, reason=rejection.reason,  # type: ignore[arg-type]
-                   message=rejection.message, kind=job.kind, request_id=request_id,
+    return Outcome(job_id=job.id, tenant=job.tenant, status=status, reason=rejection.reason,
+                   message=rejection.message, kind=kind, request_id=request_id,
                    outputs=outputs)
-
-
-def _stored_outcome(session: Session, job: Job, *, duplicate: bool) -> Outcome:
-    return Outcome(job_id=job.id, tenant=job.tenant, status=job.status, reason=job.reason,  # type: ignore[arg-type]
-                   message=job.message, kind=job.kind, request_id=job.request_id,
-                   outputs=outputs_of(session, job.id), duplicate=duplicate)  # type: ignore[arg-type]
-

@@ -10,7 +10,6 @@ from typing import Any
 
 from airlock_sdk.envelope import Kind, seal
 from airlock_sdk.payloads import format_time
-from models import Customer, Device, License, LicenseFeature, Product
 from pipelines.keyring import VendorKeyring
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -26,14 +25,15 @@ def sign(keyring: VendorKeyring, kind: Kind, payload: dict[str, Any]) -> bytes:
 
 def entitlements(
     *,
-    lic: License,
-    customer: Customer,
-    product: Product,
-    features: Sequence[LicenseFeature],
-    device: Device,
+    lic: Any,
+    customer: Any,
+    product: Any,
+    features: Sequence[Any],
+    device: Any,
     user_email: str | None,
 ) -> dict[str, Any]:
-    """The part of a license/refresh file that describes what the device may do."""
+    """The part of a license/refresh file that describes what the device may do (the
+    arguments are rows, read by attribute)."""
     return {
         "not_after": _time(lic.expires_at),
         "serial": device.last_serial,

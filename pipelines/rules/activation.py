@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from sqlmodel import select
+from typing import Any
+
+from sqlalchemy import select
 
 from airlock_sdk.payloads import parse_time
-from models import AuthMethod, Device, DeviceStatus, License, LicenseUser, Product
+from models import AuthMethod, DeviceStatus, LicenseUser
 from pipelines.errors import Rejection
 from pipelines.passwords import verify_password
 from pipelines.render import license_file, license_name
@@ -15,18 +17,19 @@ from pipelines.rules.common import (
     audit,
     check_offline_manageable,
     check_tenant,
-    customer_of,
     device_entitlements,
     license_by_key,
-    lock_license,
 )
+from pipelines.workset import LICENSE, Record
+
+_USER = LicenseUser.__table__  # type: ignore[attr-defined]
 
 
 def apply_activation(ctx: RuleContext) -> Applied:
     payload = ctx.envelope.payload
     if payload["device_public_key"] != ctx.signer_public_key:
         raise Rejection("key_mismatch")
-    product = ctx.session.exec(select(Product).where(Product.code == payload["product"])).first()
+    product = ctx.state.product_by_code(payload["product"])
     if product is None:
         raise Rejection("unknown_product")
     auth = payload["auth"]
@@ -48,31 +51,32 @@ def apply_activation(ctx: RuleContext) -> Applied:
                           request_sha256=ctx.envelope.digest, issued_at=ctx.now, body=body)
     audit(ctx, "device.activate", lic=lic, device=device, hardware_id=device.hardware_id,
           serial=device.last_serial)
-    return Applied(outputs=[(license_name(ctx.request_id), output)], license_ids=[lic.id],
+    return Applied(outputs=[(license_name(ctx.request_id), output)],
                    summary={"license": lic.key, "hardware_id": device.hardware_id})
 
 
-def _license_for_user(ctx: RuleContext, product: Product, email: str,
-                      password: str) -> tuple[License, str]:
+def _license_for_user(ctx: RuleContext, product: Record, email: str,
+                      password: str) -> tuple[Record, str]:
     """The user's license for this product; unknown user and wrong password look the same."""
-    rows = ctx.session.exec(
-        select(LicenseUser, License).join(License, License.id == LicenseUser.license_id)
-        .where(LicenseUser.email == email.lower(), License.product_id == product.id,
-               License.auth_method == AuthMethod.USER)
-        .order_by(License.id)
+    rows = ctx.state.conn.execute(
+        select(_USER.c.password_hash, LICENSE.c.id, LICENSE.c.customer_id)
+        .join(LICENSE, LICENSE.c.id == _USER.c.license_id)
+        .where(_USER.c.email == email.lower(), LICENSE.c.product_id == product.id,
+               LICENSE.c.auth_method == AuthMethod.USER)
+        .order_by(LICENSE.c.id)
     ).all()
-    matches = [lic for user, lic in rows if verify_password(password, user.password_hash)]
+    matches = [row for row in rows if verify_password(password, row.password_hash)]
     if not matches:
         raise Rejection("bad_credentials")
     if ctx.tenant is not None:
-        own = [lic for lic in matches if customer_of(ctx, lic).code == ctx.tenant]
+        own = [row for row in matches if ctx.state.customer(row.customer_id).code == ctx.tenant]
         if not own:
             raise Rejection("wrong_tenant")
         matches = own
-    return lock_license(ctx, matches[0].id), email.lower()  # type: ignore[arg-type]
+    return ctx.state.license_by_id(matches[0].id), email.lower()
 
 
-def _check_activatable(ctx: RuleContext, lic: License) -> None:
+def _check_activatable(ctx: RuleContext, lic: Record) -> None:
     if not lic.enabled:
         raise Rejection("license_disabled")
     check_offline_manageable(lic)
@@ -82,33 +86,29 @@ def _check_activatable(ctx: RuleContext, lic: License) -> None:
         raise Rejection("license_expired")
 
 
-def _bind(ctx: RuleContext, lic: License, payload: dict,  # type: ignore[type-arg]
-          user_email: str | None) -> Device:
+def _bind(ctx: RuleContext, lic: Record, payload: dict[str, Any],
+          user_email: str | None) -> Record:
     """Create the binding, or re-issue an existing one for the same hardware id."""
-    device = ctx.session.exec(select(Device).where(
-        Device.license_id == lic.id, Device.hardware_id == payload["hardware_id"])).first()
-    if device is None or device.status != DeviceStatus.ACTIVE:
-        active = ctx.session.exec(select(Device.id).where(
-            Device.license_id == lic.id, Device.status == DeviceStatus.ACTIVE)).all()
-        if len(active) >= lic.max_activations:
-            raise Rejection("no_seats_left")
-    if device is None:
-        device = Device(license_id=lic.id, hardware_id=payload["hardware_id"],  # type: ignore[arg-type]
-                        public_key=payload["device_public_key"])
-    device.public_key = payload["device_public_key"]  # a re-issue binds the new device key
-    device.status = DeviceStatus.ACTIVE
+    state = ctx.state
+    device = state.device(lic, payload["hardware_id"])
+    takes_seat = device is None or device.status != DeviceStatus.ACTIVE
+    if takes_seat and lic.active_seats >= lic.max_activations:
+        raise Rejection("no_seats_left")
     parse_time(payload["created_at"])  # validated; the server's clock is what counts
-    device.activated_at = ctx.now
-    device.deactivated_at = None
-    device.hostname = payload["hostname"]
-    device.os = payload["os"]
-    device.app_version = payload["app_version"]
-    device.user_email = user_email
-    device.variables = dict(payload["variables"])
-    device.usage_counter = payload["usage"]["counter"]
-    device.usage_chain_head = payload["usage"]["head"]
-    device.last_serial += 1
-    device.activation_job_id = ctx.job.id
-    ctx.session.add(device)
-    ctx.session.flush()
+    if device is None:
+        device = state.add_device(lic, {
+            "hardware_id": payload["hardware_id"], "public_key": payload["device_public_key"],
+            "status": DeviceStatus.ACTIVE, "activated_at": ctx.now, "variables": {},
+            "last_serial": 0, "usage_counter": 0, "usage_chain_head": "",
+            "deactivated_at": None, "hostname": None, "os": None, "app_version": None,
+            "user_email": None, "activation_job_id": None, "deactivation_job_id": None})
+    state.modify(device, public_key=payload["device_public_key"],  # a re-issue: the new key
+                 status=DeviceStatus.ACTIVE, activated_at=ctx.now, deactivated_at=None,
+                 hostname=payload["hostname"], os=payload["os"],
+                 app_version=payload["app_version"], user_email=user_email,
+                 variables=dict(payload["variables"]), usage_counter=payload["usage"]["counter"],
+                 usage_chain_head=payload["usage"]["head"], last_serial=device.last_serial + 1,
+                 activation_job_id=ctx.job_id)
+    if takes_seat:
+        state.modify(lic, active_seats=lic.active_seats + 1)
     return device

@@ -1,4 +1,9 @@
-"""What every rule needs: the context it runs in and the shared license checks."""
+"""What every rule needs: the context it runs in and the shared license checks.
+
+Rules read and change rows through the chunk's WorkSet, never through SQL of their
+own: every check comes before the first change, and whatever a rejected file did
+change is undone by the WorkSet's undo log.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, insert
-from sqlmodel import Session, select
-
 from airlock_sdk.envelope import Envelope, b64u, device_key_from_kid
-from models import AuditEvent, Customer, Device, Job, License, LicenseFeature, LicenseType, Product
-from models.db import is_postgres
+from models import LicenseType
 from pipelines.errors import Rejection
 from pipelines.keyring import VendorKeyring
 from pipelines.render import entitlements
+from pipelines.workset import AUDIT, Record, WorkSet
 
 
 @dataclass(frozen=True)
 class RuleContext:
-    """Collaborators of one rule application; the session is inside an open transaction."""
+    """Collaborators of one rule application."""
 
-    session: Session
+    state: WorkSet
     keyring: VendorKeyring
     now: datetime
     tenant: str | None  # customer code the file arrived for; None = operator area
-    job: Job
+    job_id: int
     envelope: Envelope
 
     @property
@@ -41,86 +43,48 @@ class RuleContext:
 @dataclass
 class Applied:
     outputs: list[tuple[str, bytes]]
-    license_ids: list[int] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def license_by_key(ctx: RuleContext, key: str, *, lock: bool = True) -> License:
-    """The license row, locked for the rest of the transaction (FOR UPDATE on PostgreSQL)."""
-    query = select(License).where(License.key == key)
-    if lock and is_postgres(ctx.session.get_bind()):  # type: ignore[arg-type]
-        query = query.with_for_update()
-    lic = ctx.session.exec(query).first()
+def license_by_key(ctx: RuleContext, key: str) -> Record:
+    """The license row (locked for the transaction on PostgreSQL)."""
+    lic = ctx.state.license_by_key(key)
     if lic is None:
         raise Rejection("unknown_license")
     return lic
 
 
-def lock_license(ctx: RuleContext, license_id: int) -> License:
-    query = select(License).where(License.id == license_id)
-    if is_postgres(ctx.session.get_bind()):  # type: ignore[arg-type]
-        query = query.with_for_update()
-    return ctx.session.exec(query).one()
-
-
-def _pinned(ctx: RuleContext, model: type[Any], ident: int) -> Any:
-    """Customers and products, loaded once per session: the identity map only holds
-    weak references, so without a pin every file of a chunk would select them again."""
-    pins = ctx.session.info.setdefault("airlock.pins", {})
-    obj = pins.get((model, ident))
-    if obj is None:
-        obj = pins[(model, ident)] = ctx.session.get(model, ident)
-    return obj
-
-
-def customer_of(ctx: RuleContext, lic: License | Row[Any]) -> Customer:
-    return _pinned(ctx, Customer, lic.customer_id)  # type: ignore[no-any-return]
-
-
-def product_of(ctx: RuleContext, lic: License | Row[Any]) -> Product:
-    return _pinned(ctx, Product, lic.product_id)  # type: ignore[no-any-return]
-
-
-def check_tenant(ctx: RuleContext, lic: License | Row[Any]) -> Customer:
+def check_tenant(ctx: RuleContext, lic: Record) -> Record:
     """The tenant comes from where the file arrived, never from the file."""
-    customer = customer_of(ctx, lic)
+    customer = ctx.state.customer(lic.customer_id)
     if ctx.tenant is not None and customer.code != ctx.tenant:
         raise Rejection("wrong_tenant")
     return customer
 
 
-def check_offline_manageable(lic: License | Row[Any]) -> None:
+def check_offline_manageable(lic: Record) -> None:
     if lic.license_type == LicenseType.SUBSCRIPTION:
         raise Rejection("subscription_offline")
 
 
-def check_product(ctx: RuleContext, lic: License | Row[Any], product_code: str) -> Product:
-    product = product_of(ctx, lic)
+def check_product(ctx: RuleContext, lic: Record, product_code: str) -> Record:
+    product = ctx.state.product(lic.product_id)
     if product.code != product_code:
         raise Rejection("wrong_product")
     return product
 
 
-def features_of(ctx: RuleContext, lic: License) -> list[LicenseFeature]:
-    return list(ctx.session.exec(select(LicenseFeature).where(
-        LicenseFeature.license_id == lic.id).order_by(LicenseFeature.code)))
-
-
-def device_entitlements(ctx: RuleContext, lic: License, device: Device,
+def device_entitlements(ctx: RuleContext, lic: Record, device: Record,
                         user_email: str | None = None) -> dict[str, Any]:
-    return entitlements(lic=lic, customer=customer_of(ctx, lic), product=product_of(ctx, lic),
-                        features=features_of(ctx, lic), device=device, user_email=user_email)
+    state = ctx.state
+    return entitlements(lic=lic, customer=state.customer(lic.customer_id),
+                        product=state.product(lic.product_id), features=state.features(lic),
+                        device=device, user_email=user_email)
 
 
-_AUDIT_INSERT = insert(AuditEvent.__table__)  # type: ignore[arg-type]  # built once
-
-
-def audit(ctx: RuleContext, action: str, *, lic: License | Row[Any],
-          device: Device | Row[Any] | None = None, **detail: Any) -> None:
-    # A plain INSERT (compiled once, cached): no unit-of-work flush per file. It runs in
-    # the job's savepoint, so a rejected job leaves no audit row.
-    ctx.session.execute(_AUDIT_INSERT, {
-        "at": ctx.now, "tenant": ctx.tenant, "actor": ctx.envelope.kid[:64], "action": action,
-        "license_id": lic.id, "device_id": device.id if device else None,
-        "job_id": ctx.job.id, "detail": {"request_id": ctx.envelope.request_id, **detail},
-    })
+def audit(ctx: RuleContext, action: str, *, lic: Record, device: Record | None = None,
+          **detail: Any) -> None:
+    # Part of the job's changes: a rejected job leaves no audit row.
+    ctx.state.append(AUDIT, at=ctx.now, tenant=ctx.tenant, actor=ctx.envelope.kid[:64],
+                     action=action, license_id=lic.id, device_id=device, job_id=ctx.job_id,
+                     detail={"request_id": ctx.envelope.request_id, **detail})

@@ -4,18 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
-
-from models import (
-    ConsumptionEvent,
-    Device,
-    DeviceStatus,
-    FeatureKind,
-    JobOutput,
-    License,
-    LicenseFeature,
-)
-from models.db import is_postgres
+from models import DeviceStatus, FeatureKind
 from pipelines.errors import Rejection
 from pipelines.render import receipt, receipt_name
 from pipelines.rules.common import (
@@ -25,58 +14,31 @@ from pipelines.rules.common import (
     check_offline_manageable,
     check_product,
     check_tenant,
+    license_by_key,
 )
-
-# Plain Core statements on the tables (compiled once, cached): a deactivation is the
-# hot path of the drop folder, and the ORM unit of work cost more than the SQL itself.
-# Rows come back read-only; new totals are computed here and written with UPDATEs that
-# run inside the job's savepoint, so a rejection rolls every one of them back.
-_LICENSE, _DEVICE = License.__table__, Device.__table__
-_FEATURE, _EVENT = LicenseFeature.__table__, ConsumptionEvent.__table__
-# Built once: constructing a statement per call cost as much as running it.
-_DEVICE_BY_HW = select(_DEVICE).where(_DEVICE.c.license_id == bindparam("lic"),
-                                      _DEVICE.c.hardware_id == bindparam("hw"))
-_FEATURES = select(_FEATURE).where(_FEATURE.c.license_id == bindparam("lic"))
-_SET_LICENSE_TOTAL = update(_LICENSE).where(_LICENSE.c.id == bindparam("row")).values(
-    total_consumptions=bindparam("total"))
-_SET_FEATURE_TOTAL = update(_FEATURE).where(_FEATURE.c.id == bindparam("row")).values(
-    total_consumptions=bindparam("total"))
-_DEACTIVATE = update(_DEVICE).where(_DEVICE.c.id == bindparam("row")).values(
-    variables=bindparam("variables"), usage_counter=bindparam("counter"),
-    usage_chain_head=bindparam("head"), status=DeviceStatus.DEACTIVATED,
-    deactivated_at=bindparam("at"), deactivation_job_id=bindparam("job"))
-_ACTIVE_SEATS = select(func.count()).select_from(_DEVICE).where(
-    _DEVICE.c.license_id == bindparam("lic"), _DEVICE.c.status == DeviceStatus.ACTIVE)
-
-
-def _license_row(ctx: RuleContext, key: str) -> Row[Any]:
-    """The license row, locked for the rest of the transaction (FOR UPDATE on PostgreSQL)."""
-    query = select(_LICENSE).where(_LICENSE.c.key == key)
-    if is_postgres(ctx.session.get_bind()):  # type: ignore[arg-type]
-        query = query.with_for_update()
-    lic = ctx.session.execute(query).first()
-    if lic is None:
-        raise Rejection("unknown_license")
-    return lic
+from pipelines.workset import EVENT, Record
 
 
 def apply_deactivation(ctx: RuleContext) -> Applied:
     payload = ctx.envelope.payload
-    session = ctx.session
-    lic = _license_row(ctx, payload["license_key"])
+    state = ctx.state
+    lic = license_by_key(ctx, payload["license_key"])
     check_tenant(ctx, lic)
     product = check_product(ctx, lic, payload["product"])
     check_offline_manageable(lic)
-    device = session.execute(_DEVICE_BY_HW, {"lic": lic.id, "hw": payload["hardware_id"]}).first()
+    device = state.device(lic, payload["hardware_id"])
     if device is None:
         raise Rejection("unknown_device")
     if device.public_key != ctx.signer_public_key:
         raise Rejection("wrong_device_key")
     if device.status != DeviceStatus.ACTIVE:
-        raise Rejection("already_deactivated", attachments=_original_receipt(ctx, device))
+        original = ([] if device.deactivation_job_id is None
+                    else state.outputs_of(device.deactivation_job_id))
+        raise Rejection("already_deactivated", attachments=original)
     usage = payload["usage"]
     _check_continuity(device, usage)
 
+    # Every check has passed: from here on the file only changes rows.
     applied: dict[str, Any] = {"consumptions": usage["consumptions"], "features": {},
                                "overage": {"license": 0, "features": {}},
                                "overage_unauthorized": [], "unknown_features": {}}
@@ -85,30 +47,27 @@ def apply_deactivation(ctx: RuleContext) -> Applied:
                                                             applied, events)
     _consume_features(ctx, lic, usage["features"], applied, events)
     for event in events:
-        event.update(license_id=lic.id, device_id=device.id, job_id=ctx.job.id,
-                     created_at=ctx.now)
-    if events:
-        session.execute(insert(_EVENT), events)
+        state.append(EVENT, license_id=lic.id, device_id=device, job_id=ctx.job_id,
+                     created_at=ctx.now, **event)
     if total != lic.total_consumptions:
-        session.execute(_SET_LICENSE_TOTAL, {"row": lic.id, "total": total})
+        state.modify(lic, total_consumptions=total)
     variables = dict(payload["variables"])
-    session.execute(_DEACTIVATE, {"row": device.id, "variables": variables,
-                                  "counter": usage["counter"], "head": usage["head"],
-                                  "at": ctx.now, "job": ctx.job.id})
-    active = session.execute(_ACTIVE_SEATS, {"lic": lic.id}).scalar_one()
+    state.modify(device, variables=variables, usage_counter=usage["counter"],
+                 usage_chain_head=usage["head"], status=DeviceStatus.DEACTIVATED,
+                 deactivated_at=ctx.now, deactivation_job_id=ctx.job_id)
+    state.modify(lic, active_seats=lic.active_seats - 1)
     applied["variables"] = sorted(variables)
-    applied["seats"] = {"active": active, "max": lic.max_activations}
+    applied["seats"] = {"active": lic.active_seats, "max": lic.max_activations}
     applied["license_totals"] = {"consumptions": total}
     audit(ctx, "device.deactivate", lic=lic, device=device, hardware_id=device.hardware_id,
           consumptions=usage["consumptions"], features=usage["features"])
     output = receipt(ctx.keyring, request_id=ctx.request_id, request_sha256=ctx.envelope.digest,
                      issued_at=ctx.now, product=product.code, license_key=lic.key,
                      hardware_id=device.hardware_id, applied=applied)
-    return Applied(outputs=[(receipt_name(ctx.request_id), output)], license_ids=[lic.id],
-                   summary=applied)
+    return Applied(outputs=[(receipt_name(ctx.request_id), output)], summary=applied)
 
 
-def _check_continuity(device: Row[Any], usage: dict[str, Any]) -> None:
+def _check_continuity(device: Record, usage: dict[str, Any]) -> None:
     """The device's usage chain must continue exactly where it was last reported."""
     continues = (usage["since_counter"] == device.usage_counter
                  and usage["since_head"] == device.usage_chain_head
@@ -132,7 +91,7 @@ def _authorised(overage_total: int, allow: bool, max_overages: int | None) -> bo
                                              or overage_total <= max_overages))
 
 
-def _consume_license(lic: Row[Any], amount: int, applied: dict[str, Any],
+def _consume_license(lic: Record, amount: int, applied: dict[str, Any],
                      events: list[dict[str, Any]]) -> tuple[int, int]:
     """(new license total, overage of this report)."""
     if amount == 0:
@@ -146,11 +105,11 @@ def _consume_license(lic: Row[Any], amount: int, applied: dict[str, Any],
     return total, over
 
 
-def _consume_features(ctx: RuleContext, lic: Row[Any], amounts: dict[str, int],
+def _consume_features(ctx: RuleContext, lic: Record, amounts: dict[str, int],
                       applied: dict[str, Any], events: list[dict[str, Any]]) -> None:
     if not any(amounts.values()):
         return
-    features = {f.code: f for f in ctx.session.execute(_FEATURES, {"lic": lic.id})}
+    features = {f.code: f for f in ctx.state.features(lic)}
     for code, amount in sorted(amounts.items()):
         if amount == 0:
             continue
@@ -162,7 +121,7 @@ def _consume_features(ctx: RuleContext, lic: Row[Any], amounts: dict[str, int],
         else:
             over = _overage(feature.total_consumptions, amount, feature.max_consumptions)
             total = feature.total_consumptions + amount
-            ctx.session.execute(_SET_FEATURE_TOTAL, {"row": feature.id, "total": total})
+            ctx.state.modify(feature, total_consumptions=total)
             applied["features"][code] = amount
             limit = feature.max_consumptions
             total_over = max(0, total - limit) if limit is not None else 0
@@ -171,11 +130,3 @@ def _consume_features(ctx: RuleContext, lic: Row[Any], amounts: dict[str, int],
                 if not _authorised(total_over, feature.allow_overages, feature.max_overages):
                     applied["overage_unauthorized"].append(code)
         events.append({"feature_code": code, "amount": amount, "overage": over})
-
-
-def _original_receipt(ctx: RuleContext, device: Row[Any]) -> list[tuple[str, bytes]]:
-    if device.deactivation_job_id is None:
-        return []
-    outputs = ctx.session.execute(select(JobOutput.name, JobOutput.content).where(
-        JobOutput.job_id == device.deactivation_job_id).order_by(JobOutput.id)).all()
-    return [(o.name, o.content) for o in outputs]

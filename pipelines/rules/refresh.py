@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlmodel import select
+from typing import Any
 
 from airlock_sdk.envelope import DEVICE_KID_PREFIX
-from models import Device, DeviceStatus, FeatureKind, License, LicenseType
+from models import DeviceStatus, FeatureKind, LicenseType
 from pipelines.errors import Rejection
 from pipelines.render import refresh_file, refresh_name
 from pipelines.rules.common import (
@@ -15,9 +15,9 @@ from pipelines.rules.common import (
     check_offline_manageable,
     check_tenant,
     device_entitlements,
-    features_of,
     license_by_key,
 )
+from pipelines.workset import Record
 
 
 def apply_refresh(ctx: RuleContext) -> Applied:
@@ -28,14 +28,13 @@ def apply_refresh(ctx: RuleContext) -> Applied:
     if from_device and (reset or "device" not in scope):
         raise Rejection("reset_not_allowed" if reset else "malformed",
                         None if reset else "A device may only request its own refresh.")
-    targets = _targets(ctx, scope, from_device)
+    targets = _targets(ctx, scope, from_device)  # every check before the first change
     outputs: list[tuple[str, bytes]] = []
     for lic, devices in targets:
         if reset:
             _reset_consumption(ctx, lic)
         for device in devices:
-            device.last_serial += 1
-            ctx.session.add(device)
+            ctx.state.modify(device, last_serial=device.last_serial + 1)
             body = device_entitlements(ctx, lic, device, device.user_email)
             outputs.append((
                 refresh_name(ctx.request_id, lic.key, device.hardware_id),
@@ -45,18 +44,14 @@ def apply_refresh(ctx: RuleContext) -> Applied:
             ))
             audit(ctx, "device.refresh", lic=lic, device=device, serial=device.last_serial,
                   reset_consumption=reset)
-    ctx.session.flush()
-    return Applied(outputs=outputs, license_ids=[lic.id for lic, _ in targets],  # type: ignore[misc]
-                   summary={"devices": len(outputs)})
+    return Applied(outputs=outputs, summary={"devices": len(outputs)})
 
 
-def _targets(ctx: RuleContext, scope: dict, from_device: bool  # type: ignore[type-arg]
-             ) -> list[tuple[License, list[Device]]]:
+def _targets(ctx: RuleContext, scope: dict[str, Any], from_device: bool
+             ) -> list[tuple[Record, list[Record]]]:
     if "device" in scope:
         lic = _refreshable(ctx, scope["device"]["license_key"])
-        device = ctx.session.exec(select(Device).where(
-            Device.license_id == lic.id,
-            Device.hardware_id == scope["device"]["hardware_id"])).first()
+        device = ctx.state.device(lic, scope["device"]["hardware_id"])
         if device is None:
             raise Rejection("unknown_device")
         if from_device and device.public_key != ctx.signer_public_key:
@@ -68,27 +63,21 @@ def _targets(ctx: RuleContext, scope: dict, from_device: bool  # type: ignore[ty
     targets = []
     for key in sorted(keys):  # a fixed lock order: no deadlock between bulk refreshes
         lic = _refreshable(ctx, key)
-        devices = list(ctx.session.exec(select(Device).where(
-            Device.license_id == lic.id, Device.status == DeviceStatus.ACTIVE)
-            .order_by(Device.id)))
-        targets.append((lic, devices))
+        targets.append((lic, ctx.state.active_devices(lic)))
     return targets
 
 
-def _refreshable(ctx: RuleContext, key: str) -> License:
+def _refreshable(ctx: RuleContext, key: str) -> Record:
     lic = license_by_key(ctx, key)
     check_tenant(ctx, lic)
     check_offline_manageable(lic)
     return lic
 
 
-def _reset_consumption(ctx: RuleContext, lic: License) -> None:
+def _reset_consumption(ctx: RuleContext, lic: Record) -> None:
     """A new consumption period: totals restart at zero (the history stays in the events)."""
     if lic.license_type == LicenseType.CONSUMPTION or lic.max_consumptions is not None:
-        lic.total_consumptions = 0
-        ctx.session.add(lic)
-    for feature in features_of(ctx, lic):
+        ctx.state.modify(lic, total_consumptions=0)
+    for feature in ctx.state.features(lic):
         if feature.kind == FeatureKind.CONSUMPTION:
-            feature.total_consumptions = 0
-            ctx.session.add(feature)
-
+            ctx.state.modify(feature, total_consumptions=0)
