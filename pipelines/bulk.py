@@ -287,8 +287,8 @@ def process_counted(env: BulkEnv, job_ids: Sequence[int]) -> list[Outcome]:
     return process_jobs(job_ids, engine=env.engine, processor=env.processor)
 
 
-def run_chunk(env: BulkEnv, job_ids: Sequence[int], batch_id: int | None = None) -> ChunkResult:
-    """Apply a chunk, deliver its results and update its batch's progress.
+def process_isolating(env: BulkEnv, job_ids: Sequence[int]) -> list[Outcome]:
+    """`process_counted` for a chunk, or one job at a time when the chunk was tried before.
 
     The first try applies the chunk in one transaction. A chunk with an unfinished job
     that was tried before (its worker died, or it timed out) goes one job at a time,
@@ -296,18 +296,24 @@ def run_chunk(env: BulkEnv, job_ids: Sequence[int], batch_id: int | None = None)
     while the others are applied.
     """
     with session_scope(env.engine) as session:
-        rows = session.exec(select(Job.id, Job.status, Job.attempts, Job.batch_id)
+        retried = session.exec(select(Job.id).where(
+            col(Job.id).in_(list(job_ids)), col(Job.status).not_in(_FINAL),
+            Job.attempts > 0).limit(1)).first() is not None
+    if retried:
+        return [outcome for job_id in job_ids for outcome in process_counted(env, [job_id])]
+    return process_counted(env, job_ids) if job_ids else []
+
+
+def run_chunk(env: BulkEnv, job_ids: Sequence[int], batch_id: int | None = None) -> ChunkResult:
+    """Apply a chunk (see `process_isolating`), deliver its results and update its
+    batch's progress."""
+    with session_scope(env.engine) as session:
+        rows = session.exec(select(Job.id, Job.batch_id)
                             .where(col(Job.id).in_(sorted(set(job_ids))))).all()
     ids = sorted(row[0] for row in rows)
-    retried = any(row[2] > 0 for row in rows if row[1] not in _FINAL)
-    outcomes: list[Outcome] = []
-    if retried:
-        for job_id in ids:
-            outcomes.extend(process_counted(env, [job_id]))
-    elif ids:
-        outcomes = process_counted(env, ids)
+    outcomes = process_isolating(env, ids)
     deliver_all(env.outbox, outcomes)
-    batches = {batch_id} if batch_id is not None else {row[3] for row in rows if row[3]}
+    batches = {batch_id} if batch_id is not None else {row[1] for row in rows if row[1]}
     finish = []
     for bid in sorted(batches):
         flipped, status = update_progress(env.engine, bid, now=env.processor.clock())

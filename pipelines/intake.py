@@ -63,23 +63,31 @@ class Intake:
         outcomes = process_many(
             [Submission(tenant=a.area, data=a.data, source=a.key) for a in arrivals],
             engine=self.engine, processor=self.processor)
-        results = [(outbox_key(a.area, name), content)
-                   for a, o in zip(arrivals, outcomes, strict=True) for name, content in o.outputs]
+        self.deliver_many(outcomes)
+        self.archive_many(list(zip(arrivals, outcomes, strict=True)))
+        if self.on_outcome is not None:
+            for arrival, outcome in zip(arrivals, outcomes, strict=True):
+                self.on_outcome(arrival, outcome)
+        return outcomes
+
+    def deliver_many(self, outcomes: Sequence[Outcome]) -> None:
+        """Every result of a batch; a local outbox makes them durable with one sync."""
+        results = [(outbox_key(o.tenant, name), content)
+                   for o in outcomes for name, content in o.outputs]
         if isinstance(self.outbox, LocalStore):
             self.outbox.put_many(results)  # one sync for the batch, before any archiving
         else:
             for key, content in results:
                 self.outbox.put(key, content)
+
+    def archive_many(self, handled: Sequence[tuple[Arrival, Outcome]]) -> None:
+        """`archive` for a batch whose results are delivered; a local inbox syncs once."""
         inbox = self.inbox if isinstance(self.inbox, LocalStore) else None
-        for arrival, outcome in zip(arrivals, outcomes, strict=True):
+        for arrival, outcome in handled:
             self.archive(arrival, outcome, durable=inbox is None)
             self._log(arrival, outcome)
         if inbox is not None:
             inbox.sync()  # the archive moves and error reports, all at once
-        if self.on_outcome is not None:
-            for arrival, outcome in zip(arrivals, outcomes, strict=True):
-                self.on_outcome(arrival, outcome)
-        return outcomes
 
     def _log(self, arrival: Arrival, outcome: Outcome) -> None:
         log.info("%s/%s -> %s%s%s", arrival.area, arrival.name, outcome.status,

@@ -95,11 +95,11 @@ def verify(data: bytes, *, processor: Processor, tenant: str) -> Envelope:
     return envelope
 
 
-def apply(state: WorkSet, envelope: Envelope, *, processor: Processor, tenant: str,
-          job_id: int, now: datetime) -> Applied:
-    """Run the rule for the file's kind against the chunk's rows."""
+def apply(state: WorkSet, envelope: Envelope, *, processor: Processor, job: Any,
+          now: datetime) -> Applied:
+    """Run the rule for the file's kind against the chunk's rows (`job`: its job row)."""
     ctx = RuleContext(state=state, keyring=processor.keyring, now=now,
-                      tenant=None if tenant == OPERATOR else tenant, job_id=job_id,
+                      tenant=None if job.tenant == OPERATOR else job.tenant, job_id=job.id,
                       envelope=envelope)
     return RULES[envelope.kind](ctx)
 
@@ -218,8 +218,7 @@ def _apply_once(state: WorkSet, job: Any, envelope: Envelope,
             raise Rejection("replay")
         return state.outputs_of(earlier_job), True
     state.claim(job.tenant, envelope.request_id, envelope.digest, job.id, now)
-    applied = apply(state, envelope, processor=processor, tenant=job.tenant, job_id=job.id,
-                    now=now)
+    applied = apply(state, envelope, processor=processor, job=job, now=now)
     return applied.outputs, False
 
 
@@ -248,8 +247,9 @@ def _device_of(envelope: Envelope) -> tuple[str, str] | None:
 
 
 _JOB = Job.__table__  # type: ignore[attr-defined]
-_JOB_COLUMNS = [_JOB.c[name] for name in ("id", "tenant", "sha256", "status", "attempts",
-                                          "payload", "kind", "request_id", "reason", "message")]
+_JOB_COLUMNS = [_JOB.c[name] for name in ("id", "tenant", "source", "sha256", "status",
+                                          "attempts", "payload", "kind", "request_id",
+                                          "reason", "message")]
 
 
 def _lock_jobs(conn: Connection, job_ids: list[int]) -> list[Any]:

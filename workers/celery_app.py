@@ -27,11 +27,11 @@ from workers.runtime import Runtime, build_runtime
 log = logging.getLogger("airlock.celery")
 
 INTERACTIVE, BULK = "interactive", "bulk"
-PROCESS_JOB = "airlock.process_job"
+PROCESS_FILES = "airlock.process_files"
 PROCESS_CHUNK = "airlock.process_chunk"
 FINISH_BATCH = "airlock.finish_batch"
 NOOP = "airlock.noop"  # the benchmark's baseline: Celery's own cost per task
-ROUTES = {PROCESS_JOB: {"queue": INTERACTIVE}, PROCESS_CHUNK: {"queue": BULK},
+ROUTES = {PROCESS_FILES: {"queue": INTERACTIVE}, PROCESS_CHUNK: {"queue": BULK},
           FINISH_BATCH: {"queue": BULK}, NOOP: {"queue": INTERACTIVE}}
 
 

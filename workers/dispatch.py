@@ -1,8 +1,9 @@
 """The enqueue side of distributed mode: job rows are committed first, then published.
 
 `Watcher.on_arrival` is the callback the inbox sources (drop folder, S3 poller) call:
-a single file becomes a job row and a ``process_job`` message; a bulk archive becomes
-a batch, chunks of job rows and one ``process_chunk`` message per chunk. Publishing
+single files become job rows and ``process_files`` messages of up to
+`FILES_PER_TASK` files each; a bulk archive becomes a batch, chunks of job rows and one
+``process_chunk`` message per chunk. Publishing
 happens only after the commit that created the rows, so no message names a row that
 does not exist. A file the source hands over again (the S3 poller does so until the
 worker archives it) finds its row and is not published twice within `repeat_after`.
@@ -33,15 +34,20 @@ from models.types import utcnow
 from pipelines import bulk
 from pipelines.layout import Arrival
 from pipelines.ledger import Submission, register
-from workers.celery_app import FINISH_BATCH, PROCESS_CHUNK, PROCESS_JOB
+from workers.celery_app import FINISH_BATCH, PROCESS_CHUNK, PROCESS_FILES
 from workers.runtime import Runtime
 
 log = logging.getLogger("airlock.dispatch")
 
 
-def enqueue_job(app: Celery, job_id: int, source: str | None = None) -> None:
-    """Publish ``process_job`` for a committed job row (`source`: the inbox key to archive)."""
-    app.send_task(PROCESS_JOB, args=[job_id], kwargs={"source": source})
+FILES_PER_TASK = 50  # enough to make a message's overhead small, few enough to spread
+
+
+def enqueue_files(app: Celery, items: list[tuple[int, str | None]]) -> None:
+    """Publish ``process_files`` for committed job rows, `FILES_PER_TASK` to a message
+    (each item: job id, and the inbox key to archive or None)."""
+    for start in range(0, len(items), FILES_PER_TASK):
+        app.send_task(PROCESS_FILES, args=[items[start:start + FILES_PER_TASK]])
 
 
 def enqueue_chunk(app: Celery, job_ids: list[int], batch_id: int | None) -> None:
@@ -112,8 +118,9 @@ class Watcher:
         self.on_batch([arrival])
 
     def on_batch(self, arrivals: list[Arrival]) -> None:
-        """Files are registered in one commit, then published one message each; archives
-        become batches (after the files, so a large archive does not hold them back)."""
+        """Files are registered in one commit, then published a few dozen to a message;
+        archives become batches (after the files, so a large archive does not hold them
+        back)."""
         self.submit_many([a for a in arrivals if not bulk.is_bulk(a)])
         for arrival in arrivals:
             if bulk.is_bulk(arrival):
@@ -132,11 +139,13 @@ class Watcher:
         with session_scope(self.runtime.engine) as session:
             jobs = register(session, [Submission(tenant=a.area, data=a.data, source=a.key)
                                       for a in arrivals], now=now, count_attempt=False)
+        items: list[tuple[int, str | None]] = []
         for arrival, job in zip(arrivals, jobs, strict=True):
             assert job.id is not None
             if self._recently.claim((job.id, arrival.key)):
-                enqueue_job(self.app, job.id, arrival.key)
+                items.append((job.id, arrival.key))
                 log.info("%s/%s -> job %s queued", arrival.area, arrival.name, job.id)
+        enqueue_files(self.app, items)
         return [job.id for job in jobs]  # type: ignore[misc]
 
 
@@ -166,12 +175,14 @@ def requeue_stale(runtime: Runtime, app: Celery, *, older_than: timedelta,
         unreported = list(session.exec(select(Batch.id).where(
             Batch.status == bulk.COMPLETE, col(Batch.finished_at) < cutoff)))
     chunks: dict[int, list[int]] = {}
+    singles: list[tuple[int, str | None]] = []
     for job_id, source, batch_id in stale:
         if batch_id is None:
-            enqueue_job(app, job_id, source)
-            result.jobs += 1
+            singles.append((job_id, source))
         else:
             chunks.setdefault(batch_id, []).append(job_id)
+    enqueue_files(app, singles)
+    result.jobs = len(singles)
     size = runtime.settings.chunk_size
     for batch_id, ids in chunks.items():
         for start in range(0, len(ids), size):

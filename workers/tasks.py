@@ -1,8 +1,9 @@
 """Thin Celery tasks that take ids: the work is the same stage code embedded mode runs.
 
-`run_process_job` and `pipelines.bulk.run_chunk` / `finish_batch` are plain functions
+`run_process_files` and `pipelines.bulk.run_chunk` / `finish_batch` are plain functions
 over a `Runtime`, callable directly in tests; `register_tasks` wraps them as
-``airlock.process_job`` (interactive queue), ``airlock.process_chunk`` and
+``airlock.process_files`` (interactive queue: a few dozen inbox files per message, so
+a file does not pay a whole task's overhead), ``airlock.process_chunk`` and
 ``airlock.finish_batch`` (bulk queue).
 
 Transient failures (database or broker connection, storage throttling, the soft time
@@ -15,7 +16,7 @@ work, quarantined by the core after `max_attempts`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import kombu.exceptions
@@ -23,7 +24,7 @@ import redis.exceptions
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from models import Job
 from models.db import session_scope
@@ -32,7 +33,7 @@ from pipelines.intake import Intake
 from pipelines.layout import Arrival, parse_arrival_key, parse_processing_key
 from pipelines.process import Outcome
 from pipelines.storage.base import TransientStorageError
-from workers.celery_app import FINISH_BATCH, NOOP, PROCESS_CHUNK, PROCESS_JOB, RuntimeHolder
+from workers.celery_app import FINISH_BATCH, NOOP, PROCESS_CHUNK, PROCESS_FILES, RuntimeHolder
 from workers.runtime import Runtime
 
 log = logging.getLogger("airlock.tasks")
@@ -67,32 +68,40 @@ def transient_errors() -> Iterator[None]:
 # --- the work, as plain functions -----------------------------------------------------------
 
 
-def run_process_job(runtime: Runtime, job_id: int, source: str | None = None) -> Outcome:
-    """Count the attempt, apply one registered job, deliver its results and archive the
-    inbox file it came from (`source`, else the job's own source)."""
-    outcome = bulk.process_counted(runtime, [job_id])[0]
+def run_process_files(runtime: Runtime,
+                      items: Sequence[tuple[int, str | None]]) -> list[Outcome]:
+    """Count the attempt, apply registered jobs as one chunk (one at a time if they were
+    tried before: see `bulk.process_isolating`), deliver their results and archive the
+    inbox files they came from (each item's source, else the job's own)."""
+    job_ids = [job_id for job_id, _ in items]
+    outcomes = bulk.process_isolating(runtime, job_ids)
     intake = runtime.intake()
-    intake.deliver(outcome.tenant, outcome)
+    intake.deliver_many(outcomes)
     with session_scope(runtime.engine) as session:
-        job = session.exec(select(Job.source, Job.sha256, Job.size)
-                           .where(Job.id == job_id)).one()
-    _archive_inbox_file(intake, source or job[0], job[1], job[2], outcome)
-    log.info("job %s %s%s%s", job_id, outcome.status,
-             f" [{outcome.reason}]" if outcome.reason else "",
-             " (duplicate)" if outcome.duplicate else " (applied)")
-    return outcome
+        rows = {row.id: row for row in session.exec(
+            select(Job.id, Job.source, Job.sha256, Job.size).where(col(Job.id).in_(job_ids)))}
+    handled = []
+    for (job_id, source), outcome in zip(items, outcomes, strict=True):
+        row = rows[job_id]
+        arrival = _inbox_arrival(intake, source or row.source, row.sha256, row.size)
+        if arrival is not None:
+            handled.append((arrival, outcome))
+    intake.archive_many(handled)
+    for job_id, outcome in zip(job_ids, outcomes, strict=True):
+        log.info("job %s %s%s%s", job_id, outcome.status,
+                 f" [{outcome.reason}]" if outcome.reason else "",
+                 " (duplicate)" if outcome.duplicate else " (applied)")
+    return outcomes
 
 
-def _archive_inbox_file(intake: Intake, key: str, sha256: str, size: int,
-                        outcome: Outcome) -> None:
-    """Move a single file out of the inbox once its results are delivered."""
+def _inbox_arrival(intake: Intake, key: str, sha256: str, size: int) -> Arrival | None:
+    """The inbox file a job came from, if it is still to be archived."""
     parsed = parse_processing_key(key) or parse_arrival_key(key)
     if parsed is None or not intake.inbox.exists(key):
-        return  # not an inbox file (cli:..., an archive member) or archived already
+        return None  # not an inbox file (cli:..., an archive member) or archived already
     area, name = parsed
-    arrival = Arrival(area=area, name=bulk.CLAIM_MARK.sub("", name), key=key, data=b"",
-                      sha256=sha256, size=size)
-    intake.archive(arrival, outcome)
+    return Arrival(area=area, name=bulk.CLAIM_MARK.sub("", name), key=key, data=b"",
+                   sha256=sha256, size=size)
 
 
 def run_chunk(runtime: Runtime, job_ids: list[int], batch_id: int | None,
@@ -118,7 +127,7 @@ def _summary(outcomes: list[Outcome]) -> str:
 
 
 def register_tasks(app: Celery, holder: RuntimeHolder) -> None:
-    """Define the three tasks on `app`; each gets its collaborators from `holder`."""
+    """Define the tasks on `app`; each gets its collaborators from `holder`."""
     backoff_max = max(5, min(300, app.conf.broker_transport_options["visibility_timeout"] // 2))
     options = {
         "acks_late": True,
@@ -131,11 +140,11 @@ def register_tasks(app: Celery, holder: RuntimeHolder) -> None:
         "max_retries": MAX_RETRIES,
     }
 
-    @app.task(name=PROCESS_JOB, **options)
-    def process_job(job_id: int, source: str | None = None) -> None:
-        """One file from the inbox (its job row is committed by the watcher)."""
+    @app.task(name=PROCESS_FILES, **options)
+    def process_files(items: list[tuple[int, str | None]]) -> None:
+        """[job id, inbox key] pairs of files from the inbox (rows committed by the watcher)."""
         with transient_errors():
-            run_process_job(holder.get(), job_id, source)
+            run_process_files(holder.get(), [(job_id, source) for job_id, source in items])
 
     @app.task(name=PROCESS_CHUNK, **options)
     def process_chunk(job_ids: list[int], batch_id: int | None = None) -> None:

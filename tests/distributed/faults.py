@@ -43,13 +43,13 @@ def verify(data: bytes, **kwargs: Any) -> Any:
     return _verify(data, **kwargs)
 
 
-def apply(session: Any, envelope: Any, **kwargs: Any) -> Any:
+def apply(state: Any, envelope: Any, **kwargs: Any) -> Any:
     if _DELAY:
         time.sleep(_DELAY)
     job = kwargs.get("job")
     if _SLOW_SOURCE and job is not None and _SLOW_SOURCE in (job.source or ""):
         time.sleep(_SLOW_SECONDS)
-    return _apply(session, envelope, **kwargs)
+    return _apply(state, envelope, **kwargs)
 
 
 def _take_slot() -> bool:

@@ -29,7 +29,7 @@ from workers.celery_app import (
     FINISH_BATCH,
     INTERACTIVE,
     PROCESS_CHUNK,
-    PROCESS_JOB,
+    PROCESS_FILES,
     RuntimeHolder,
     make_celery,
 )
@@ -56,10 +56,10 @@ def test_celery_configuration(tmp_path: Path) -> None:
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
     assert conf.broker_connection_retry_on_startup
     assert {q.name for q in conf.task_queues} == {INTERACTIVE, BULK}
-    assert app.amqp.router.route({}, PROCESS_JOB)["queue"].name == INTERACTIVE
+    assert app.amqp.router.route({}, PROCESS_FILES)["queue"].name == INTERACTIVE
     assert app.amqp.router.route({}, PROCESS_CHUNK)["queue"].name == BULK
     assert app.amqp.router.route({}, FINISH_BATCH)["queue"].name == BULK
-    for name in (PROCESS_JOB, PROCESS_CHUNK, FINISH_BATCH):
+    for name in (PROCESS_FILES, PROCESS_CHUNK, FINISH_BATCH):
         task = app.tasks[name]
         assert task.acks_late and task.reject_on_worker_lost and task.ignore_result
         assert task.autoretry_for == (TransientError,) and task.retry_backoff
@@ -145,7 +145,7 @@ def test_watcher_commits_rows_then_publishes_once(publishing: Any) -> None:
     arrival = make_arrival("ACME/a.req", data)
     job_id = watcher.submit(arrival)
     watcher.on_arrival(arrival)  # the S3 poller hands it over again: not published again
-    assert app.sent == [(PROCESS_JOB, [job_id], {"source": "ACME/a.req"})]
+    assert app.sent == [(PROCESS_FILES, [[(job_id, "ACME/a.req")]], {})]
     clock[0] = 61
     watcher.on_arrival(arrival)
     assert len(app.sent) == 2
@@ -173,7 +173,7 @@ def test_sweep_publishes_work_nobody_touched(publishing: Any) -> None:
     swept = requeue_stale(runtime, app, older_than=timedelta(0),  # type: ignore[arg-type]
                           now=utcnow() + timedelta(seconds=1))
     assert (swept.jobs, swept.chunks, swept.batches) == (1, 2, 0)
-    assert [name for name, _, _ in app.sent] == [PROCESS_JOB, PROCESS_CHUNK, PROCESS_CHUNK]
+    assert [name for name, _, _ in app.sent] == [PROCESS_FILES, PROCESS_CHUNK, PROCESS_CHUNK]
     app.sent.clear()
     # just published: not again until `older_than` passes once more
     assert requeue_stale(runtime, app, older_than=timedelta(minutes=5)).jobs == 0  # type: ignore[arg-type]
@@ -189,6 +189,7 @@ def test_watcher_takes_a_pass_of_files_in_one_commit(publishing: Any) -> None:
     archive = make_arrival("ACME/b.zip", make_zip([("m.req", WireDevice(ring, "M").activation(
         license_key=key))]))
     watcher.on_batch([singles[0], archive, singles[1], singles[2]])
-    assert [name for name, _, _ in app.sent] == [PROCESS_JOB] * 3 + [PROCESS_CHUNK]
-    assert [kwargs["source"] for _, _, kwargs in app.sent[:3]] == [a.key for a in singles]
+    assert [name for name, _, _ in app.sent] == [PROCESS_FILES, PROCESS_CHUNK]
+    [items] = app.sent[0][1]
+    assert [source for _, source in items] == [a.key for a in singles]
     runtime.close()

@@ -15,7 +15,7 @@ from tests.distributed.cluster import Worker, cli_command, wait_for
 from tests.distributed.conftest import Deployment
 from tests.factories import WireDevice, add_license, license_info
 from tests.test_archives import make_tar, make_zip
-from workers.dispatch import enqueue_chunk, enqueue_job
+from workers.dispatch import enqueue_chunk, enqueue_files
 
 
 def _write_like_an_upload(path: os.PathLike[str], data: bytes) -> None:
@@ -103,7 +103,7 @@ def test_a_task_delivered_twice_is_a_no_op(deployment: Deployment) -> None:
     worker = dep.worker(concurrency=2, slow_source="slow-usage", slow_seconds=2)
     dep.drop("ACME/slow-usage.deact", device.deactivation(license_key=key, consumptions=5))
     [job] = [j for j in dep.jobs() if j.source == "ACME/slow-usage.deact"]
-    enqueue_job(dep.app, job.id, "ACME/slow-usage.deact")  # redelivered while running
+    enqueue_files(dep.app, [(job.id, "ACME/slow-usage.deact")])  # redelivered while running
 
     def log_count(what: str) -> int:
         return len(re.findall(rf"job {job.id} done \({what}\)", worker.log()))
@@ -111,7 +111,7 @@ def test_a_task_delivered_twice_is_a_no_op(deployment: Deployment) -> None:
     wait_for(lambda: log_count("applied") == 1 and log_count("duplicate") == 1, timeout=60,
              what="both copies of the task to run")
     [(name, first)] = dep.outbox(".receipt").items()
-    enqueue_job(dep.app, job.id)  # and once more, long after
+    enqueue_files(dep.app, [(job.id, None)])  # and once more, long after
     wait_for(lambda: log_count("duplicate") == 2, timeout=60, what="the third copy")
     assert dep.outbox(".receipt") == {name: first}
     assert license_info(dep.engine, key)["consumptions"]["total"] == 5
@@ -171,7 +171,9 @@ def test_a_poison_file_is_quarantined_while_the_rest_flows(deployment: Deploymen
     assert license_info(dep.engine, key)["active_devices"] == 8
     assert result.counts == {"done": 5, "quarantined": 1}
     inbox = dep.root / "inbox"
-    assert (inbox / "_quarantine/ACME/poison.req").exists()
+    # The source is archived after its job commits: wait for the move, not just the row.
+    wait_for(lambda: (inbox / "_quarantine/ACME/poison.req").exists(), timeout=30,
+             what="the poison file to be quarantined")
     error = json.loads((inbox / "_quarantine/ACME/poison.req.error.json").read_text())
     assert error["reason"] == "poison"
     document = json.loads(next(iter(dep.outbox(".report.json").values())))
