@@ -1,4 +1,4 @@
-"""Job rows: registering arrivals exactly once and reading back what a job produced."""
+"""Job rows: registering arrivals exactly once."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import tuple_, update
+from sqlalchemy import Row, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from models import Job, JobOutput
+from models import Job
 from models.db import is_postgres
 from models.ledger import FINAL_STATUSES
 
@@ -31,45 +32,39 @@ class Submission:
         return hashlib.sha256(self.data).hexdigest()
 
 
+_JOB = Job.__table__  # type: ignore[attr-defined]
+_REGISTERED = (_JOB.c.id, _JOB.c.tenant, _JOB.c.sha256, _JOB.c.status, _JOB.c.attempts)
+
+
 def register(session: Session, submissions: Sequence[Submission], *, now: datetime,
-             count_attempt: bool = True) -> list[Job]:
+             count_attempt: bool = True) -> list[Row[Any]]:
     """Insert one job per distinct (tenant, content); existing rows are reused, not duplicated.
+    Returns (id, tenant, sha256, status, attempts) rows in submission order.
 
     Counting the attempt here, in its own commit before any work, is what lets a file
     that kills its worker be quarantined after N tries.
     """
     if not submissions:
         return []
+    conn = session.connection()
     rows = [{"tenant": s.tenant, "sha256": s.sha256, "source": s.source[:1024],
              "size": len(s.data), "payload": s.data, "batch_id": s.batch_id,
              "status": "pending", "attempts": 0, "created_at": now, "updated_at": now}
             for s in submissions]
-    dialect_insert = pg_insert if is_postgres(session.get_bind()) else sqlite_insert  # type: ignore[arg-type]
-    for start in range(0, len(rows), 500):
-        stmt = dialect_insert(Job).values(rows[start:start + 500])
-        session.execute(stmt.on_conflict_do_nothing(index_elements=["tenant", "sha256"]))
+    dialect_insert = pg_insert if is_postgres(conn.engine) else sqlite_insert
+    # executemany of one cached statement: a multi-row VALUES is compiled anew each time.
+    conn.execute(dialect_insert(_JOB).on_conflict_do_nothing(
+        index_elements=["tenant", "sha256"]), rows)
     keys = list(dict.fromkeys((s.tenant, s.sha256) for s in submissions))
-    jobs: dict[tuple[str, str], Job] = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
-        for job in session.exec(select(Job).where(tuple_(Job.tenant, Job.sha256).in_(chunk))):
-            jobs[(job.tenant, job.sha256)] = job
     if count_attempt:
-        open_ids = [j.id for j in jobs.values() if j.status not in FINAL_STATUSES]
-        if open_ids:
-            session.execute(update(Job).where(col(Job.id).in_(open_ids))
-                            .values(attempts=Job.attempts + 1, updated_at=now))
-            for job in jobs.values():
-                if job.id in open_ids:
-                    job.attempts += 1
+        for start in range(0, len(keys), 500):
+            conn.execute(update(_JOB).where(
+                tuple_(_JOB.c.tenant, _JOB.c.sha256).in_(keys[start:start + 500]),
+                _JOB.c.status.not_in([str(status) for status in FINAL_STATUSES]))
+                .values(attempts=_JOB.c.attempts + 1, updated_at=now))
+    jobs: dict[tuple[str, str], Row[Any]] = {}
+    for start in range(0, len(keys), 500):
+        for job in conn.execute(select(*_REGISTERED).where(
+                tuple_(_JOB.c.tenant, _JOB.c.sha256).in_(keys[start:start + 500]))):
+            jobs[(job.tenant, job.sha256)] = job
     return [jobs[(s.tenant, s.sha256)] for s in submissions]
-
-
-def outputs_of(session: Session, job_id: int) -> list[tuple[str, bytes]]:
-    return [(o.name, o.content) for o in session.exec(
-        select(JobOutput).where(JobOutput.job_id == job_id).order_by(JobOutput.id))]
-
-
-def store_outputs(session: Session, job_id: int, outputs: Sequence[tuple[str, bytes]]) -> None:
-    for name, content in outputs:
-        session.add(JobOutput(job_id=job_id, name=name, content=content))
