@@ -133,7 +133,7 @@ def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor
     sees the other worker's claim and replays or refuses accordingly.
     """
     order = list(dict.fromkeys(job_ids))
-    verified: dict[int, Envelope | Rejection] = {}  # pure results, kept across a retry
+    verified = _verify_open_jobs(engine, order, processor)  # pure: kept across a retry
     for attempt in range(1, _RETRIES + 1):
         try:
             with engine.begin() as conn:
@@ -145,6 +145,19 @@ def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor
             log.info("chunk of %d jobs lost a race (%s); running it again", len(order),
                      type(exc.orig).__name__)
     return [outcomes[job_id] for job_id in job_ids]
+
+
+def _verify_open_jobs(engine: Engine, job_ids: list[int],
+                      processor: Processor) -> dict[int, Envelope | Rejection]:
+    """Verify the chunk's unfinished files before its write transaction opens: the
+    signatures are the slow, pure part, and on SQLite another process writes meanwhile.
+    Files past `max_attempts` are not opened at all (one may be what crashed us)."""
+    query = select(_JOB.c.id, _JOB.c.tenant, _JOB.c.payload).where(
+        _JOB.c.id.in_(job_ids), _JOB.c.status == JobStatus.PENDING,
+        _JOB.c.attempts <= processor.max_attempts)
+    with engine.connect() as conn:
+        payloads = conn.execute(query).all()
+    return {row.id: _verify(row.payload, processor, row.tenant) for row in payloads}
 
 
 def _lost_race(exc: DBAPIError) -> bool:
@@ -169,9 +182,11 @@ def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
         elif job.attempts > processor.max_attempts:
             outcomes[job.id] = _rejected(job, Rejection("poison"), None, processor, finished,
                                          status=JobStatus.QUARANTINED)
+        elif not _tenant_exists(conn, job.tenant, processor):
+            todo.append((job, Rejection("unknown_tenant")))
         else:
-            if job.id not in verified:
-                verified[job.id] = _verified(conn, job, processor)
+            if job.id not in verified:  # pending again since the verification pass
+                verified[job.id] = _verify(job.payload, processor, job.tenant)
             todo.append((job, verified[job.id]))
     envelopes = [(job.tenant, e) for job, e in todo if isinstance(e, Envelope)]
     state.prefetch(license_keys=[k for _, e in envelopes for k in _license_keys(e)],
@@ -196,10 +211,9 @@ def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
     return outcomes
 
 
-def _verified(conn: Connection, job: Any, processor: Processor) -> Envelope | Rejection:
+def _verify(payload: bytes | None, processor: Processor, tenant: str) -> Envelope | Rejection:
     try:
-        _check_tenant_exists(conn, job.tenant, processor)
-        return verify(job.payload or b"", processor=processor, tenant=job.tenant)
+        return verify(payload or b"", processor=processor, tenant=tenant)
     except Rejection as rejection:
         return rejection
     except FormatError as exc:
@@ -270,12 +284,13 @@ def _stored_outputs(conn: Connection, job_ids: list[int]) -> dict[int, list[tupl
     return outputs
 
 
-def _check_tenant_exists(conn: Connection, tenant: str, processor: Processor) -> None:
+def _tenant_exists(conn: Connection, tenant: str, processor: Processor) -> bool:
     if tenant == OPERATOR or tenant in processor.known_tenants:
-        return
+        return True
     if conn.execute(select(CUSTOMER.c.id).where(CUSTOMER.c.code == tenant)).first() is None:
-        raise Rejection("unknown_tenant")
+        return False
     processor.known_tenants.add(tenant)
+    return True
 
 
 _FINISH_JOB = update(_JOB).where(_JOB.c.id == bindparam("row")).values(

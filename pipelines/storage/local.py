@@ -42,6 +42,7 @@ class LocalStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
+        self._root_text = str(self.root)
         self.location = self.root.as_uri()
         self._made_dirs: set[Path] = set()  # folders known to exist: no mkdir per write
 
@@ -54,24 +55,23 @@ class LocalStore:
         """The file path for `key`; `InvalidKey` if the key is unsafe or the resolved
         path (following any symlinked folders) would leave the store root."""
         check_key(key)
-        parts = key.split("/")
-        path = self.root.joinpath(*parts)
         # The root was resolved once, when the operator configured it. Below it, a
         # symlinked folder or file could point anywhere: each existing component is
-        # lstat'ed (cheap), and only a symlink costs a full resolve and check.
-        current = str(self.root)
-        for part in parts:
+        # lstat'ed (cheap), and only a symlink costs a full resolve and check. Plain
+        # strings: building pathlib objects per component cost more than the lstats.
+        current = self._root_text
+        for part in key.split("/"):
             current = f"{current}{os.sep}{part}"
             try:
                 mode = os.lstat(current).st_mode
             except (FileNotFoundError, NotADirectoryError):
                 break  # the rest does not exist: nothing to follow
             if stat.S_ISLNK(mode):
-                resolved = path.resolve()
+                resolved = Path(os.path.realpath(f"{self._root_text}{os.sep}{key}"))
                 if not resolved.is_relative_to(self.root) or resolved == self.root:
                     raise InvalidKey(f"key {key!r} resolves outside {self.location}")
                 break
-        return path
+        return Path(f"{self._root_text}{os.sep}{key}")
 
     def _file_stat(self, key: str) -> os.stat_result:
         path = self.path_for(key)
