@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from bench.fleet import CUSTOMER, active_fleet, deactivation_file
+from bench.fleet import CUSTOMER, active_fleet, deactivation_files
 from bench.procs import spawn, wait_for_log, wait_rss
 from bench.scenarios import Workspace, _count, _wait_until, _write
 from config.settings import Settings
@@ -37,7 +37,7 @@ def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
     now = utcnow()
     fleet = active_fleet(ws.engine, files, now=now)
     bundle = ws.keyring.public_bundle()
-    blobs = [deactivation_file(d, bundle, now=now) for d in fleet]
+    blobs = list(deactivation_files(fleet, bundle, now=now))
     worker = spawn("worker", ["cli", "worker", "--concurrency", str(workers), "--loglevel",
                               "WARNING"], env, ws.home / "logs")
     watcher = spawn("watch", ["cli", "watch"], env, ws.home / "logs")
@@ -55,8 +55,9 @@ def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
         # Baseline: one no-op task per file, same broker, same worker, same options.
         app = make_celery(Settings(home=ws.home, broker_url=redis_url))
         start = time.time()
-        for i in range(files):
-            app.send_task(NOOP, args=[i])
+        with app.producer_or_acquire() as producer:  # one connection, as the watcher has
+            for i in range(files):
+                app.send_task(NOOP, args=[i], producer=producer)
         sent = time.time()
         _wait_until(lambda: _queues_empty(client), timeout, poll=0.05)
         noop_rate = files / max(time.time() - start, 1e-9)
@@ -89,9 +90,8 @@ def bulk(ws: Workspace, files: int, timeout: float,
     bundle = ws.keyring.public_bundle()
     archive = ws.home / "fleet.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for i, device in enumerate(fleet):  # written member by member: flat memory
-            zf.writestr(f"deactivations/d{i:07d}.req", deactivation_file(device, bundle,
-                                                                       now=now))
+        for i, blob in enumerate(deactivation_files(fleet, bundle, now=now)):
+            zf.writestr(f"deactivations/d{i:07d}.req", blob)  # member by member
     worker = spawn("worker", ["cli", "worker", "--concurrency", "2", "--loglevel", "WARNING"],
                    env, ws.home / "logs")
     try:

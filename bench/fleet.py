@@ -7,9 +7,14 @@ envelope built with the SDK's payload builders.
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import Any
 
 from nacl.signing import SigningKey
 from sqlalchemy import Engine, insert
@@ -63,6 +68,38 @@ def active_fleet(engine: Engine, count: int, *, now: datetime) -> list[BenchDevi
         for start in range(0, len(rows), 5000):
             conn.execute(insert(Device), rows[start:start + 5000])
     return devices
+
+
+def deactivation_files(fleet: list[BenchDevice], bundle: PublicBundle, *,
+                       now: datetime) -> Iterator[bytes]:
+    """Every device's deactivation file, in order, built on all cores (sealing and
+    signing 100,000 files on one core would take longer than processing them)."""
+    items = [(bytes(d.key), d.hardware_id, d.license_key) for d in fleet]
+    yield from _on_all_cores(partial(_deactivation_blob, bundle.to_json(), now), items)
+
+
+def activation_files(license_keys: list[str], count: int, bundle: PublicBundle, *,
+                     now: datetime) -> list[bytes]:
+    """`count` key-based activation requests, DEVICES_PER_LICENSE to a license."""
+    items = [(f"ACT-{i:07d}", license_keys[i // DEVICES_PER_LICENSE]) for i in range(count)]
+    return list(_on_all_cores(partial(_activation_blob, bundle.to_json(), now), items))
+
+
+def _on_all_cores(build: Callable[[Any], bytes], items: list[Any]) -> Iterator[bytes]:
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        yield from pool.map(build, items, chunksize=500)
+
+
+def _activation_blob(bundle_json: str, now: datetime, item: tuple[str, str]) -> bytes:
+    hardware_id, license_key = item
+    return activation_file(hardware_id, license_key, PublicBundle.from_json(bundle_json),
+                           now=now)
+
+
+def _deactivation_blob(bundle_json: str, now: datetime, item: tuple[bytes, str, str]) -> bytes:
+    seed, hardware_id, license_key = item
+    device = BenchDevice(hardware_id, SigningKey(seed), license_key)
+    return deactivation_file(device, PublicBundle.from_json(bundle_json), now=now)
 
 
 def deactivation_file(device: BenchDevice, bundle: PublicBundle, *, now: datetime,

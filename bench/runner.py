@@ -51,9 +51,9 @@ def _one(name: str, root: Path, **kw: Any) -> dict[str, Any]:
     ws = scenarios.open_workspace(root, name, database_url)
     try:
         if name == "embedded":
-            return scenarios.embedded(ws, files, kw["timeout"])
+            return scenarios.embedded(ws, files, kw["timeout"], processes=kw["workers"])
         if name == "latency":
-            return scenarios.latency(ws, min(files, 200))
+            return scenarios.latency(ws, min(files, 100))
         if name in ("activation", "activation-postgres"):
             return scenarios.activation(ws, files)
         if name == "distributed":

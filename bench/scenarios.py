@@ -13,7 +13,14 @@ from typing import Any
 from sqlalchemy import Engine, inspect, text
 from sqlmodel import SQLModel
 
-from bench.fleet import CUSTOMER, activation_file, active_fleet, create_catalogue, deactivation_file
+from bench.fleet import (
+    CUSTOMER,
+    activation_files,
+    active_fleet,
+    create_catalogue,
+    deactivation_file,
+    deactivation_files,
+)
 from bench.procs import spawn, wait_for_log
 from models.db import make_engine
 from models.migrate import upgrade
@@ -113,14 +120,15 @@ def _write(path: Path, data: bytes) -> float:
 # --- 1. embedded drop-folder throughput -------------------------------------------------
 
 
-def embedded(ws: Workspace, files: int, timeout: float) -> dict[str, Any]:
+def embedded(ws: Workspace, files: int, timeout: float, processes: int = 1) -> dict[str, Any]:
     now = utcnow()
     t = time.perf_counter()
     fleet = active_fleet(ws.engine, files, now=now)
     bundle = ws.keyring.public_bundle()
-    blobs = [deactivation_file(d, bundle, now=now) for d in fleet]
+    blobs = list(deactivation_files(fleet, bundle, now=now))
     setup = time.perf_counter() - t
-    runner = spawn("run", ["cli", "run"], ws.env, ws.home / "logs")
+    runner = spawn("run", ["cli", "run", "--processes", str(processes)], ws.env,
+                   ws.home / "logs")
     try:
         wait_for_log(runner, "watching")
         inbox = ws.inbox()
@@ -134,7 +142,7 @@ def embedded(ws: Workspace, files: int, timeout: float) -> dict[str, Any]:
         rss = runner.stop()
     last = max((e.stat().st_mtime for e in os.scandir(ws.outbox())), default=first)
     processed = _count(ws.home / "inbox" / "_processed" / CUSTOMER)
-    return {"files": files, "completed": done, "processed": processed,
+    return {"files": files, "processes": processes, "completed": done, "processed": processed,
             "seconds": round(last - first, 3),
             "files_per_s": round(files / max(last - first, 1e-9), 1),
             "drop_seconds": round(dropped - first, 3), "setup_seconds": round(setup, 1),
@@ -144,7 +152,7 @@ def embedded(ws: Workspace, files: int, timeout: float) -> dict[str, Any]:
 # --- 4. latency: one file at a time into a watched folder ----------------------------------
 
 
-def latency(ws: Workspace, samples: int, gap: float = 0.05,
+def latency(ws: Workspace, samples: int, gap: float = 0.02,
             timeout: float = 30.0) -> dict[str, Any]:
     now = utcnow()
     fleet = active_fleet(ws.engine, samples, now=now)
@@ -183,8 +191,7 @@ def activation(ws: Workspace, files: int, chunk: int = 200) -> dict[str, Any]:
     now = utcnow()
     keys = create_catalogue(ws.engine, -(-files // 50), now=now)
     bundle = ws.keyring.public_bundle()
-    blobs = [activation_file(f"ACT-{i:07d}", keys[i // 50], bundle, now=now)
-             for i in range(files)]
+    blobs = activation_files(keys, files, bundle, now=now)
     processor = Processor(keyring=ws.keyring)
     accepted = 0
     t = time.perf_counter()

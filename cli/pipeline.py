@@ -11,7 +11,6 @@ from typing import Any
 import typer
 
 from cli.common import emit, engine_of, fail, keyring_of, settings_of
-from config.logging import setup_logging
 from models.db import session_scope
 from models.types import utcnow
 from pipelines import catalog
@@ -79,32 +78,34 @@ def run(
     ctx: typer.Context,
     drain: bool = typer.Option(False, "--drain", help="Stop once the inbox is empty"),
     timeout: float = typer.Option(0, "--timeout", help="With --drain: give up after N s"),
+    processes: int = typer.Option(1, "--processes", min=1,
+                                  help="Runner processes sharing the inbox (one per core)"),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
-    """Watch the inbox and process files in-process (embedded mode). Ctrl-C stops cleanly."""
-    from workers.embedded import EmbeddedRunner
-    from workers.runtime import build_runtime
+    """Watch the inbox and process files in-process (embedded mode). Ctrl-C stops cleanly.
 
-    setup_logging(log_level)
-    runtime = build_runtime(settings_of(ctx))
-    runner = EmbeddedRunner(runtime)
+    With --processes N, N runners share the inbox: claims are atomic renames and held
+    files are locked, so no file is handed to two of them; SQLite's write lock is taken
+    only for the short apply transaction of each batch.
+    """
+    from workers.embedded import run_embedded
+
+    settings = settings_of(ctx)
+    if processes > 1 and settings.resolved_inbox.startswith("s3://"):
+        fail("--processes above 1 needs a drop-folder inbox: S3 objects are not claimed, "
+             "so every process would read every object", reason="bad_option")
     stop = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
-        typer.echo(f"signal {signum}: finishing the file in hand, then stopping", err=True)
+        typer.echo(f"signal {signum}: finishing the files in hand, then stopping", err=True)
         stop.set()
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    try:
-        if drain:
-            drained = runner.drain(stop, timeout=timeout or None)
-            if not drained:
-                fail("the inbox did not drain before the timeout", reason="timeout")
-        else:
-            runner.run(stop)
-    finally:
-        runtime.close()
+    results = run_embedded(settings, stop, processes=processes, drain=drain,
+                           timeout=timeout or None, log_level=log_level)
+    if drain and not all(results):
+        fail("the inbox did not drain before the timeout", reason="timeout")
 
 
 @outbox_app.command("list")

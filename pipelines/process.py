@@ -317,7 +317,7 @@ def _done(job: Any, envelope: Envelope, outputs: list[tuple[str, bytes]],
     finished.append({"row": job.id, "status": JobStatus.DONE, "reason": None, "message": None,
                      "kind": envelope.kind, "request_id": envelope.request_id,
                      "finished_at": now, "updated_at": now, "outputs": outputs})
-    log.info("job %s %s %s done", job.id, job.tenant, envelope.kind)
+    log.debug("job %s %s %s done", job.id, job.tenant, envelope.kind)
     return Outcome(job_id=job.id, tenant=job.tenant, status=JobStatus.DONE,
                    kind=envelope.kind, request_id=envelope.request_id, outputs=list(outputs),
                    duplicate=duplicate)
@@ -336,7 +336,7 @@ def _rejected(job: Any, rejection: Rejection, envelope: Envelope | None,
     finished.append({"row": job.id, "status": status, "reason": rejection.reason,
                      "message": rejection.message, "kind": kind, "request_id": request_id,
                      "finished_at": now, "updated_at": now, "outputs": outputs})
-    log.info("job %s %s rejected: %s", job.id, job.tenant, rejection.reason)
+    log.debug("job %s %s rejected: %s", job.id, job.tenant, rejection.reason)
     return Outcome(job_id=job.id, tenant=job.tenant, status=status, reason=rejection.reason,
                    message=rejection.message, kind=kind, request_id=request_id,
                    outputs=outputs)

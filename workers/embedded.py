@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
 import threading
 import time
+from typing import Any
 
+from config.logging import setup_logging
+from config.settings import Settings
 from pipelines.bulk import handle_archive, is_bulk
 from pipelines.layout import Arrival
-from workers.runtime import Runtime
+from workers.runtime import Runtime, build_runtime
 
 log = logging.getLogger("airlock.run")
 
@@ -77,3 +83,53 @@ class EmbeddedRunner:
             if self.source.poll_once() == 0:
                 return True
         return False
+
+
+def run_embedded(settings: Settings, stop: threading.Event, *, processes: int = 1,
+                 drain: bool = False, timeout: float | None = None,
+                 log_level: str = "INFO") -> list[bool]:
+    """`airlock run`: this process and `processes - 1` children (started fresh, so no
+    connection or thread is shared) each run an `EmbeddedRunner` on the same inbox.
+    Returns, per process, whether it drained (with `drain`) or stopped cleanly."""
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_child, name=f"airlock-run-{n}",
+                                args=(settings, drain, timeout, log_level))
+                for n in range(1, processes)]
+    for child in children:
+        child.start()
+    try:
+        mine = _run_one(settings, stop, drain=drain, timeout=timeout, log_level=log_level)
+    finally:
+        if not drain or stop.is_set():
+            for child in children:
+                if child.pid is not None and child.exitcode is None:
+                    os.kill(child.pid, signal.SIGTERM)  # each finishes its files in hand
+        for child in children:
+            child.join()
+    return [mine, *(child.exitcode == 0 for child in children)]
+
+
+def _run_one(settings: Settings, stop: threading.Event, *, drain: bool,
+             timeout: float | None, log_level: str) -> bool:
+    setup_logging(log_level)
+    runtime = build_runtime(settings)
+    try:
+        runner = EmbeddedRunner(runtime)
+        if drain:
+            return runner.drain(stop, timeout=timeout)
+        runner.run(stop)
+        return True
+    finally:
+        runtime.close()
+
+
+def _child(settings: Settings, drain: bool, timeout: float | None, log_level: str) -> None:
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches all
+    if not _run_one(settings, stop, drain=drain, timeout=timeout, log_level=log_level):
+        raise SystemExit(1)
