@@ -35,9 +35,11 @@ def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
     client = _broker(redis_url)
     env = {**ws.env, "AIRLOCK_BROKER_URL": redis_url}
     now = utcnow()
+    began = time.perf_counter()
     fleet = active_fleet(ws.engine, files, now=now)
     bundle = ws.keyring.public_bundle()
     blobs = list(deactivation_files(fleet, bundle, now=now))
+    setup = time.perf_counter() - began
     worker = spawn("worker", ["cli", "worker", "--concurrency", str(workers), "--loglevel",
                               "WARNING"], env, ws.home / "logs")
     watcher = spawn("watch", ["cli", "watch"], env, ws.home / "logs")
@@ -62,9 +64,12 @@ def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
         _wait_until(lambda: _queues_empty(client), timeout, poll=0.05)
         noop_rate = files / max(time.time() - start, 1e-9)
     finally:
+        stopping = time.perf_counter()
         watcher_rss = watcher.stop()
         worker_rss = worker.stop()
+        stop = time.perf_counter() - stopping
     return {"files": files, "workers": workers, "completed": done,
+            "setup_seconds": round(setup, 1), "stop_seconds": round(stop, 1),
             "files_per_s": round(pipeline_rate, 1),
             "celery_noop_tasks_per_s": round(noop_rate, 1),
             "noop_publish_seconds": round(sent - start, 2),
@@ -86,12 +91,14 @@ def bulk(ws: Workspace, files: int, timeout: float,
     _broker(redis_url)
     env = {**ws.env, "AIRLOCK_BROKER_URL": redis_url}
     now = utcnow()
+    began = time.perf_counter()
     fleet = active_fleet(ws.engine, files, now=now)
     bundle = ws.keyring.public_bundle()
     archive = ws.home / "fleet.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for i, blob in enumerate(deactivation_files(fleet, bundle, now=now)):
             zf.writestr(f"deactivations/d{i:07d}.req", blob)  # member by member
+    setup = time.perf_counter() - began
     worker = spawn("worker", ["cli", "worker", "--concurrency", "2", "--loglevel", "WARNING"],
                    env, ws.home / "logs")
     try:
@@ -102,13 +109,16 @@ def bulk(ws: Workspace, files: int, timeout: float,
         importer_rss = wait_rss(importer.proc, timeout + 60)
         seconds = time.time() - start
     finally:
+        stopping = time.perf_counter()
         worker_rss = worker.stop()
+        stop = time.perf_counter() - stopping
     results = _count(ws.outbox())
     report = list((ws.outbox() / "batches").glob("*.report.json")) \
         if (ws.outbox() / "batches").exists() else []
     return {"files": files, "archive_mib": round(archive.stat().st_size / 2**20, 1),
             "importer_exit": importer.proc.returncode, "results": results,
             "report": bool(report), "seconds": round(seconds, 2),
+            "setup_seconds": round(setup, 1), "stop_seconds": round(stop, 1),
             "files_per_s": round(files / max(seconds, 1e-9), 1),
             "peak_rss_mib": {"importer": importer_rss, "worker": worker_rss}}
 

@@ -55,7 +55,7 @@ def _one(name: str, root: Path, **kw: Any) -> dict[str, Any]:
         if name == "latency":
             return scenarios.latency(ws, min(files, 100))
         if name in ("activation", "activation-postgres"):
-            return scenarios.activation(ws, files)
+            return scenarios.activation(ws, files, processes=kw["workers"])
         if name == "distributed":
             from bench.distributed import distributed
 

@@ -158,3 +158,41 @@ def test_archive_dropped_in_the_inbox_is_imported(tmp_path: Path) -> None:
     assert license_info(runtime.engine, key)["active_devices"] == 3
     assert _files(Path(settings.resolved_inbox), "_processed") == ["fleet.zip"]
     runtime.close()
+
+
+def test_two_runner_processes_share_the_inbox_and_apply_each_file_once(tmp_path: Path) -> None:
+    """`airlock run --processes 2 --drain`: both runners claim from one folder; every
+    deactivation is applied once (the consumption total says so) and archived once."""
+    settings, key = _home(tmp_path)
+    env, runtime, inbox = _run_setup(settings)
+    engine = runtime.engine
+    other = add_license(engine, max_activations=40, license_type="consumption",
+                        max_consumptions=10**6)
+    devices = [WireDevice(runtime.keyring, f"HW-{i}") for i in range(40)]
+    for device in devices:
+        assert process(device.activation(license_key=other), engine=engine, tenant="ACME",
+                       processor=runtime.processor).accepted
+    for i, device in enumerate(devices):
+        (inbox / f"off{i:02d}.req").write_bytes(device.deactivation(license_key=other,
+                                                                    consumptions=i + 1))
+    proc = subprocess.run([sys.executable, "-m", "cli", "run", "--processes", "2", "--drain",
+                           "--timeout", "120"], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(_files(Path(settings.resolved_inbox), "_processed")) == 40
+    assert _files(Path(settings.resolved_inbox), "_processing") == []
+    info = license_info(engine, other)
+    assert info["consumptions"]["total"] == sum(range(1, 41))
+    assert info["active_devices"] == 0
+    receipts = list((Path(settings.resolved_outbox) / "ACME").glob("*.receipt"))
+    assert len(receipts) == 40
+    runtime.close()
+
+
+def test_more_than_one_process_needs_a_drop_folder(tmp_path: Path) -> None:
+    env = {**os.environ, "AIRLOCK_HOME": str(tmp_path), "AIRLOCK_INBOX": "s3://bucket/in"}
+    proc = subprocess.run([sys.executable, "-m", "cli", "run", "--processes", "2"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "[bad_option]" in proc.stderr and "drop-folder" in proc.stderr
