@@ -1,4 +1,10 @@
-"""Child processes for the benchmark: start `airlock` commands, stop them, read peak RSS."""
+"""Child processes for the benchmark: start `airlock` commands, stop them, read peak RSS.
+
+Peak RSS is each process's own high-water mark (``VmHWM`` in /proc, which an exec
+resets), the largest over the command and its descendants (a Celery worker's pool
+processes). `getrusage`'s ``ru_maxrss`` would not do: a forked child starts with its
+parent's mark, so every child would report at least the benchmark's own size.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +25,10 @@ class Child:
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGINT (a clean stop), wait, and return the peak RSS in MiB."""
+        peak = tree_peak_rss(self.proc.pid)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-        return wait_rss(self.proc, timeout)
+        return max(peak, wait_rss(self.proc, timeout))
 
 
 def spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> Child:
@@ -34,17 +41,47 @@ def spawn(name: str, args: list[str], env: dict[str, str], logs: Path) -> Child:
 
 
 def wait_rss(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait for `proc` to exit, sampling its tree's peak RSS; the peak in MiB."""
     deadline = time.monotonic() + timeout
+    peak = 0
     while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return usage.ru_maxrss // 1024
+        peak = max(peak, tree_peak_rss(proc.pid))
+        if proc.poll() is not None:
+            return peak
         time.sleep(0.05)
     proc.kill()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss // 1024
+    proc.wait()
+    return peak
+
+
+def tree_peak_rss(pid: int) -> int:
+    """The largest VmHWM (MiB) of `pid` and its descendants still running."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    fields = handle.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    peak, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        peak = max(peak, _vm_hwm_mib(current))
+        todo.extend(children.get(current, []))
+    return peak
+
+
+def _vm_hwm_mib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
 
 
 def wait_for_log(child: Child, needle: str, timeout: float = 60.0) -> None:
