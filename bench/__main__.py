@@ -2,4 +2,5 @@
 
 from cli.bench import bench_app
 
-bench_app(prog_name="bench")
+if __name__ == "__main__":
+    bench_app(prog_name="bench")

@@ -56,13 +56,16 @@ def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
 
         # Baseline: one no-op task per file, same broker, same worker, same options.
         app = make_celery(Settings(home=ws.home, broker_url=redis_url))
-        start = time.time()
-        with app.producer_or_acquire() as producer:  # one connection, as the watcher has
-            for i in range(files):
-                app.send_task(NOOP, args=[i], producer=producer)
-        sent = time.time()
-        _wait_until(lambda: _queues_empty(client), timeout, poll=0.05)
-        noop_rate = files / max(time.time() - start, 1e-9)
+        try:
+            start = time.time()
+            with app.producer_or_acquire() as producer:  # one connection, as the watcher
+                for i in range(files):
+                    app.send_task(NOOP, args=[i], producer=producer)
+            sent = time.time()
+            _wait_until(lambda: _queues_empty(client), timeout, poll=0.05)
+            noop_rate = files / max(time.time() - start, 1e-9)
+        finally:
+            app.close()  # a pooled broker connection left open stalls later forks
     finally:
         stopping = time.perf_counter()
         watcher_rss = watcher.stop()

@@ -7,6 +7,7 @@ envelope built with the SDK's payload builders.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -86,7 +87,10 @@ def activation_files(license_keys: list[str], count: int, bundle: PublicBundle, 
 
 
 def _on_all_cores(build: Callable[[Any], bytes], items: list[Any]) -> Iterator[bytes]:
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    # Fresh interpreters: a forked copy would inherit (and try to tidy) whatever
+    # connections the benchmark holds at that moment.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=context) as pool:
         yield from pool.map(build, items, chunksize=500)
 
 
