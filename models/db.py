@@ -6,11 +6,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "airlock_read_only"
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -41,10 +42,22 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # type: ignore[no-untyped-def]
         # IMMEDIATE takes the write lock up front: no lock upgrade deadlock, no
-        # "database is locked" half-way through a transaction.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # "database is locked" half-way through a transaction. A connection marked
+        # read-only (see `reading`) only reads, so it takes no lock: WAL lets it read
+        # beside a writer.
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads only: on SQLite it does not take the write lock."""
+    with engine.connect() as conn:
+        yield conn.execution_options(**{READ_ONLY: True})
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -42,7 +42,7 @@ from sqlmodel import Session, col, select
 
 from config.settings import Settings
 from models import Batch, Customer, Job, JobOutput
-from models.db import is_postgres, session_scope
+from models.db import is_postgres, reading, session_scope
 from models.ledger import FINAL_STATUSES
 from models.types import utcnow
 from pipelines.archives import ArchiveError, ArchiveLimits, archive_format, read_members, scan
@@ -295,8 +295,8 @@ def process_isolating(env: BulkEnv, job_ids: Sequence[int]) -> list[Outcome]:
     so the file that kills a worker is isolated and quarantined after N attempts
     while the others are applied.
     """
-    with session_scope(env.engine) as session:
-        retried = session.exec(select(Job.id).where(
+    with reading(env.engine) as conn:
+        retried = conn.execute(select(Job.id).where(
             col(Job.id).in_(list(job_ids)), col(Job.status).not_in(_FINAL),
             Job.attempts > 0).limit(1)).first() is not None
     if retried:

@@ -23,7 +23,7 @@ from airlock_sdk.envelope import DEVICE_KID_PREFIX, ENC_SEALED, Envelope, Format
 from airlock_sdk.envelope import open_envelope as _open_envelope
 from airlock_sdk.payloads import validate
 from models import Job, JobOutput, JobStatus
-from models.db import is_postgres, session_scope
+from models.db import is_postgres, reading, session_scope
 from models.ledger import FINAL_STATUSES
 from models.types import utcnow
 from pipelines.errors import Rejection
@@ -155,7 +155,7 @@ def _verify_open_jobs(engine: Engine, job_ids: list[int],
     query = select(_JOB.c.id, _JOB.c.tenant, _JOB.c.payload).where(
         _JOB.c.id.in_(job_ids), _JOB.c.status == JobStatus.PENDING,
         _JOB.c.attempts <= processor.max_attempts)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         payloads = conn.execute(query).all()
     return {row.id: _verify(row.payload, processor, row.tenant) for row in payloads}
 

@@ -17,7 +17,7 @@ from tests.conftest import REDIS_URL
 def test_every_scenario_reports_its_figures(tmp_path: Path, fresh_pg_url: str,
                                             redis_url: str) -> None:
     bench_redis = REDIS_URL.rsplit("/", 1)[0] + "/14"  # the smoke test's own database
-    report = run_bench(files=30, workers=1, chosen=["embedded", "latency", "activation",
+    report = run_bench(files=30, workers=2, chosen=["embedded", "latency", "activation",
                                                     "activation-postgres", "distributed",
                                                     "bulk"],
                        database_url=None, postgres_url=fresh_pg_url, redis_url=bench_redis,
@@ -25,10 +25,10 @@ def test_every_scenario_reports_its_figures(tmp_path: Path, fresh_pg_url: str,
     figures = report["scenarios"]
     assert json.loads((tmp_path / "out.json").read_text())["files"] == 30
     assert figures["embedded"]["completed"] and figures["embedded"]["processed"] == 30
-    assert figures["embedded"]["files_per_s"] > 0
+    assert figures["embedded"]["files_per_s"] > 0 and figures["embedded"]["processes"] == 2
     assert figures["latency"]["samples"] == 30
     assert figures["latency"]["p50_ms"] <= figures["latency"]["p99_ms"]
-    assert figures["activation"]["accepted"] == 30
+    assert figures["activation"]["accepted"] == 30 and figures["activation"]["processes"] == 2
     assert figures["activation-postgres"]["backend"] == "postgresql"
     assert figures["activation-postgres"]["accepted"] == 30
     assert figures["distributed"]["completed"]

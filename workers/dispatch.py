@@ -40,7 +40,7 @@ from workers.runtime import Runtime
 log = logging.getLogger("airlock.dispatch")
 
 
-FILES_PER_TASK = 50  # enough to make a message's overhead small, few enough to spread
+FILES_PER_TASK = 100  # enough to make a message's overhead small, few enough to spread
 
 
 def enqueue_files(app: Celery, items: list[tuple[int, str | None]]) -> None:

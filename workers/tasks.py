@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import col, select
 
 from models import Job
-from models.db import session_scope
+from models.db import reading
 from pipelines import bulk
 from pipelines.intake import Intake
 from pipelines.layout import Arrival, parse_arrival_key, parse_processing_key
@@ -77,8 +77,8 @@ def run_process_files(runtime: Runtime,
     outcomes = bulk.process_isolating(runtime, job_ids)
     intake = runtime.intake()
     intake.deliver_many(outcomes)
-    with session_scope(runtime.engine) as session:
-        rows = {row.id: row for row in session.exec(
+    with reading(runtime.engine) as conn:
+        rows = {row.id: row for row in conn.execute(
             select(Job.id, Job.source, Job.sha256, Job.size).where(col(Job.id).in_(job_ids)))}
     handled = []
     for (job_id, source), outcome in zip(items, outcomes, strict=True):
@@ -87,11 +87,15 @@ def run_process_files(runtime: Runtime,
         if arrival is not None:
             handled.append((arrival, outcome))
     intake.archive_many(handled)
-    for job_id, outcome in zip(job_ids, outcomes, strict=True):
-        log.info("job %s %s%s%s", job_id, outcome.status,
+    _log_each(outcomes)
+    return outcomes
+
+
+def _log_each(outcomes: Sequence[Outcome]) -> None:
+    for outcome in outcomes:
+        log.info("job %s %s%s%s", outcome.job_id, outcome.status,
                  f" [{outcome.reason}]" if outcome.reason else "",
                  " (duplicate)" if outcome.duplicate else " (applied)")
-    return outcomes
 
 
 def _inbox_arrival(intake: Intake, key: str, sha256: str, size: int) -> Arrival | None:
@@ -108,6 +112,7 @@ def run_chunk(runtime: Runtime, job_ids: list[int], batch_id: int | None,
               app: Celery) -> bulk.ChunkResult:
     """Apply a chunk; publish `finish_batch` for a batch this chunk saw complete."""
     result = bulk.run_chunk(runtime, job_ids, batch_id)
+    _log_each(result.outcomes)
     for done in result.finish:
         app.send_task(FINISH_BATCH, args=[done])
     log.info("chunk of %d jobs (batch %s): %s", len(job_ids), batch_id,

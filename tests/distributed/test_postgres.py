@@ -18,7 +18,7 @@ from tests.factories import add_license, license_info
 from tests.test_archives import make_zip
 
 pytestmark = pytest.mark.postgres
-APPLIED = re.compile(r"job (\d+) ACME \w+ done")
+APPLIED = re.compile(r"job (\d+) done \(applied\)")
 
 
 @pytest.fixture
