@@ -50,7 +50,7 @@ def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
         first = time.time()
         for i, blob in enumerate(blobs):
             _write(ws.inbox() / f"d{i:07d}.req", blob)
-        done = _wait_until(lambda: _count(ws.outbox()) >= files, timeout, poll=0.2)
+        done = _wait_until(lambda: _count(ws.outbox()) >= files, timeout, poll=1.0)
         last = max((e.stat().st_mtime for e in os.scandir(ws.outbox())), default=first)
         pipeline_rate = files / max(last - first, 1e-9)
 
