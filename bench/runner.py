@@ -23,19 +23,22 @@ SCENARIOS = ("embedded", "latency", "activation", "distributed", "bulk", "activa
 def run_bench(*, files: int, workers: int, chosen: list[str], database_url: str | None,
               postgres_url: str | None, redis_url: str | None, json_path: Path | None,
               timeout: float = 600.0) -> dict[str, Any]:
+    began = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
     report: dict[str, Any] = {"files": files, "workers": workers, "machine": _machine(),
                               "scenarios": {}}
     try:
         for name in chosen:
             started = time.perf_counter()
-            report["scenarios"][name] = _one(name, root, files=files, workers=workers,
-                                             database_url=database_url,
-                                             postgres_url=postgres_url, redis_url=redis_url,
-                                             timeout=timeout)
-            report["scenarios"][name]["wall_seconds"] = round(time.perf_counter() - started, 1)
+            figures = _one(name, root, files=files, workers=workers,
+                           database_url=database_url, postgres_url=postgres_url,
+                           redis_url=redis_url, timeout=timeout)
+            figures["wall_seconds"] = round(time.perf_counter() - started, 1)
+            report["scenarios"][name] = figures
+            shutil.rmtree(root / name, ignore_errors=True)  # each scenario's files, now
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    report["total_seconds"] = round(time.perf_counter() - began, 1)
     print_table(report)
     text = json.dumps(report, indent=2)
     if json_path:

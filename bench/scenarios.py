@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import statistics
 import time
@@ -16,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, inspect, text
 from sqlmodel import SQLModel
 
+from bench.files import clean_context
 from bench.fleet import (
     CUSTOMER,
     activation_files,
@@ -203,8 +203,7 @@ def activation(ws: Workspace, files: int, processes: int = 1,
     share = -(-files // processes)
     parts = [blobs[start:start + share] for start in range(0, files, share)]
     run = partial(_activate, ws.database_url, str(ws.home / "keys"), chunk)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(parts), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=len(parts), mp_context=clean_context()) as pool:
         results = list(pool.map(run, parts))
     seconds = max(end for _, _, end in results) - min(start for _, start, _ in results)
     backend = "postgresql" if ws.database_url.startswith("postgresql") else "sqlite"
