@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -35,9 +36,8 @@ def run_bench(*, files: int, workers: int, chosen: list[str], database_url: str 
                            redis_url=redis_url, timeout=timeout)
             figures["wall_seconds"] = round(time.perf_counter() - started, 1)
             report["scenarios"][name] = figures
-            shutil.rmtree(root / name, ignore_errors=True)  # each scenario's files, now
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_later(root)
     report["total_seconds"] = round(time.perf_counter() - began, 1)
     print_table(report)
     text = json.dumps(report, indent=2)
@@ -58,7 +58,7 @@ def _one(name: str, root: Path, **kw: Any) -> dict[str, Any]:
         if name == "embedded":
             return scenarios.embedded(ws, files, kw["timeout"], processes=kw["workers"])
         if name == "latency":
-            return scenarios.latency(ws, min(files, 100))
+            return scenarios.latency(ws, min(files, 60))
         if name in ("activation", "activation-postgres"):
             return scenarios.activation(ws, files, processes=kw["workers"])
         if name == "distributed":
@@ -89,3 +89,17 @@ def print_table(report: dict[str, Any]) -> None:
         shown = {k: v for k, v in figures.items() if k not in ("wall_seconds",)}
         table.add_row(name, ", ".join(f"{k}={v}" for k, v in shown.items()))
     Console(stderr=True).print(table)
+
+
+def remove_later(folder: Path) -> None:
+    """Delete the scenarios' folders in a detached, low-priority process so the report
+    does not wait for it: the scenarios leave ~100,000 synced files, which a file
+    system mounted with ``discard`` deletes at ~0.2 ms each. Falls back to deleting
+    here when no ``rm`` is available."""
+    rm = shutil.which("rm")
+    if rm is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    subprocess.Popen(["nice", "-n", "19", rm, "-rf", "--", str(folder)] if shutil.which("nice")
+                     else [rm, "-rf", "--", str(folder)], start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
