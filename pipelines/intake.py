@@ -30,6 +30,7 @@ from pipelines.storage.local import LocalStore
 log = logging.getLogger("airlock.intake")
 
 DISPOSITIONS = {"done": "processed", "rejected": "rejected", "quarantined": "quarantine"}
+_ARCHIVE_TRIES = 100
 
 
 @dataclass
@@ -104,30 +105,41 @@ class Intake:
 
     def archive(self, arrival: Arrival, outcome: Outcome, *, durable: bool = True) -> str:
         """Move the source to its disposition folder (with an error report if refused);
-        `durable=False` (local inbox only) leaves the fsyncs to one `sync` of the batch."""
+        `durable=False` (local inbox only) leaves the fsyncs to one `sync` of the batch.
+
+        A local inbox may have several archivers (`airlock run --processes`): the report
+        name is taken with an exclusive create and the file moved without replacing,
+        so two files of the same name never overwrite each other's archive."""
         disposition = DISPOSITIONS[outcome.status]
-        target = unique_archive_key(self.inbox, disposition, arrival.area, arrival.name,
-                                    arrival.sha256)
-        if disposition != "processed":
-            report = {
-                "status": outcome.status, "reason": outcome.reason, "message": outcome.message,
-                "job_id": outcome.job_id, "request_id": outcome.request_id,
-                "tenant": arrival.area, "source": arrival.key, "sha256": arrival.sha256,
-                "results": [outbox_key(arrival.area, name) for name, _ in outcome.outputs],
-                "at": utcnow().isoformat(),
-            }
-            content = (json.dumps(report, indent=2) + "\n").encode()
-            if durable:
-                self.inbox.put(error_report_key(target), content)
-            else:
-                assert isinstance(self.inbox, LocalStore)
-                self.inbox.put_many([(error_report_key(target), content)], sync=False)
-        try:
-            if durable:
-                self.inbox.move(arrival.key, target)
-            else:
-                assert isinstance(self.inbox, LocalStore)
-                self.inbox.move(arrival.key, target, durable=False)
-        except FileNotFoundError:
-            pass  # another worker archived the same object already
-        return target
+        local = self.inbox if isinstance(self.inbox, LocalStore) else None
+        for _ in range(_ARCHIVE_TRIES):
+            target = unique_archive_key(self.inbox, disposition, arrival.area, arrival.name,
+                                        arrival.sha256)
+            try:
+                if disposition != "processed":
+                    self._report(arrival, outcome, target, local, durable)
+                if local is not None:
+                    local.move(arrival.key, target, durable=durable, replace=False)
+                else:
+                    self.inbox.move(arrival.key, target)
+            except FileExistsError:
+                continue  # another archiver took that name a moment ago: the next one
+            except FileNotFoundError:
+                pass  # another worker archived the same object already
+            return target
+        raise RuntimeError(f"no free archive name for {arrival.key}")
+
+    def _report(self, arrival: Arrival, outcome: Outcome, target: str,
+                local: LocalStore | None, durable: bool) -> None:
+        report = {
+            "status": outcome.status, "reason": outcome.reason, "message": outcome.message,
+            "job_id": outcome.job_id, "request_id": outcome.request_id,
+            "tenant": arrival.area, "source": arrival.key, "sha256": arrival.sha256,
+            "results": [outbox_key(arrival.area, name) for name, _ in outcome.outputs],
+            "at": utcnow().isoformat(),
+        }
+        content = (json.dumps(report, indent=2) + "\n").encode()
+        if local is not None:
+            local.put_new(error_report_key(target), content, durable=durable)
+        else:
+            self.inbox.put(error_report_key(target), content)

@@ -98,3 +98,32 @@ def test_same_name_dropped_twice_is_archived_twice_without_overwrite(intake: Int
     processed = [p for p in files_under(intake.inbox.root) if p.startswith("_processed")]
     assert len(processed) == 2
     assert license_info(intake.engine, key)["active_devices"] == 2
+
+
+def test_two_archivers_racing_for_one_name_never_replace_each_other(
+        intake: Intake, tmp_path, monkeypatch) -> None:
+    """Two runners (`airlock run --processes 2`) archive same-named files at the same
+    moment: both chose the plain archive name before either moved. The second one must
+    take another name, for the file and for its report, not overwrite the first."""
+    import pipelines.intake as intake_module
+
+    data = b"second file"
+    first = claimed(intake, "ACME", "x.req", b"first file")
+    second = claimed(intake, "ACME", "x.req.claim-0123456789ab", data)
+    second = Arrival(area="ACME", name="x.req", key=second.key, data=data,
+                     sha256=second.sha256, size=second.size)
+    intake.handle(first)
+    chosen = iter(["_rejected/ACME/x.req"])  # the stale choice, then the real lookup
+    real = intake_module.unique_archive_key
+    monkeypatch.setattr(intake_module, "unique_archive_key",
+                        lambda *a: next(chosen, None) or real(*a))
+    intake.handle(second)
+    rejected = tmp_path / "inbox/_rejected/ACME"
+    assert (rejected / "x.req").read_bytes() == b"first file"
+    others = [p for p in rejected.iterdir() if p.name.startswith("x.req.")
+              and not p.name.endswith(".error.json")]
+    assert [p.read_bytes() for p in others] == [data]
+    first_report = json.loads((rejected / "x.req.error.json").read_text())
+    assert first_report["source"] == first.key
+    assert json.loads((rejected / f"{others[0].name}.error.json").read_text())[
+        "source"] == second.key

@@ -50,7 +50,6 @@ so one customer's backlog does not hold back another's files.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import itertools
@@ -99,6 +98,7 @@ from pipelines.layout import (
     processing_key,
 )
 from pipelines.sources.settle import SettleTracker, Signature
+from pipelines.storage.local import rename_noreplace
 
 try:
     import fcntl
@@ -123,40 +123,6 @@ def _never() -> bool:
 
 
 # --- file-system primitives ------------------------------------------------------------
-
-
-def _load_renameat2() -> Callable[..., int] | None:
-    try:
-        func = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                     ctypes.c_uint]
-    func.restype = ctypes.c_int
-    return func
-
-
-_RENAMEAT2 = _load_renameat2()
-_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
-
-
-def _rename_noreplace(src: str, dst: str) -> None:
-    """Rename `src` to `dst` atomically; FileExistsError instead of replacing `dst`.
-
-    Uses Linux ``renameat2(RENAME_NOREPLACE)``; where that is unavailable (another OS,
-    or a file system without support) it checks for `dst` first, which leaves a tiny
-    window in which a racing rename of the same name could be replaced.
-    """
-    if _RENAMEAT2 is not None:
-        if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
-                      _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise OSError(err, os.strerror(err), src, None, dst)
-    if os.path.lexists(dst):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
-    os.rename(src, dst)
 
 
 def _hold(path: str) -> int | None:
@@ -562,7 +528,7 @@ class DropFolderSource:
                 os.makedirs(parent, exist_ok=True)
                 self._made_dirs.add(parent)
             try:
-                _rename_noreplace(src, dst)
+                rename_noreplace(src, dst)
                 return candidate
             except FileExistsError:
                 continue
@@ -571,7 +537,7 @@ class DropFolderSource:
                     raise  # the source is gone: claimed by someone else
                 self._made_dirs.discard(parent)  # our folder was removed; once more
                 os.makedirs(parent, exist_ok=True)
-                _rename_noreplace(src, dst)
+                rename_noreplace(src, dst)
                 return candidate
         raise FileExistsError(errno.EEXIST, "no free processing name", target)
 
@@ -642,7 +608,7 @@ class DropFolderSource:
     def _put_back(self, key: str, origin: str) -> bool:
         """Return a file that changed while being claimed; False if it cannot go back."""
         try:
-            _rename_noreplace(self._path(key), self._path(origin))
+            rename_noreplace(self._path(key), self._path(origin))
         except OSError as exc:
             log.warning("%s changed while being claimed and cannot be put back (%s); "
                         "handing it over as it is", origin, exc)

@@ -37,6 +37,41 @@ def _is_own_temp(name: str) -> bool:
     return _TEMP_NAME.match(name) is not None
 
 
+def _load_renameat2() -> Callable[..., int] | None:
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                     ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_RENAMEAT2 = _load_renameat2()
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """Rename `src` to `dst` atomically; FileExistsError instead of replacing `dst`.
+
+    Uses Linux ``renameat2(RENAME_NOREPLACE)``; where that is unavailable (another OS,
+    or a file system without support) it checks for `dst` first, which leaves a tiny
+    window in which a racing rename of the same name could be replaced.
+    """
+    if _RENAMEAT2 is not None:
+        if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                      _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), src, None, dst)
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+    os.rename(src, dst)
+
+
+
 class LocalStore:
     """Files under `root`; keys map to relative paths, checked to stay inside `root`."""
 
@@ -123,6 +158,18 @@ class LocalStore:
             self._put(key, data, durable=False)
         if sync:
             self.sync()
+
+    def put_new(self, key: str, data: bytes, *, durable: bool = True) -> None:
+        """`put`, but FileExistsError if `key` exists: the temp file is hard-linked to
+        its name, which never replaces anything."""
+        path = self.path_for(key)
+        tmp = self._write_temp(path, data, fsync=durable)
+        try:
+            os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if durable:
+            self._sync_dir(path.parent)
 
     def _put(self, key: str, data: bytes, *, durable: bool) -> None:
         path = self.path_for(key)
@@ -245,11 +292,13 @@ class LocalStore:
         except (FileNotFoundError, NotADirectoryError):
             return
 
-    def move(self, src: str, dst: str, *, durable: bool = True) -> None:
+    def move(self, src: str, dst: str, *, durable: bool = True, replace: bool = True) -> None:
         """Atomic `os.replace` within the root (same filesystem), replacing `dst`.
 
-        `durable=False` leaves the folder fsync to a later `sync` of a whole batch.
+        `durable=False` leaves the folder fsync to a later `sync` of a whole batch;
+        `replace=False` raises FileExistsError instead of replacing an existing `dst`.
         """
+        rename = os.replace if replace else rename_noreplace
         src_path = self.path_for(src)
         dst_path = self.path_for(dst)
         self._file_stat(src)
@@ -257,12 +306,12 @@ class LocalStore:
             dst_path.parent.mkdir(parents=True, exist_ok=True)
             self._made_dirs.add(dst_path.parent)
         try:
-            os.replace(src_path, dst_path)
+            rename(str(src_path), str(dst_path))
         except FileNotFoundError:
             if src_path.exists():  # our folder was removed since we made it
                 self._made_dirs.discard(dst_path.parent)
                 dst_path.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src_path, dst_path)
+                rename(str(src_path), str(dst_path))
             else:
                 raise
         if durable:
