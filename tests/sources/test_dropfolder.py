@@ -170,15 +170,15 @@ def test_a_file_changed_while_being_claimed_is_put_back(root, make_source, monke
     target.write_bytes(b"first half ")
     assert source.scan_once() == 0
     clock.sleep(1)
-    real_rename = dropfolder._rename_noreplace
+    real_rename = dropfolder.rename_noreplace
 
     def writer_still_busy(src: str, dst: str) -> None:
-        monkeypatch.setattr(dropfolder, "_rename_noreplace", real_rename)
+        monkeypatch.setattr(dropfolder, "rename_noreplace", real_rename)
         with open(src, "ab") as handle:  # the writer appends just as the claim happens
             handle.write(b"second half")
         real_rename(src, dst)
 
-    monkeypatch.setattr(dropfolder, "_rename_noreplace", writer_still_busy)
+    monkeypatch.setattr(dropfolder, "rename_noreplace", writer_still_busy)
     assert source.scan_once() == 0
     assert target.read_bytes() == b"first half second half"
     assert source.drain(timeout=5)
