@@ -12,7 +12,7 @@ import redis
 
 from bench.fleet import CUSTOMER, active_fleet, deactivation_files
 from bench.procs import spawn, wait_for_log, wait_rss
-from bench.scenarios import Workspace, _count, _wait_until, _write
+from bench.scenarios import Workspace, _count, _wait_until, _write, deactivation_fleet
 from config.settings import Settings
 from models.types import utcnow
 from workers.celery_app import INTERACTIVE, NOOP, make_celery
@@ -34,12 +34,7 @@ def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
                 timeout: float) -> dict[str, Any]:
     client = _broker(redis_url)
     env = {**ws.env, "AIRLOCK_BROKER_URL": redis_url}
-    now = utcnow()
-    began = time.perf_counter()
-    fleet = active_fleet(ws.engine, files, now=now)
-    bundle = ws.keyring.public_bundle()
-    blobs = list(deactivation_files(fleet, bundle, now=now))
-    setup = time.perf_counter() - began
+    blobs, setup = deactivation_fleet(ws, files)
     worker = spawn("worker", ["cli", "worker", "--concurrency", str(workers), "--loglevel",
                               "WARNING"], env, ws.home / "logs")
     watcher = spawn("watch", ["cli", "watch"], env, ws.home / "logs")

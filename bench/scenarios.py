@@ -125,13 +125,18 @@ def _write(path: Path, data: bytes) -> float:
 # --- 1. embedded drop-folder throughput -------------------------------------------------
 
 
-def embedded(ws: Workspace, files: int, timeout: float, processes: int = 1) -> dict[str, Any]:
+def deactivation_fleet(ws: Workspace, files: int) -> tuple[list[bytes], float]:
+    """`files` active devices in the workspace's database and their deactivation files;
+    also the seconds this setup took."""
+    began = time.perf_counter()
     now = utcnow()
-    t = time.perf_counter()
     fleet = active_fleet(ws.engine, files, now=now)
-    bundle = ws.keyring.public_bundle()
-    blobs = list(deactivation_files(fleet, bundle, now=now))
-    setup = time.perf_counter() - t
+    blobs = list(deactivation_files(fleet, ws.keyring.public_bundle(), now=now))
+    return blobs, time.perf_counter() - began
+
+
+def embedded(ws: Workspace, files: int, timeout: float, processes: int = 1) -> dict[str, Any]:
+    blobs, setup = deactivation_fleet(ws, files)
     runner = spawn("run", ["cli", "run", "--processes", str(processes)], ws.env,
                    ws.home / "logs")
     try:

@@ -186,7 +186,8 @@ def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
             todo.append((job, Rejection("unknown_tenant")))
         else:
             if job.id not in verified:  # pending again since the verification pass
-                verified[job.id] = _verify(job.payload, processor, job.tenant)
+                payload = conn.execute(select(_JOB.c.payload).where(_JOB.c.id == job.id))
+                verified[job.id] = _verify(payload.scalar_one(), processor, job.tenant)
             todo.append((job, verified[job.id]))
     envelopes = [(job.tenant, e) for job, e in todo if isinstance(e, Envelope)]
     state.prefetch(license_keys=[k for _, e in envelopes for k in _license_keys(e)],
@@ -261,9 +262,10 @@ def _device_of(envelope: Envelope) -> tuple[str, str] | None:
 
 
 _JOB = Job.__table__  # type: ignore[attr-defined]
+# No payload: the verification pass before the transaction has read it already.
 _JOB_COLUMNS = [_JOB.c[name] for name in ("id", "tenant", "source", "sha256", "status",
-                                          "attempts", "payload", "kind", "request_id",
-                                          "reason", "message")]
+                                          "attempts", "kind", "request_id", "reason",
+                                          "message")]
 
 
 def _lock_jobs(conn: Connection, job_ids: list[int]) -> list[Any]:
