@@ -21,9 +21,9 @@ so the report has one row per member whatever the sharing.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import re
@@ -46,6 +46,7 @@ from models.db import is_postgres, reading, session_scope
 from models.ledger import FINAL_STATUSES
 from models.types import utcnow
 from pipelines.archives import ArchiveError, ArchiveLimits, archive_format, read_members, scan
+from pipelines.batch_report import ReportWriter
 from pipelines.layout import (
     OPERATOR,
     Arrival,
@@ -401,8 +402,7 @@ def finish_batch(env: BulkEnv, batch_id: int) -> BatchResult:
             log.info("batch %s is not finished yet (%s)", batch_id, status)
             return batch_result(env.engine, batch_id)
         batch = _get_batch(env.engine, batch_id)
-    rows = member_rows(env, batch, fill_outbox=True)
-    keys = _write_report(env, batch, rows)
+    keys, members = _write_report(env, batch, member_rows(env, batch, fill_outbox=True))
     _archive_source(env, batch, batch.source)
     with session_scope(env.engine) as session:
         session.execute(update(Batch).where(col(Batch.id) == batch_id,
@@ -410,7 +410,7 @@ def finish_batch(env: BulkEnv, batch_id: int) -> BatchResult:
                         .values(status=REPORTED, report_name=keys[0].split("/", 1)[1]))
     log.info("batch %s reported: %s", batch_id, keys[0])
     result = batch_result(env.engine, batch_id)
-    result.members = len(rows)
+    result.members = members
     return result
 
 
@@ -424,7 +424,7 @@ def reject_batch(env: BulkEnv, batch_id: int, reason: str, message: str, *,
                         .values(status=REJECTED, reason=reason, message=message,
                                 finished_at=now))
     batch = _get_batch(env.engine, batch_id)
-    keys = _write_report(env, batch, [])
+    keys, _members = _write_report(env, batch, [])
     with session_scope(env.engine) as session:
         session.execute(update(Batch).where(col(Batch.id) == batch_id)
                         .values(report_name=keys[0].split("/", 1)[1]))
@@ -435,48 +435,45 @@ def reject_batch(env: BulkEnv, batch_id: int, reason: str, message: str, *,
 def redeliver_report(env: BulkEnv, batch: Batch) -> list[str]:
     """Write a finished batch's report again (same bytes: it is built from the rows)."""
     if batch.status == REJECTED:
-        return _write_report(env, batch, [])
-    if _read_manifest(env.inbox, batch) is None:
+        return _write_report(env, batch, [])[0]
+    if not env.inbox.exists(manifest_key(batch)):
         log.warning("batch %s has no member list any more; report not rewritten", batch.id)
         return []
-    return _write_report(env, batch, member_rows(env, batch, fill_outbox=False))
+    return _write_report(env, batch, member_rows(env, batch, fill_outbox=False))[0]
 
 
-def member_rows(env: BulkEnv, batch: Batch, *, fill_outbox: bool) -> list[dict[str, Any]]:
-    """One report row per member, in archive order. Jobs still unfinished (shared with
-    another batch) are applied now; with `fill_outbox`, results missing from the outbox
-    are written."""
-    entries = _read_manifest(env.inbox, batch)
+def member_rows(env: BulkEnv, batch: Batch, *, fill_outbox: bool) -> Iterator[dict[str, Any]]:
+    """One report row per member, in archive order, a group at a time. Jobs still
+    unfinished (shared with another batch) are applied now; with `fill_outbox`, results
+    missing from the outbox are written."""
+    entries = _manifest_entries(env.inbox, batch)
     if entries is None:
         log.warning("batch %s has no member list; reporting its own jobs", batch.id)
-        entries = _entries_from_jobs(env.engine, batch)
-    existing = {info.key for info in env.outbox.list(f"{batch.tenant}/")} \
-        if fill_outbox else set()
-    rows: list[dict[str, Any]] = []
-    for start in range(0, len(entries), _GROUP):
-        group = entries[start:start + _GROUP]
+        entries = iter(_entries_from_jobs(env.engine, batch))
+    while group := list(itertools.islice(entries, _GROUP)):
         jobs = _jobs_by_sha(env.engine, batch.tenant, {sha for _, sha in group})
         unfinished = [job["id"] for job in jobs.values() if job["status"] not in _FINAL]
         if unfinished:
             run_chunk(env, unfinished)
             jobs = _jobs_by_sha(env.engine, batch.tenant, {sha for _, sha in group})
         names = _output_names(env.engine, [job["id"] for job in jobs.values()])
-        missing: list[tuple[int, str]] = []
+        rows = []
         for member, sha in group:
             job = jobs.get(sha)
             if job is None:
                 rows.append({"member": member, "status": "missing", "reason": None,
                              "message": None, "request_id": None, "results": []})
                 continue
-            results = [outbox_key(batch.tenant, name) for name in names.get(job["id"], [])]
-            missing.extend((job["id"], name) for name, key
-                           in zip(names.get(job["id"], []), results, strict=True)
-                           if fill_outbox and key not in existing)
             rows.append({"member": member, "status": job["status"], "reason": job["reason"],
                          "message": job["message"], "request_id": job["request_id"],
-                         "results": results})
-        _fill_outbox(env, batch.tenant, missing, existing)
-    return rows
+                         "results": [outbox_key(batch.tenant, name)
+                                     for name in names.get(job["id"], [])],
+                         "job_id": job["id"]})
+        if fill_outbox:
+            _fill_outbox(env, batch.tenant, rows)
+        for row in rows:
+            row.pop("job_id", None)
+        yield from rows
 
 
 def report_keys(batch: Batch) -> tuple[str, str]:
@@ -485,49 +482,38 @@ def report_keys(batch: Batch) -> tuple[str, str]:
     return outbox_key(batch.tenant, base + ".json"), outbox_key(batch.tenant, base + ".csv")
 
 
-def _write_report(env: BulkEnv, batch: Batch, rows: list[dict[str, Any]]) -> list[str]:
+def _write_report(env: BulkEnv, batch: Batch, rows: Iterable[dict[str, Any]]
+                  ) -> tuple[list[str], int]:
+    """Stream `rows` into the report; its keys and how many member rows it has."""
     json_key, csv_key = report_keys(batch)
-    summary: dict[str, int] = {}
-    for row in rows:
-        summary[row["status"]] = summary.get(row["status"], 0) + 1
-    document = {
+    header = {
         "batch_id": batch.id, "tenant": batch.tenant, "archive": archive_name(batch.source),
         "source": batch.source, "sha256": batch.sha256,
         "status": REJECTED if batch.status == REJECTED else COMPLETE,
         "reason": batch.reason, "message": batch.message,
         "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
-        "member_count": len(rows), "summary": dict(sorted(summary.items())),
-        "members": rows,
     }
-    env.outbox.put(json_key, (json.dumps(document, indent=2) + "\n").encode())
-    env.outbox.put(csv_key, _csv_bytes(rows))
-    return [json_key, csv_key]
+    with ReportWriter() as writer:
+        for row in rows:
+            writer.add(row)
+        writer.publish(env.outbox, json_key, csv_key, header)
+        return [json_key, csv_key], writer.count
 
 
-def _csv_bytes(rows: Iterable[dict[str, Any]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["member", "status", "reason", "request_id", "results", "message"])
-    for row in rows:
-        writer.writerow([row["member"], row["status"], row["reason"] or "",
-                         row["request_id"] or "", ";".join(row["results"]),
-                         row["message"] or ""])
-    return buffer.getvalue().encode()
-
-
-def _fill_outbox(env: BulkEnv, tenant: str, missing: list[tuple[int, str]],
-                 existing: set[str]) -> None:
+def _fill_outbox(env: BulkEnv, tenant: str, rows: list[dict[str, Any]]) -> None:
+    """Write the results of `rows` (with their ``job_id``) that the outbox lacks."""
+    wanted = {key for row in rows for key in row["results"]}
+    missing = wanted - env.outbox.which_exist(wanted)
     if not missing:
         return
+    job_ids = {row["job_id"] for row in rows if missing.intersection(row["results"])}
     with session_scope(env.engine) as session:
-        outputs = session.exec(select(JobOutput).where(
-            col(JobOutput.job_id).in_({job_id for job_id, _ in missing}))).all()
-    wanted = set(missing)
+        outputs = session.exec(select(JobOutput).where(col(JobOutput.job_id).in_(job_ids))).all()
     for output in outputs:
-        if (output.job_id, output.name) in wanted:
-            key = outbox_key(tenant, output.name)
+        key = outbox_key(tenant, output.name)
+        if key in missing:
             env.outbox.put(key, output.content)
-            existing.add(key)
+            missing.discard(key)
 
 
 # --- rows, manifest, archiving ----------------------------------------------------------
@@ -556,13 +542,20 @@ def _manifest_bytes(entries: list[tuple[str, str]]) -> bytes:
                    for name, sha in entries).encode()
 
 
-def _read_manifest(inbox: Store, batch: Batch) -> list[tuple[str, str]] | None:
-    try:
-        data = inbox.get(manifest_key(batch))
-    except FileNotFoundError:
+def _manifest_entries(inbox: Store, batch: Batch) -> Iterator[tuple[str, str]] | None:
+    """The member list, read a line at a time; None if there is none."""
+    key = manifest_key(batch)
+    if not inbox.exists(key):
         return None
-    return [(entry["member"], entry["sha256"])
-            for entry in map(json.loads, data.decode().splitlines()) if entry]
+    return _read_manifest(inbox, key)
+
+
+def _read_manifest(inbox: Store, key: str) -> Iterator[tuple[str, str]]:
+    with open_stored(inbox, key) as lines:
+        for line in lines:
+            if line.strip():
+                entry = json.loads(line)
+                yield entry["member"], entry["sha256"]
 
 
 def _entries_from_jobs(engine: Engine, batch: Batch) -> list[tuple[str, str]]:

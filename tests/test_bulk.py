@@ -480,3 +480,38 @@ def test_report_falls_back_to_the_jobs_when_the_member_list_is_gone(env: BulkPar
     assert finished.status == "reported"
     _, rows = report(env, finished)
     assert [r["member"] for r in rows] == [n for n, _ in files]
+
+
+def test_the_report_puts_back_results_missing_from_the_outbox(env: BulkParts, keyring,
+                                                              monkeypatch) -> None:
+    # A worker that died between its commit and its outbox writes leaves results only
+    # in the database; the report is the last chance to deliver them.
+    key = add_license(env.engine, max_activations=10)
+    monkeypatch.setattr(bulk.InlineSink, "finish", lambda self, bid: None)
+    result = drop(env, "gap.zip", make_zip(activations(keyring, key, 3)))
+    delivered = sorted(f for f in files_under(env.outbox.root) if f.endswith(".lic"))
+    assert len(delivered) == 3
+    kept = env.outbox.get(delivered[1])
+    env.outbox.delete(delivered[1])
+    finished = bulk.finish_batch(env, result.batch_id)
+    assert finished.status == "reported" and finished.members == 3
+    assert env.outbox.get(delivered[1]) == kept
+    assert sorted(f for f in files_under(env.outbox.root) if f.endswith(".lic")) == delivered
+
+
+def test_a_report_larger_than_its_memory_spool_is_complete(env: BulkParts) -> None:
+    batch = Batch(id=7, tenant="ACME", source="cli:big.zip", sha256="ab" * 32,
+                  status="complete", total=0, finished=0, created_at=NOW)
+    rows = ({"member": f"requests/device-{n:06d}.req", "status": "done", "reason": None,
+             "message": None, "request_id": f"req-{n}", "results": [f"ACME/req-{n}.lic"]}
+            for n in range(12_000))  # ~2.5 MB of JSON: past the 1 MiB spool
+    keys, count = bulk._write_report(env, batch, rows)
+    assert count == 12_000
+    text = env.outbox.get(keys[0]).decode()
+    document = json.loads(text)
+    assert text == json.dumps(document, indent=2) + "\n"
+    assert document["summary"] == {"done": 12_000} and document["member_count"] == 12_000
+    assert document["members"][11_999]["results"] == ["ACME/req-11999.lic"]
+    lines = env.outbox.get(keys[1]).decode().splitlines()
+    assert len(lines) == 12_001 and lines[-1] == "requests/device-011999.req,done,,req-11999," \
+                                                 "ACME/req-11999.lic,"

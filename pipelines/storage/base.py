@@ -14,10 +14,10 @@ so a caller can try again later instead of rejecting the file.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import IO, Protocol, runtime_checkable
 
 MAX_KEY_BYTES = 1024
 
@@ -104,6 +104,11 @@ class Store(Protocol):
         existing object; retrying a put rewrites the same object, never a second one."""
         ...
 
+    def put_file(self, key: str, fileobj: IO[bytes]) -> None:
+        """`put` with the content read from `fileobj` (from its position to the end),
+        never all of it in memory at once."""
+        ...
+
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Write `data` only if `key` does not exist yet; True if this call wrote it."""
         ...
@@ -118,6 +123,10 @@ class Store(Protocol):
 
     def exists(self, key: str) -> bool:
         """True if an object is stored under `key`."""
+        ...
+
+    def which_exist(self, keys: Iterable[str]) -> set[str]:
+        """The subset of `keys` that are stored: cost grows with `keys`, not the store."""
         ...
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

@@ -7,10 +7,12 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from airlock_sdk.store import fsync_dir
 from pipelines.storage.base import InvalidKey, ObjectInfo, check_key, check_prefix
@@ -120,9 +122,10 @@ class LocalStore:
 
     # --- writing ----------------------------------------------------------------------
 
-    def _write_temp(self, path: Path, data: bytes, *, fsync: bool = True) -> Path:
-        """Write `data` to a fresh temp file beside `path`, flushed to disk (unless the
-        caller makes a whole batch durable at once with `sync`)."""
+    def _write_temp(self, path: Path, data: bytes | IO[bytes], *, fsync: bool = True) -> Path:
+        """Write `data` (bytes, or a file read to its end) to a fresh temp file beside
+        `path`, flushed to disk (unless the caller makes a whole batch durable at once
+        with `sync`)."""
         if path.parent not in self._made_dirs:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._made_dirs.add(path.parent)
@@ -135,7 +138,10 @@ class LocalStore:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                if isinstance(data, bytes | bytearray | memoryview):
+                    fh.write(data)
+                else:
+                    shutil.copyfileobj(data, fh, 1024 * 1024)
                 if fsync:
                     fh.flush()
                     os.fsync(fh.fileno())
@@ -149,6 +155,10 @@ class LocalStore:
     def put(self, key: str, data: bytes) -> None:
         """Write via a temp file in the same folder, fsync, then `os.replace`."""
         self._put(key, data, durable=True)
+
+    def put_file(self, key: str, fileobj: IO[bytes]) -> None:
+        """`put`, copying from `fileobj` in blocks."""
+        self._put(key, fileobj, durable=True)
 
     def put_many(self, items: Iterable[tuple[str, bytes]], *, sync: bool = True) -> None:
         """`put` each (key, data), atomically each, durable all together: one `sync`
@@ -171,7 +181,7 @@ class LocalStore:
         if durable:
             self._sync_dir(path.parent)
 
-    def _put(self, key: str, data: bytes, *, durable: bool) -> None:
+    def _put(self, key: str, data: bytes | IO[bytes], *, durable: bool) -> None:
         path = self.path_for(key)
         tmp = self._write_temp(path, data, fsync=durable)
         try:
@@ -246,6 +256,10 @@ class LocalStore:
         except FileNotFoundError:
             return False
         return True
+
+    def which_exist(self, keys: Iterable[str]) -> set[str]:
+        """One ``stat`` per key."""
+        return {key for key in keys if self.exists(key)}
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Regular files whose key starts with `prefix`, sorted by key.

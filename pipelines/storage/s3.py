@@ -11,10 +11,11 @@ from __future__ import annotations
 import errno
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -43,6 +44,7 @@ _TRANSIENT_CODES = {
     "ConditionalRequestConflict", "OperationAborted", "PriorRequestNotComplete",
 }
 _UNSUPPORTED_CODES = {"NotImplemented", "501"}
+_HEAD_THREADS = 8  # concurrent HEADs in which_exist; below botocore's 10 pooled connections
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,10 @@ class S3Store:
         full = self.object_key(key)
         self._call(self._describe(key), "put_object", Key=full, Body=data)
 
+    def put_file(self, key: str, fileobj: IO[bytes]) -> None:
+        """One PutObject streaming from `fileobj` (seekable: botocore sizes it)."""
+        self._call(self._describe(key), "put_object", Key=self.object_key(key), Body=fileobj)
+
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """PutObject with ``If-None-Match: *``; False if the object already exists.
 
@@ -269,6 +275,14 @@ class S3Store:
         except FileNotFoundError:
             return False
         return True
+
+    def which_exist(self, keys: Iterable[str]) -> set[str]:
+        """A HEAD per key, a few at a time: a batch's results are a tiny part of a
+        bucket that keeps every result ever written, so listing would cost more."""
+        keys = list(keys)
+        with ThreadPoolExecutor(max_workers=_HEAD_THREADS) as pool:
+            found = pool.map(self.exists, keys)
+            return {key for key, there in zip(keys, found, strict=True) if there}
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """ListObjectsV2 pages (S3 returns keys in UTF-8 byte order, i.e. sorted).

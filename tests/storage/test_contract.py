@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import threading
@@ -100,6 +101,30 @@ def test_head_reports_size_and_utc_mtime(store: Store) -> None:
     [listed] = store.list()
     assert (listed.key, listed.size) == ("ACME/a.req", 5)
     assert listed.modified.utcoffset() == timedelta(0)
+
+
+def test_put_file_streams_a_file_into_one_object(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"skipped" + data)
+    with source.open("rb") as handle:
+        handle.seek(len(b"skipped"))  # from the file's position to its end
+        store.put_file("ACME/big.bin", handle)
+    store.put("ACME/old.bin", b"old")
+    with source.open("rb") as handle:
+        handle.seek(len(source.read_bytes()) - 3)
+        store.put_file("ACME/old.bin", handle)
+    assert store.get("ACME/big.bin") == data
+    assert store.get("ACME/old.bin") == data[-3:]
+    assert keys(store) == ["ACME/big.bin", "ACME/old.bin"]
+
+
+def test_which_exist_is_the_stored_subset(store: Store) -> None:
+    for name in ("a", "c", "sub/e"):
+        store.put(f"ACME/{name}", b"x")
+    asked = [f"ACME/{name}" for name in ("a", "b", "c", "sub/d", "sub/e")]
+    assert store.which_exist(asked) == {"ACME/a", "ACME/c", "ACME/sub/e"}
+    assert store.which_exist([]) == set()
 
 
 def test_put_if_absent_writes_once(store: Store) -> None:
@@ -227,6 +252,7 @@ def test_every_method_rejects_invalid_keys(store: Store, bad: str) -> None:
     calls = [
         lambda: store.put(bad, b"x"), lambda: store.put_if_absent(bad, b"x"),
         lambda: store.get(bad), lambda: store.head(bad), lambda: store.exists(bad),
+        lambda: store.put_file(bad, io.BytesIO(b"x")), lambda: store.which_exist([bad]),
         lambda: store.delete(bad), lambda: store.move(bad, "ok"), lambda: store.move("ok", bad),
     ]
     store.put("ok", b"x")
