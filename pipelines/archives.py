@@ -203,7 +203,13 @@ def read_members(fileobj: IO[bytes], fmt: str, limits: ArchiveLimits) -> Iterato
 
 def scan(fileobj: IO[bytes], fmt: str, limits: ArchiveLimits) -> list[tuple[str, str]]:
     """Check the whole archive before anything is imported: (member name, sha256) each."""
-    return [(member.name, member.sha256) for member in read_members(fileobj, fmt, limits)]
+    return list(iter_entries(fileobj, fmt, limits))
+
+
+def iter_entries(fileobj: IO[bytes], fmt: str, limits: ArchiveLimits
+                 ) -> Iterator[tuple[str, str]]:
+    """`scan` one member at a time; an `ArchiveError` can come at any step."""
+    return ((member.name, member.sha256) for member in read_members(fileobj, fmt, limits))
 
 
 # --- zip ---------------------------------------------------------------------------------

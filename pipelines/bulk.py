@@ -45,7 +45,13 @@ from models import Batch, Customer, Job, JobOutput
 from models.db import is_postgres, reading, session_scope
 from models.ledger import FINAL_STATUSES
 from models.types import utcnow
-from pipelines.archives import ArchiveError, ArchiveLimits, archive_format, read_members, scan
+from pipelines.archives import (
+    ArchiveError,
+    ArchiveLimits,
+    archive_format,
+    iter_entries,
+    read_members,
+)
 from pipelines.batch_report import ReportWriter
 from pipelines.layout import (
     OPERATOR,
@@ -209,15 +215,18 @@ def import_archive(env: BulkEnv, *, tenant: str, name: str, source: str, fileobj
     if batch.status != LOADING:
         sink.resume(batch.id)
         return batch_result(env.engine, batch.id, duplicate=not created)
-    try:
-        fmt = _check_tenant_and_format(env.engine, tenant, name)
-        limits = ArchiveLimits.from_settings(env.settings)
-        entries = scan(fileobj, fmt, limits)
-    except ArchiveError as exc:
-        log.warning("batch %s (%s/%s) refused: %s", batch.id, tenant, name, exc)
-        return reject_batch(env, batch.id, exc.reason, exc.message, source=source)
-    env.inbox.put(manifest_key(batch), _manifest_bytes(entries))
-    _register_members(env, batch, fmt, fileobj, entries, sink, on_progress, now)
+    with tempfile.TemporaryFile(prefix="airlock-members-") as manifest:
+        try:
+            fmt = _check_tenant_and_format(env.engine, tenant, name)
+            members = _write_manifest(manifest, fileobj, fmt,
+                                      ArchiveLimits.from_settings(env.settings))
+        except ArchiveError as exc:
+            log.warning("batch %s (%s/%s) refused: %s", batch.id, tenant, name, exc)
+            return reject_batch(env, batch.id, exc.reason, exc.message, source=source)
+        env.inbox.put_file(manifest_key(batch), manifest)
+        manifest.seek(0)
+        _register_members(env, batch, fmt, fileobj, manifest, members, sink, on_progress,
+                          now)
     with session_scope(env.engine) as session:
         total = _count(session, Job.batch_id == batch.id)
         session.execute(update(Batch).where(col(Batch.id) == batch.id,
@@ -227,14 +236,31 @@ def import_archive(env: BulkEnv, *, tenant: str, name: str, source: str, fileobj
     if flipped:
         sink.finish(batch.id)
     result = batch_result(env.engine, batch.id, duplicate=not created)
-    result.members = len(entries)
+    result.members = members
     return result
 
 
+def _write_manifest(manifest: IO[bytes], fileobj: IO[bytes], fmt: str,
+                    limits: ArchiveLimits) -> int:
+    """First pass: check the whole archive, writing its member list (one JSON line per
+    member) to `manifest`; how many members. Left positioned at its start."""
+    members = 0
+    for name, sha in iter_entries(fileobj, fmt, limits):
+        manifest.write(_manifest_line(name, sha))
+        members += 1
+    manifest.seek(0)
+    return members
+
+
+def _manifest_line(name: str, sha: str) -> bytes:
+    return (json.dumps({"member": name, "sha256": sha}) + "\n").encode()
+
+
 def _register_members(env: BulkEnv, batch: Batch, fmt: str, fileobj: IO[bytes],
-                      entries: list[tuple[str, str]], sink: ChunkSink,
+                      manifest: IO[bytes], members: int, sink: ChunkSink,
                       on_progress: ProgressCallback | None, now: datetime) -> None:
-    """Second pass over the checked archive: one commit per chunk, then hand it over."""
+    """Second pass over the checked archive, matched line by line against the member
+    list of the first: one commit per chunk, then hand it over."""
     limits = ArchiveLimits.from_settings(env.settings)
     chunk: list[Submission] = []
     handed = 0
@@ -247,10 +273,10 @@ def _register_members(env: BulkEnv, batch: Batch, fmt: str, fileobj: IO[bytes],
         handed += len(chunk)
         chunk.clear()
         if on_progress is not None:
-            on_progress(handed, len(entries))
+            on_progress(handed, members)
 
-    for index, member in enumerate(read_members(fileobj, fmt, limits)):
-        if index >= len(entries) or entries[index] != (member.name, member.sha256):
+    for member in read_members(fileobj, fmt, limits):
+        if manifest.readline() != _manifest_line(member.name, member.sha256):
             raise RuntimeError(f"{batch.source} changed while it was being read")
         chunk.append(Submission(tenant=batch.tenant, data=member.data,
                                 source=f"{batch.source}!{member.name}", batch_id=batch.id))
@@ -535,11 +561,6 @@ def batch_result(engine: Engine, batch_id: int, *, duplicate: bool = False) -> B
 def manifest_key(batch: Batch) -> str:
     """``_batches/<tenant>/<batch id>.members.ndjson`` in the inbox store."""
     return check_key(f"{MANIFEST_AREA}/{batch.tenant}/{batch.id}.members.ndjson")
-
-
-def _manifest_bytes(entries: list[tuple[str, str]]) -> bytes:
-    return "".join(json.dumps({"member": name, "sha256": sha}) + "\n"
-                   for name, sha in entries).encode()
 
 
 def _manifest_entries(inbox: Store, batch: Batch) -> Iterator[tuple[str, str]] | None:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from config.settings import Settings
 from models import Batch, Job, JobOutput
 from models.db import session_scope
-from pipelines import bulk
+from pipelines import archives, bulk
 from pipelines.bulk import BulkParts, handle_archive, run_chunk, update_progress
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import make_arrival
@@ -515,3 +515,21 @@ def test_a_report_larger_than_its_memory_spool_is_complete(env: BulkParts) -> No
     lines = env.outbox.get(keys[1]).decode().splitlines()
     assert len(lines) == 12_001 and lines[-1] == "requests/device-011999.req,done,,req-11999," \
                                                  "ACME/req-11999.lic,"
+
+
+def test_an_archive_that_changes_between_its_two_reads_is_not_imported(env: BulkParts,
+                                                                       keyring,
+                                                                       monkeypatch) -> None:
+    key = add_license(env.engine, max_activations=10)
+    files = activations(keyring, key, 3)
+
+    def swapped(fileobj, fmt, limits):  # the second read sees other bytes
+        for member in archives.read_members(fileobj, fmt, limits):
+            yield archives.Member(member.name, member.data + b" ")
+
+    monkeypatch.setattr(bulk, "read_members", swapped)
+    with pytest.raises(RuntimeError, match="changed while it was being read"):
+        drop(env, "moving.zip", make_zip(files))
+    assert job_count(env.engine) == 0
+    with session_scope(env.engine) as session:
+        assert session.exec(select(Batch.status)).one() == "loading"
