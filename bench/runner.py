@@ -18,7 +18,8 @@ from bench import scenarios
 
 # PostgreSQL last: its checkpoint and autovacuum after 20,000 activations would
 # otherwise run beside the next scenario.
-SCENARIOS = ("embedded", "latency", "activation", "distributed", "bulk", "activation-postgres")
+SCENARIOS = ("baseline", "embedded", "latency", "activation", "distributed", "bulk",
+             "activation-postgres")
 
 
 def run_bench(*, files: int, workers: int, chosen: list[str], database_url: str | None,
@@ -55,6 +56,11 @@ def _one(name: str, root: Path, **kw: Any) -> dict[str, Any]:
         database_url = kw["postgres_url"]
     ws = scenarios.open_workspace(root, name, database_url)
     try:
+        if name == "baseline":
+            from bench.baseline import framework_free
+
+            blobs, _setup = scenarios.deactivation_fleet(ws, files)
+            return framework_free(ws.home, blobs, ws.keyring)
         if name == "embedded":
             return scenarios.embedded(ws, files, kw["timeout"], processes=kw["workers"])
         if name == "latency":
