@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import ColumnElement, Connection, Engine, and_, create_engine, event, false, or_
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel
 
@@ -58,6 +59,20 @@ def reading(engine: Engine) -> Iterator[Connection]:
     """A connection for reads only: on SQLite it does not take the write lock."""
     with engine.connect() as conn:
         yield conn.execution_options(**{READ_ONLY: True})
+
+
+def pairs_in(first: ColumnElement[Any], second: ColumnElement[Any],
+             pairs: Iterable[tuple[Any, Any]]) -> ColumnElement[bool]:
+    """``(first, second) IN pairs`` written so that an index on (first, second) serves
+    it: one ``first = ? AND second IN (...)`` per distinct first value, OR-ed.
+
+    SQLite plans the row-value form, ``(a, b) IN (VALUES ...)``, as a scan of the whole
+    table: the cost of each lookup grew with every job ever registered.
+    """
+    grouped: dict[Any, list[Any]] = {}
+    for a, b in pairs:
+        grouped.setdefault(a, []).append(b)
+    return or_(false(), *(and_(first == a, second.in_(bs)) for a, bs in grouped.items()))
 
 
 def is_postgres(engine: Engine) -> bool:

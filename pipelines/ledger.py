@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, tuple_, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
 from models import Job
-from models.db import is_postgres
+from models.db import is_postgres, pairs_in
 from models.ledger import FINAL_STATUSES
 
 
@@ -59,12 +59,12 @@ def register(session: Session, submissions: Sequence[Submission], *, now: dateti
     if count_attempt:
         for start in range(0, len(keys), 500):
             conn.execute(update(_JOB).where(
-                tuple_(_JOB.c.tenant, _JOB.c.sha256).in_(keys[start:start + 500]),
+                pairs_in(_JOB.c.tenant, _JOB.c.sha256, keys[start:start + 500]),
                 _JOB.c.status.not_in([str(status) for status in FINAL_STATUSES]))
                 .values(attempts=_JOB.c.attempts + 1, updated_at=now))
     jobs: dict[tuple[str, str], Row[Any]] = {}
     for start in range(0, len(keys), 500):
         for job in conn.execute(select(*_REGISTERED).where(
-                tuple_(_JOB.c.tenant, _JOB.c.sha256).in_(keys[start:start + 500]))):
+                pairs_in(_JOB.c.tenant, _JOB.c.sha256, keys[start:start + 500]))):
             jobs[(job.tenant, job.sha256)] = job
     return [jobs[(s.tenant, s.sha256)] for s in submissions]

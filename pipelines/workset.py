@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 
 from models import (
     AppliedRequest,
@@ -36,7 +36,7 @@ from models import (
     LicenseFeature,
     Product,
 )
-from models.db import is_postgres
+from models.db import is_postgres, pairs_in
 
 LICENSE: Table = License.__table__  # type: ignore[attr-defined]
 DEVICE: Table = Device.__table__  # type: ignore[attr-defined]
@@ -109,7 +109,7 @@ class WorkSet:
                   and (lic.id, hw) not in self._devices]
         for part in _parts(wanted):
             for row in self.conn.execute(select(DEVICE).where(
-                    tuple_(DEVICE.c.license_id, DEVICE.c.hardware_id).in_(part))):
+                    pairs_in(DEVICE.c.license_id, DEVICE.c.hardware_id, part))):
                 self._devices[(row.license_id, row.hardware_id)] = Record(DEVICE, row._asdict())
         for pair in wanted:
             self._devices.setdefault(pair, None)
@@ -117,7 +117,7 @@ class WorkSet:
         for part in _parts(pending):
             for row in self.conn.execute(select(APPLIED.c.tenant, APPLIED.c.request_id,
                                                 APPLIED.c.sha256, APPLIED.c.job_id).where(
-                    tuple_(APPLIED.c.tenant, APPLIED.c.request_id).in_(part))):
+                    pairs_in(APPLIED.c.tenant, APPLIED.c.request_id, part))):
                 self._claims[(row.tenant, row.request_id)] = (row.sha256, row.job_id)
         for claim in pending:
             self._claims.setdefault(claim, None)
