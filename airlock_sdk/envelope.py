@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import struct
@@ -153,19 +154,26 @@ def seal(
     recipient_kid: str | None = None,
 ) -> bytes:
     """Sign `payload` (sealing it to `recipient` first if given) and armour it."""
-    header: dict[str, Any] = {"alg": ALG, "enc": ENC_NONE, "kid": kid, "typ": str(kind),
-                              "v": FORMAT_VERSION}
     body = canonical_json(dict(payload))
     if recipient is not None:
         if not recipient_kid:
             raise ValueError("a sealed file needs the recipient's key id")
-        header["enc"] = ENC_SEALED
-        header["rcp"] = recipient_kid
         body = SealedBox(recipient).encrypt(body)
-    header_bytes = canonical_json(header)
+    header_bytes = _header_bytes(kind, kid, recipient_kid if recipient is not None else None)
     signed = MAGIC + struct.pack(">H", len(header_bytes)) + header_bytes + body
     blob = signed + signing_key.sign(signed).signature
     return armour(kind, blob)
+
+
+@functools.lru_cache(maxsize=64)
+def _header_bytes(kind: Kind, kid: str, recipient_kid: str | None) -> bytes:
+    """The canonical header; a signer writes the same few over and over."""
+    header: dict[str, Any] = {"alg": ALG, "enc": ENC_NONE, "kid": kid, "typ": str(kind),
+                              "v": FORMAT_VERSION}
+    if recipient_kid is not None:
+        header["enc"] = ENC_SEALED
+        header["rcp"] = recipient_kid
+    return canonical_json(header)
 
 
 def armour(kind: Kind, blob: bytes) -> bytes:
@@ -274,8 +282,12 @@ def _split(blob: bytes) -> tuple[dict[str, Any], bytes, bytes, bytes]:
     header_bytes = signed[6:6 + header_len]
     if len(header_bytes) != header_len:
         raise FormatError(Reason.MALFORMED, "the header length runs past the end of the file")
-    header = _parse_json_object(header_bytes, "header")
-    if canonical_json(header) != header_bytes:
+    header = _parse_json_object(header_bytes, "header", reencode=False)
+    try:  # the canonical check re-encodes it, which also proves it can be encoded
+        canonical = canonical_json(header)
+    except (UnicodeError, ValueError, RecursionError):
+        raise FormatError(Reason.MALFORMED, "the header is not valid JSON") from None
+    if canonical != header_bytes:
         raise FormatError(Reason.MALFORMED, "the header is not canonical JSON")
     keys = set(header)
     sealed = header.get("enc") == ENC_SEALED
@@ -309,10 +321,11 @@ def _unseal(header: Mapping[str, Any], body: bytes,
                                                 "with the vendor key") from None
 
 
-def _parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
+def _parse_json_object(raw: bytes, what: str, *, reencode: bool = True) -> dict[str, Any]:
     try:
         value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        canonical_json(value)  # must re-encode: no 1e400 (inf), no lone surrogate escapes
+        if reencode:  # must re-encode: no 1e400 (inf), no lone surrogate escapes
+            canonical_json(value)
     except (UnicodeError, ValueError, RecursionError):
         raise FormatError(Reason.MALFORMED, f"the {what} is not valid JSON") from None
     if not isinstance(value, dict):

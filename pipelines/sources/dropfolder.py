@@ -568,9 +568,11 @@ class DropFolderSource:
             os.close(fd)
             return None
         arrival = Arrival(area, name, key, data, hashlib.sha256(data).hexdigest(), len(data))
-        log.info("%s %s (%d bytes, sha256 %s)",
-                 f"claimed {origin} as" if origin else "recovered", key, arrival.size,
-                 arrival.sha256[:16])
+        # A claim is routine (the outcome line that follows names the file): DEBUG.
+        # Recovering a file left by a dead or failed run is not: INFO.
+        log.log(logging.DEBUG if origin else logging.INFO, "%s %s (%d bytes, sha256 %s)",
+                f"claimed {origin} as" if origin else "recovered", key, arrival.size,
+                arrival.sha256[:16])
         return _Held(arrival, fd, held, path)
 
     def _deliver(self, batch: list[_Held]) -> int:

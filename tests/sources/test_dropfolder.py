@@ -250,7 +250,7 @@ def test_same_content_under_two_names_gives_two_arrivals(root, make_source, capl
     source = make_source(recorder, clock=clock, sleep=clock.sleep)
     for name in ("first.req", "second.req"):
         (root / "ACME" / name).write_bytes(b"identical bytes")
-    with caplog.at_level(logging.INFO, logger=dropfolder.__name__):
+    with caplog.at_level(logging.DEBUG, logger=dropfolder.__name__):
         assert source.drain(timeout=10)
     assert sorted(recorder.seen) == [("ACME", "first.req", sha(b"identical bytes")),
                                      ("ACME", "second.req", sha(b"identical bytes"))]
