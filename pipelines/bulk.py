@@ -4,9 +4,10 @@ One `Batch` row per (tenant, archive sha256): importing the same archive again
 applies nothing twice and only re-delivers the report. Progress lives on rows, not
 in a chord, so a redelivered chunk cannot count twice:
 
-* ``loading``  the archive was checked as a whole (`pipelines.archives.scan`) and its
-  members are being registered, one commit per `chunk_size` members, each chunk handed
-  to a `ChunkSink` right after its commit;
+* ``loading``  the archive was checked as a whole (`pipelines.archives.iter_entries`,
+  the member list written to a temp file as it goes) and its members are being
+  registered, one commit per `chunk_size` members, each chunk handed to a `ChunkSink`
+  right after its commit;
 * ``open``     every member is registered; `total` = the jobs this batch created;
 * ``complete`` every one of them is finished. `finished` is derived from job statuses
   each time a chunk ends, and the caller that sees ``finished == total`` flips the
