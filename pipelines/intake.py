@@ -8,6 +8,7 @@ makes the second pass apply nothing and write the same bytes.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -140,6 +141,7 @@ class Intake:
         }
         content = (json.dumps(report, indent=2) + "\n").encode()
         if local is not None:
-            local.put_new(error_report_key(target), content, durable=durable)
+            if not local.put_if_absent(error_report_key(target), content, durable=durable):
+                raise FileExistsError(errno.EEXIST, "report name taken", target)
         else:
             self.inbox.put(error_report_key(target), content)

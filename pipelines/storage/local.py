@@ -73,7 +73,6 @@ def rename_noreplace(src: str, dst: str) -> None:
     os.rename(src, dst)
 
 
-
 class LocalStore:
     """Files under `root`; keys map to relative paths, checked to stay inside `root`."""
 
@@ -169,18 +168,6 @@ class LocalStore:
         if sync:
             self.sync()
 
-    def put_new(self, key: str, data: bytes, *, durable: bool = True) -> None:
-        """`put`, but FileExistsError if `key` exists: the temp file is hard-linked to
-        its name, which never replaces anything."""
-        path = self.path_for(key)
-        tmp = self._write_temp(path, data, fsync=durable)
-        try:
-            os.link(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        if durable:
-            self._sync_dir(path.parent)
-
     def _put(self, key: str, data: bytes | IO[bytes], *, durable: bool) -> None:
         path = self.path_for(key)
         tmp = self._write_temp(path, data, fsync=durable)
@@ -202,13 +189,14 @@ class LocalStore:
         finally:
             os.close(fd)
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: bytes, *, durable: bool = True) -> bool:
         """Hard-link a complete temp file into place; False if `key` already exists.
+        `durable=False`: the caller makes a whole batch durable at once with `sync`.
 
         Where hard links are unsupported, falls back to an exclusive create.
         """
         path = self.path_for(key)
-        tmp = self._write_temp(path, data)
+        tmp = self._write_temp(path, data, fsync=durable)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -219,7 +207,8 @@ class LocalStore:
             return self._create_exclusive(path, data)
         finally:
             tmp.unlink(missing_ok=True)
-        self._sync_dir(path.parent)
+        if durable:
+            self._sync_dir(path.parent)
         return True
 
     @staticmethod
