@@ -10,7 +10,7 @@ from typing import Any
 from nacl.public import PublicKey
 from nacl.signing import VerifyKey
 
-from airlock_sdk.envelope import b64u, b64u_decode
+from airlock_sdk.envelope import FormatError, b64u, b64u_decode, strict_json_loads
 
 BUNDLE_FORMAT = "airlock-public-bundle"
 
@@ -36,8 +36,13 @@ class PublicBundle:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PublicBundle:
+        if isinstance(text, bytes | bytearray):  # as json.loads reads bytes (a BOM, UTF-16)
+            try:
+                text = bytes(text).decode(json.detect_encoding(text))
+            except UnicodeError:
+                raise ValueError("invalid public bundle: not JSON text") from None
         try:
-            doc: dict[str, Any] = json.loads(text)
+            doc: dict[str, Any] = strict_json_loads(text, "public bundle")
             if doc.get("format") != BUNDLE_FORMAT or doc.get("v") != 1:
                 raise ValueError("not an Airlock public bundle (v1)")
             signing = {kid: VerifyKey(b64u_decode(raw))
@@ -45,5 +50,7 @@ class PublicBundle:
             sealing = doc["sealing_key"]
             return cls(signing_keys=signing, sealing_kid=sealing["kid"],
                        sealing_key=PublicKey(b64u_decode(sealing["public_key"])))
+        except FormatError as exc:  # not JSON, a repeated key, NaN: a plain ValueError here
+            raise ValueError(f"invalid public bundle: {exc.message}") from None
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"invalid public bundle: {exc}") from None

@@ -112,9 +112,18 @@ class Device:
         self, *, product: str, license_key: str | None = None, email: str | None = None,
         password: str | None = None, hostname: str | None = None, os_name: str | None = None,
         app_version: str | None = None, variables: Mapping[str, Any] | None = None,
-        now: datetime | None = None,
+        deactivation_delivered: bool = False, now: datetime | None = None,
     ) -> bytes:
-        """A sealed activation request, signed by a new device key. Returns the file."""
+        """A sealed activation request. Returns the file.
+
+        The request is signed by a new device key, except where the vendor may hold a
+        binding for this device already: asking again while a request waits reuses its
+        key, and re-activating the same license after a deactivation reuses that
+        activation's key and reports the usage since the last sync, exactly as the
+        deactivation file does. Whether or not that file reached the vendor, every unit
+        is billed once. Activating another license while a deactivation may still be
+        undelivered is refused unless `deactivation_delivered` says it was delivered.
+        """
         moment = utc(now)
         if (license_key is None) == (email is None) or (email is not None and password is None):
             raise DeviceError(DeviceReason.INVALID_ARGUMENT,
@@ -128,27 +137,49 @@ class Device:
                                   "this device is activated: deactivate it first")
             self.files.observe(state, moment, strict=True)
             counter, head = self.files.sync_usage(state)
-            key = SigningKey.generate()
+            key, synced = self._continuing(state, product, auth, deactivation_delivered)
+            license_units, feature_units = (0, {}) if synced is None else summarise(
+                self.files.full_log(state), after=synced["counter"])
             merged = {**state["variables"], **dict(variables or {})}
             payload = activation_payload(
                 request_id=uuid.uuid4().hex, created_at=format_time(moment), product=product,
                 auth=auth, hardware_id=self.hardware_id, public_key=b64u(bytes(key.verify_key)),
                 hostname=hostname, os_name=os_name, app_version=app_version, variables=merged,
-                counter=counter, head=head)
+                synced=synced or {"counter": counter, "head": head}, counter=counter,
+                head=head, consumptions=license_units, features=feature_units)
             _self_check(Kind.ACTIVATION_REQUEST, payload)
             data = self._seal(Kind.ACTIVATION_REQUEST, payload, key)
             self.files.write_key(payload["request_id"], key)
             old = state["pending"]
+            # Earlier requests made with the same key: the vendor may answer any of them.
+            earlier = [] if old is None or old["public_key"] != payload["device_public_key"] \
+                else [*old.get("earlier", []), [old["request_id"], old["request_sha256"]]]
             state["pending"] = {
                 "request_id": payload["request_id"], "request_sha256": armoured_digest(data),
                 "created_at": payload["created_at"], "product": product,
                 "public_key": payload["device_public_key"],
-                "usage": {"counter": counter, "head": head}}
+                "usage": {"counter": counter, "head": head}, "earlier": earlier}
             state["variables"] = merged
             self.files.write(state)
             if old:
                 self.files.drop_key(old["request_id"])
         return data
+
+    def _continuing(self, state: dict[str, Any], product: str, auth: Mapping[str, Any],
+                    deactivation_delivered: bool) -> tuple[SigningKey, dict[str, Any] | None]:
+        """(signing key, the tip the usage report starts at, or None: no usage to report)."""
+        pending, activation = state["pending"], state["activation"]
+        if state["deactivation"] and activation is not None:
+            if _same_license(activation, product, auth):
+                return self.files.read_key(activation["request_id"]), activation["synced"]
+            if not deactivation_delivered:
+                raise DeviceError(DeviceReason.DEACTIVATION_PENDING,
+                                  "this device's deactivation file may not have reached the "
+                                  "vendor: deliver it first (it bills the usage and frees "
+                                  "the seat), then activate the other license")
+        if pending is not None:
+            return self.files.read_key(pending["request_id"]), None
+        return SigningKey.generate(), None
 
     def load(self, data: bytes, *, now: datetime | None = None) -> Entitlements:
         """Verify and install a license file (answering the waiting request) or a refresh.
@@ -192,8 +223,9 @@ class Device:
             raise DeviceError(DeviceReason.NOT_FOR_THIS_REQUEST,
                               "no activation request of this device is waiting for a license")
         _check_product(ent, pending["product"])
-        if (ent.payload["request_id"], ent.payload["request_sha256"]) != \
-                (pending["request_id"], pending["request_sha256"]):
+        answered = [ent.payload["request_id"], ent.payload["request_sha256"]]
+        if answered != [pending["request_id"], pending["request_sha256"]] \
+                and answered not in pending.get("earlier", []):
             raise DeviceError(DeviceReason.NOT_FOR_THIS_REQUEST,
                               "the license answers another activation request "
                               f"({ent.payload['request_id']}), not {pending['request_id']}")
@@ -425,6 +457,16 @@ class Device:
         if current is not State.VALID:
             raise DeviceError(_BLOCKING[current], STATE_MESSAGES[current])
         return activation  # type: ignore[no-any-return]
+
+
+def _same_license(activation: Mapping[str, Any], product: str, auth: Mapping[str, Any]) -> bool:
+    """Does an activation with `auth` ask for the license `activation` holds?"""
+    lic = activation["license"]["license"]
+    if activation["product"] != product:
+        return False
+    if auth["method"] == "key":
+        return bool(lic["key"] == auth["key"])
+    return lic["user"] is not None and str(lic["user"]).lower() == str(auth["email"]).lower()
 
 
 def _entitlements(activation: Mapping[str, Any]) -> Entitlements:

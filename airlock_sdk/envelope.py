@@ -21,6 +21,7 @@ import binascii
 import functools
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class Reason(StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"
     TOO_LARGE = "too_large"
     UNDECRYPTABLE = "undecryptable"
+    OUT_OF_RANGE = "out_of_range"
 
 
 class FormatError(Exception):
@@ -321,17 +323,57 @@ def _unseal(header: Mapping[str, Any], body: bytes,
                                                 "with the vendor key") from None
 
 
-def _parse_json_object(raw: bytes, what: str, *, reencode: bool = True) -> dict[str, Any]:
+def strict_json_loads(raw: bytes | str, what: str = "JSON text") -> Any:
+    """Parse untrusted JSON strictly: FormatError(malformed) for anything but one UTF-8
+    JSON value that has no key repeated in any object (at any depth) and no NaN,
+    Infinity or number too large for a double. `what` names the text in messages.
+
+    Duplicate keys matter even on signed bytes: a hostile signer can sign a body
+    with `{"serial":1,"serial":9}`, and two parsers that keep different copies would
+    read two different files. The check runs on the bytes as parsed, never on a
+    re-canonicalised copy.
+    """
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        if reencode:  # must re-encode: no 1e400 (inf), no lone surrogate escapes
-            canonical_json(value)
+        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+        return json.loads(text, object_pairs_hook=functools.partial(_unique_keys, what),
+                          parse_constant=functools.partial(_reject_constant, what),
+                          parse_float=functools.partial(_finite_float, what))
     except (UnicodeError, ValueError, RecursionError):
         raise FormatError(Reason.MALFORMED, f"the {what} is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise FormatError(Reason.MALFORMED, f"the {what} must be a JSON object")
+
+
+def _unique_keys(what: str, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                shown = key if len(key) <= 40 else key[:40] + "..."
+                raise FormatError(Reason.MALFORMED, f"the {what} repeats the key {shown!r} "
+                                                    "in one JSON object")
+            seen.add(key)
+    return obj
+
+
+def _reject_constant(what: str, name: str) -> Any:
+    raise FormatError(Reason.MALFORMED, f"the {what} contains {name}, which is not JSON")
+
+
+def _finite_float(what: str, text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise FormatError(Reason.MALFORMED, f"the {what} has a number too large for a "
+                                            "double")
     return value
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
+def _parse_json_object(raw: bytes, what: str, *, reencode: bool = True) -> dict[str, Any]:
+    value = strict_json_loads(raw, what)
+    if reencode:  # must re-encode: no lone surrogate escapes
+        try:
+            canonical_json(value)
+        except (UnicodeError, ValueError, RecursionError):
+            raise FormatError(Reason.MALFORMED, f"the {what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise FormatError(Reason.MALFORMED, f"the {what} must be a JSON object")
+    return value

@@ -16,6 +16,7 @@ class DeviceReason(StrEnum):
     USAGE_LOG_CORRUPT = "usage_log_corrupt"
     NOT_ACTIVATED = "not_activated"
     ALREADY_ACTIVATED = "already_activated"
+    DEACTIVATION_PENDING = "deactivation_pending"
     DEACTIVATED = "deactivated"
     WRONG_DEVICE = "wrong_device"
     WRONG_PRODUCT = "wrong_product"

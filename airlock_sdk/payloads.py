@@ -17,6 +17,10 @@ NoneType = type(None)
 _INT = (int,)  # bool is excluded below
 Scalar = (str, int, float, bool, NoneType)
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+# Every integer in a payload is a signed 64-bit integer (what a database column or
+# another implementation's parser holds); beyond it: out_of_range, the field named.
+INT64_MIN = -2**63
+INT64_MAX = 2**63 - 1
 
 # field -> accepted types (a tuple); every listed field is required.
 _SCHEMAS: dict[Kind, dict[str, tuple[type, ...]]] = {
@@ -52,23 +56,81 @@ _SCHEMAS[Kind.REFRESH] = {**_SCHEMAS[Kind.LICENSE], "reset_consumption": (bool,)
 
 _USAGE = {"since_counter": _INT, "since_head": (str,), "counter": _INT, "head": (str,),
           "consumptions": _INT, "features": (dict,)}
+# Optional fields: (types). A vendor-signed refresh request must carry expires_at.
+_OPTIONAL: dict[Kind, dict[str, tuple[type, ...]]] = {
+    Kind.REFRESH_REQUEST: {"expires_at": (str, NoneType)},
+}
 
 
 def validate(kind: Kind, payload: Mapping[str, Any]) -> None:
-    """Raise FormatError(malformed) unless `payload` has every field of `kind`."""
+    """Raise FormatError(malformed) unless `payload` has every field of `kind`
+    (out_of_range first if any integer in it is outside the signed 64-bit range)."""
+    check_int64(payload)
     _check_fields(payload, _SCHEMAS[kind], str(kind))
+    optional = _OPTIONAL.get(kind, {})
+    _check_fields(payload, {k: t for k, t in optional.items() if k in payload}, str(kind))
     request_id = payload["request_id"]
     if request_id is not None and not REQUEST_ID.fullmatch(request_id):
         raise FormatError(Reason.MALFORMED, "request_id must be 32 lowercase hex digits")
     if kind is Kind.ACTIVATION_REQUEST:
         _check_auth(payload["auth"])
-        _check_usage(payload["usage"], full=False)
+        _check_usage(payload["usage"], full=set(payload["usage"]) != {"counter", "head"})
         _check_variables(payload["variables"])
     elif kind is Kind.DEACTIVATION:
         _check_usage(payload["usage"], full=True)
         _check_variables(payload["variables"])
     elif kind is Kind.REFRESH_REQUEST:
         _check_scope(payload["scope"])
+        parse_time(payload.get("expires_at"))
+
+
+def usage_report(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """An activation's or deactivation's usage block in its full form.
+
+    An activation may carry the short form {counter, head} (what earlier devices
+    send): a report of no usage, since = the tip itself.
+    """
+    if set(usage) == {"counter", "head"}:
+        return {"since_counter": usage["counter"], "since_head": usage["head"],
+                "counter": usage["counter"], "head": usage["head"], "consumptions": 0,
+                "features": {}}
+    return dict(usage)
+
+
+def check_int64(value: Any) -> None:
+    """FormatError(out_of_range) naming the field ("usage.features.export",
+    "features[1].max_consumptions") of the first integer, at any depth, outside
+    INT64_MIN..INT64_MAX. Booleans are not integers here. Iterative: a payload nests as
+    deep as the JSON parser allows."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            if not INT64_MIN <= item <= INT64_MAX:
+                raise FormatError(Reason.OUT_OF_RANGE, f"{_path(path)}: {_number(item)} is "
+                                                       "outside the signed 64-bit range")
+        elif isinstance(item, Mapping):
+            stack.extend((child, (*path, str(key))) for key, child in
+                         reversed(list(item.items())))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, (*path, index)) for index, child in
+                         reversed(list(enumerate(item))))
+
+
+def _path(path: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    if len(text) > 200:  # a hostile file's keys can be long
+        text = text[:200] + "..."
+    return text or "(payload)"
+
+
+def _number(n: int) -> str:
+    # str() of an integer over 4300 digits raises ValueError; no message needs that many.
+    return str(n) if n.bit_length() <= 256 else f"an integer of {n.bit_length()} bits"
 
 
 def _check_fields(payload: Mapping[str, Any], schema: Mapping[str, tuple[type, ...]],

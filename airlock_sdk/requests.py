@@ -21,14 +21,25 @@ def armoured_digest(data: bytes) -> str:
 def activation_payload(
     *, request_id: str, created_at: str, product: str, auth: Mapping[str, str],
     hardware_id: str, public_key: str, hostname: str | None, os_name: str | None,
-    app_version: str | None, variables: Mapping[str, Any], counter: int, head: str,
+    app_version: str | None, variables: Mapping[str, Any], synced: Mapping[str, Any],
+    counter: int, head: str, consumptions: int = 0, features: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
+    """`synced` is the tip the vendor last recorded as far as the device knows; the usage
+    since then is reported exactly as a deactivation reports it."""
     return {
         "request_id": request_id, "created_at": created_at, "product": product,
         "auth": dict(auth), "hardware_id": hardware_id, "device_public_key": public_key,
         "hostname": hostname, "os": os_name, "app_version": app_version,
-        "variables": dict(variables), "usage": {"counter": counter, "head": head},
+        "variables": dict(variables),
+        "usage": _usage(synced, counter, head, consumptions, features or {}),
     }
+
+
+def _usage(synced: Mapping[str, Any], counter: int, head: str, consumptions: int,
+           features: Mapping[str, int]) -> dict[str, Any]:
+    return {"since_counter": synced["counter"], "since_head": synced["head"],
+            "counter": counter, "head": head, "consumptions": consumptions,
+            "features": dict(sorted(features.items()))}
 
 
 def deactivation_payload(
@@ -39,9 +50,7 @@ def deactivation_payload(
     return {
         "request_id": request_id, "created_at": created_at, "product": product,
         "license_key": license_key, "hardware_id": hardware_id, "serial": serial,
-        "usage": {"since_counter": synced["counter"], "since_head": synced["head"],
-                  "counter": counter, "head": head, "consumptions": consumptions,
-                  "features": dict(sorted(features.items()))},
+        "usage": _usage(synced, counter, head, consumptions, features),
         "variables": dict(variables),
     }
 

@@ -94,7 +94,8 @@ def activation_file(hardware_id: str, license_key: str, bundle: PublicBundle, *,
         request_id=uuid.uuid4().hex, created_at=format_time(now), product=PRODUCT,
         auth={"method": "key", "key": license_key}, hardware_id=hardware_id,
         public_key=b64u(bytes(key.verify_key)), hostname="bench", os_name="linux",
-        app_version="1.0", variables={}, counter=0, head=GENESIS_HEAD)
+        app_version="1.0", variables={}, synced={"counter": 0, "head": GENESIS_HEAD},
+        counter=0, head=GENESIS_HEAD)
     return _seal(Kind.ACTIVATION_REQUEST, payload, key, bundle)
 
 

@@ -199,3 +199,14 @@ def license_update(
             put_features=features, remove_features=remove_feature)
         described = catalog.describe_license(session=session, key=key)
     emit(described, as_json=as_json)
+
+
+@license_app.command("unlock")
+def license_unlock(ctx: typer.Context, key: str = typer.Argument(...),
+                   user: str = typer.Option(..., "--user", help="The user's email"),
+                   as_json: bool = JSON_OPT) -> None:
+    """Lift a user's sign-in lockout before its window passes."""
+    with db_session(ctx) as session:
+        cleared = catalog.unlock_user(session=session, key=key, email=user)
+    emit({"license": key, "user": user.strip().lower(), "failures_cleared": cleared},
+         as_json=as_json)

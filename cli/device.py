@@ -16,7 +16,8 @@ from typing import Any
 import typer
 
 from airlock_sdk import Device, DeviceError, PublicBundle
-from cli.common import emit, fail, settings_of
+from cli.common import db_session, emit, fail, settings_of
+from pipelines import catalog
 from pipelines.keyring import KeyringError, load_keyring
 
 app = typer.Typer(help="Act as an offline device: activate, check, consume, deactivate.",
@@ -109,9 +110,13 @@ def request_activation(
     os_name: str | None = typer.Option(None, "--os", help="Default: this system."),
     app_version: str | None = typer.Option(None, "--app-version"),
     var: list[str] | None = VarOpt,
+    deactivation_delivered: bool = typer.Option(
+        False, "--deactivation-delivered",
+        help="The last deactivation file reached the vendor (needed to activate another "
+             "license after a deactivation)."),
     out: Path = OutOpt,
 ) -> None:
-    """Write a sealed activation request (a new device key is made for it)."""
+    """Write a sealed activation request."""
     if (key is None) == (user is None):
         fail("give exactly one of --key or --user", reason="invalid_argument")
     password = read_password() if user is not None else None
@@ -121,7 +126,8 @@ def request_activation(
             product=product, license_key=key, email=user, password=password,
             hostname=hostname or socket.gethostname(),
             os_name=os_name or f"{platform.system()} {platform.release()}".strip(),
-            app_version=app_version, variables=parse_vars(var))
+            app_version=app_version, variables=parse_vars(var),
+            deactivation_delivered=deactivation_delivered)
     write_out(out, data, "activation request")
 
 
@@ -199,3 +205,16 @@ def request_refresh(directory: Path = DirArg, out: Path = OutOpt) -> None:
     with friendly():
         data = device.request_refresh()
     write_out(out, data, "refresh request")
+
+
+@app.command("release")
+def release(ctx: typer.Context, license_key: str = typer.Argument(..., help="License key."),
+            hardware_id: str = typer.Argument(..., help="Hardware id of the bound device."),
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Vendor action: free the seat of a device that will never deactivate (replaced
+    hardware). Usage it had not reported is lost; the release is audited."""
+    with db_session(ctx) as session:
+        released = catalog.release_device(session=session, key=license_key,
+                                          hardware_id=hardware_id)
+    emit(released, as_json=as_json)
+    typer.echo("note: usage the device had not reported is lost", err=True)

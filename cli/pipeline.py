@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from pipelines.refresh_request import operator_refresh_request, refresh_scope
 from pipelines.storage import open_store
 from pipelines.storage.base import Store
 from pipelines.storage.local import LocalStore
+from workers.runtime import make_processor
 
 outbox_app = typer.Typer(help="Results waiting for vendors and customers.", no_args_is_help=True)
 
@@ -35,9 +36,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _processor(ctx: typer.Context) -> Processor:
-    settings = settings_of(ctx)
-    return Processor(keyring=keyring_of(ctx), max_bytes=settings.max_file_bytes,
-                     max_attempts=settings.max_attempts)
+    return make_processor(settings_of(ctx), keyring_of(ctx))
 
 
 def _outcome_row(name: str, outcome: Outcome, keys: list[str]) -> dict[str, Any]:
@@ -58,8 +57,8 @@ def process_files(
     if bool(customer) == operator:
         fail("give exactly one of --customer CODE or --operator", code=2)
     settings = settings_of(ctx)
-    store: Store = LocalStore(outbox) if outbox else open_store(settings.resolved_outbox,
-                                                                settings)
+    store: Store = (LocalStore(outbox, file_mode=settings.file_mode) if outbox
+                    else open_store(settings.resolved_outbox, settings))
     area = customer or OPERATOR
     processor = _processor(ctx)
     intake = Intake(engine=engine_of(ctx), processor=processor, inbox=store, outbox=store)
@@ -154,15 +153,21 @@ def refresh_request(
     license_keys: list[str] = typer.Option(..., "--license", help="Repeat for a bulk refresh"),
     hardware_id: str | None = typer.Option(None, "--hardware-id"),
     reset_consumption: bool = typer.Option(False, "--reset-consumption"),
+    expires_days: int | None = typer.Option(
+        None, "--expires-days", min=1, help="Refused after this many days (default: "
+        "AIRLOCK_VENDOR_REQUEST_DAYS, 7)"),
     out: Path = typer.Option(..., "--out"),
 ) -> None:
-    """Write an operator-signed refresh request for the pipeline (drop it in the inbox)."""
+    """Write an operator-signed refresh request for the pipeline (drop it in the inbox).
+    It applies once, in the area it is dropped in, before it expires."""
     try:
         scope = refresh_scope(license_keys, hardware_id)
     except ValueError as exc:
         fail(str(exc), code=2)
+    days = expires_days or settings_of(ctx).vendor_request_days
     out.write_bytes(operator_refresh_request(keyring_of(ctx), scope, now=utcnow(),
-                                             reset_consumption=reset_consumption))
+                                             reset_consumption=reset_consumption,
+                                             valid_for=timedelta(days=days)))
     typer.echo(f"wrote {out}", err=True)
 
 

@@ -6,6 +6,7 @@ in the code base reads the environment.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
@@ -31,6 +32,9 @@ class Settings(BaseSettings):
     s3_connect_timeout: float = 5.0
     s3_read_timeout: float = 30.0
     sqs_queue_url: str | None = Field(default=None, description="Optional S3 event queue")
+    # Permissions of the result and archive files a local store writes, as an octal
+    # string ("640", "0600"); folders it creates are 0750.
+    file_mode: int = Field(default=0o640, description="Octal mode of stored files")
 
     max_file_bytes: int = Field(default=256 * 1024, gt=0)
     max_archive_members: int = Field(default=200_000, gt=0)
@@ -42,6 +46,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, gt=0)
     task_time_limit: int = Field(default=300, gt=0)
     chunk_size: int = Field(default=200, gt=0)
+
+    # Password guessing: after this many failures in the window an area's user is locked out.
+    lockout_failures: int = Field(default=10, gt=0)
+    lockout_window_seconds: int = Field(default=15 * 60, gt=0)
+    # How long a vendor-signed request may wait before it is applied.
+    vendor_request_days: int = Field(default=7, gt=0)
 
     @field_validator("database_url")
     @classmethod
@@ -65,6 +75,26 @@ class Settings(BaseSettings):
         if value.startswith("s3://") and len(value) <= len("s3://"):
             raise ValueError("an s3:// location needs a bucket: s3://bucket/prefix")
         return value
+
+    @field_validator("file_mode", mode="before")
+    @classmethod
+    def _file_mode(cls, value: object) -> int:
+        if isinstance(value, str):
+            text = value.strip()
+            if not re.fullmatch(r"[0-7]{3,4}", text):
+                raise ValueError(f"must be an octal mode of 3-4 digits such as 640, not {value!r}")
+            mode = int(text, 8)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            mode = value
+        else:
+            raise ValueError("must be an octal mode such as 640")
+        if not 0 <= mode <= 0o777:
+            raise ValueError(f"{mode:o}: only permission bits (no setuid/setgid/sticky)")
+        if mode & 0o002:
+            raise ValueError(f"{mode:o}: stored files must not be world-writable")
+        if mode & 0o600 != 0o600:
+            raise ValueError(f"{mode:o}: the owner must be able to read and write")
+        return mode
 
     @property
     def resolved_database_url(self) -> str:

@@ -7,8 +7,10 @@ from models.ledger import (
     Batch,
     ConsumptionEvent,
     Job,
+    JobEvaluation,
     JobOutput,
     JobStatus,
+    LoginFailure,
 )
 from models.licensing import (
     AuthMethod,
@@ -33,6 +35,7 @@ __all__ = [
     "DeviceStatus",
     "FeatureKind",
     "Job",
+    "JobEvaluation",
     "JobOutput",
     "JobStatus",
     "License",
@@ -40,5 +43,6 @@ __all__ = [
     "LicensePolicy",
     "LicenseType",
     "LicenseUser",
+    "LoginFailure",
     "Product",
 ]

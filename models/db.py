@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ from sqlmodel import Session, SQLModel
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "airlock_read_only"
+DATABASE_FILE_MODE = 0o600  # the database holds license state: owner only
+DATABASE_DIR_MODE = 0o700
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -25,8 +29,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
 def _sqlite_engine(url: str, *, echo: bool) -> Engine:
     database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if database and database != ":memory:" and not database.startswith("file:"):
+        _prepare_private_file(Path(database))
     engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
@@ -52,6 +56,37 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _prepare_private_file(path: Path) -> None:
+    """Create the SQLite file 0600 before SQLite does, so that it never exists with the
+    umask's permissions; tighten an existing database (and its -wal / -shm) that group
+    or others may read.
+
+    SQLite creates the -wal and -shm (and -journal) files with the database file's
+    permissions (os_unix.c: findCreateFileMode, unixOpenSharedMemory, and robust_open's
+    fchmod, which the umask cannot weaken), so a 0600 database keeps them 0600 too.
+    """
+    if not path.parent.exists():
+        # Only the last folder gets the mode (pathlib gives missing ancestors the
+        # default); an existing folder is the operator's and is left alone.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=DATABASE_DIR_MODE)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, DATABASE_FILE_MODE)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.fchmod(fd, DATABASE_FILE_MODE)  # a umask could only narrow it; be exact
+        finally:
+            os.close(fd)
+    for candidate in (path, path.with_name(path.name + "-wal"),
+                      path.with_name(path.name + "-shm")):
+        # PermissionError: another user's file (a shared setup); not ours to change.
+        with suppress(FileNotFoundError, PermissionError):
+            mode = stat.S_IMODE(os.stat(candidate).st_mode)
+            if mode & 0o077:
+                os.chmod(candidate, mode & ~0o077)
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from models.types import UTCDateTime, utcnow
@@ -34,8 +34,8 @@ class Device(SQLModel, table=True):
     app_version: str | None = Field(default=None, max_length=64)
     user_email: str | None = Field(default=None, max_length=254)
     variables: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    last_serial: int = 0
-    usage_counter: int = 0
+    last_serial: int = Field(default=0, sa_type=BigInteger)
+    usage_counter: int = Field(default=0, sa_type=BigInteger)
     usage_chain_head: str = Field(default="", max_length=64)
     activation_job_id: int | None = None
     deactivation_job_id: int | None = None

@@ -67,13 +67,39 @@ class Job(SQLModel, table=True):
     request_id: str | None = Field(default=None, max_length=64, index=True)
     status: str = Field(default=JobStatus.PENDING, max_length=16)
     attempts: int = 0
-    reason: str | None = Field(default=None, max_length=64)
+    reason: str | None = Field(default=None, max_length=64)  # precise, for the vendor only
+    public_reason: str | None = Field(default=None, max_length=64)  # what the sender is told
     message: str | None = None
     batch_id: int | None = Field(default=None, foreign_key="batch.id")
     payload: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+
+
+class JobEvaluation(SQLModel, table=True):
+    """One evaluation of a job: a refusal the vendor can fix is evaluated again when the
+    file is sent again, and each outcome is kept here."""
+
+    __tablename__ = "job_evaluation"
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    status: str = Field(max_length=16)
+    reason: str | None = Field(default=None, max_length=64)
+    public_reason: str | None = Field(default=None, max_length=64)
+
+
+class LoginFailure(SQLModel, table=True):
+    """A failed password attempt of a user as seen from one area (the lockout counts these)."""
+
+    __tablename__ = "login_failure"
+    __table_args__ = (Index("ix_login_failure_user", "tenant", "email", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str = Field(max_length=32)
+    email: str = Field(max_length=254)
+    at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    job_id: int | None = None
 
 
 class JobOutput(SQLModel, table=True):

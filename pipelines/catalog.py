@@ -27,6 +27,7 @@ from models import (
     LicensePolicy,
     LicenseType,
     LicenseUser,
+    LoginFailure,
     Product,
 )
 from models.types import utcnow
@@ -310,6 +311,54 @@ def update_license(
     return lic
 
 
+def release_device(*, session: Session, key: str, hardware_id: str,
+                   now: datetime | None = None) -> dict[str, Any]:
+    """Free the seat of a device that will never deactivate (replaced, lost hardware).
+
+    Usage the device had not reported is lost: the vendor accepts that by doing this,
+    and the audit event says so. The hardware id may then activate with a new key."""
+    now = now or utcnow()
+    lic = session.exec(select(License).where(License.key == key).with_for_update()).first()
+    if lic is None:
+        raise CatalogError("unknown_license", f"no license with key '{key}'")
+    device = session.exec(select(Device).where(Device.license_id == lic.id,
+                                               Device.hardware_id == hardware_id)).first()
+    if device is None:
+        raise CatalogError("unknown_device", f"no device '{hardware_id}' on license '{key}'")
+    if device.status != DeviceStatus.ACTIVE:
+        raise CatalogError("device_not_active", f"device '{hardware_id}' is not active")
+    device.status = DeviceStatus.DEACTIVATED
+    device.deactivated_at = now
+    session.add(device)
+    customer = session.get(Customer, lic.customer_id)
+    _audit(session, "device.release", license_id=lic.id,
+           tenant=customer.code if customer else None, hardware_id=hardware_id,
+           usage_counter=device.usage_counter, unreported_usage="lost")
+    session.flush()
+    return {"license": key, "hardware_id": hardware_id, "released_at": now.isoformat(),
+            "usage_recorded_to": device.usage_counter,
+            "note": "usage the device had not reported is lost"}
+
+
+def unlock_user(*, session: Session, key: str, email: str) -> int:
+    """Lift a sign-in lockout of a license's user (its failures are forgotten)."""
+    lic = get_license(session=session, key=key)
+    customer = session.get(Customer, lic.customer_id)
+    email = email.strip().lower()
+    if session.exec(select(LicenseUser).where(LicenseUser.license_id == lic.id,
+                                              LicenseUser.email == email)).first() is None:
+        raise CatalogError("unknown_user", f"license '{key}' has no user '{email}'")
+    code = customer.code if customer else ""
+    failures = session.exec(select(LoginFailure).where(LoginFailure.tenant == code,
+                                                       LoginFailure.email == email)).all()
+    for failure in failures:
+        session.delete(failure)
+    _audit(session, "login.unlock", license_id=lic.id, tenant=code, email=email,
+           failures=len(failures))
+    session.flush()
+    return len(failures)
+
+
 def license_features(session: Session, license_id: int) -> list[LicenseFeature]:
     return list(session.exec(select(LicenseFeature).where(LicenseFeature.license_id == license_id)
                              .order_by(LicenseFeature.code)))
@@ -353,7 +402,8 @@ def describe_license(*, session: Session, key: str) -> dict[str, Any]:
              "os": d.os, "app_version": d.app_version,
              "activated_at": d.activated_at.isoformat(),
              "deactivated_at": d.deactivated_at.isoformat() if d.deactivated_at else None,
-             "serial": d.last_serial, "variables": d.variables}
+             "serial": d.last_serial, "variables": d.variables, "public_key": d.public_key,
+             "usage": {"counter": d.usage_counter, "head": d.usage_chain_head}}
             for d in devices
         ],
         "recent_files": _recent_files(session, lic.id),  # type: ignore[arg-type]

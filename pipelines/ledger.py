@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
-from models import Job
+from models import Job, JobOutput, JobStatus
 from models.db import is_postgres, pairs_in
 from models.ledger import FINAL_STATUSES
+from pipelines.errors import FIXABLE_REASONS
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Submission:
 
 
 _JOB = Job.__table__  # type: ignore[attr-defined]
+_OUTPUT = JobOutput.__table__  # type: ignore[attr-defined]
 _REGISTERED = (_JOB.c.id, _JOB.c.tenant, _JOB.c.sha256, _JOB.c.status, _JOB.c.attempts)
 
 
@@ -42,7 +44,9 @@ def register(session: Session, submissions: Sequence[Submission], *, now: dateti
     Returns (id, tenant, sha256, status, attempts) rows in submission order.
 
     Counting the attempt here, in its own commit before any work, is what lets a file
-    that kills its worker be quarantined after N tries.
+    that kills its worker be quarantined after N tries. A file sent again whose job was
+    refused for a reason the vendor can fix is opened for a new evaluation (single
+    arrivals only, `count_attempt`: a bulk member keeps its batch's answer).
     """
     if not submissions:
         return []
@@ -57,6 +61,7 @@ def register(session: Session, submissions: Sequence[Submission], *, now: dateti
         index_elements=["tenant", "sha256"]), rows)
     keys = list(dict.fromkeys((s.tenant, s.sha256) for s in submissions))
     if count_attempt:
+        _reopen_fixable(conn, keys, now)
         for start in range(0, len(keys), 500):
             conn.execute(update(_JOB).where(
                 pairs_in(_JOB.c.tenant, _JOB.c.sha256, keys[start:start + 500]),
@@ -68,3 +73,18 @@ def register(session: Session, submissions: Sequence[Submission], *, now: dateti
                 pairs_in(_JOB.c.tenant, _JOB.c.sha256, keys[start:start + 500]))):
             jobs[(job.tenant, job.sha256)] = job
     return [jobs[(s.tenant, s.sha256)] for s in submissions]
+
+
+def _reopen_fixable(conn: Any, keys: list[tuple[str, str]], now: datetime) -> None:
+    """Refusals the vendor may have fixed since become pending again: attempts from zero,
+    the earlier answer dropped (its evaluation stays in job_evaluation)."""
+    for start in range(0, len(keys), 500):
+        reopened = [row.id for row in conn.execute(select(_JOB.c.id).where(
+            pairs_in(_JOB.c.tenant, _JOB.c.sha256, keys[start:start + 500]),
+            _JOB.c.status == JobStatus.REJECTED, _JOB.c.reason.in_(sorted(FIXABLE_REASONS))))]
+        if not reopened:
+            continue
+        conn.execute(delete(_OUTPUT).where(_OUTPUT.c.job_id.in_(reopened)))
+        conn.execute(update(_JOB).where(_JOB.c.id.in_(reopened)).values(
+            status=JobStatus.PENDING, attempts=0, reason=None, public_reason=None,
+            message=None, finished_at=None, updated_at=now))

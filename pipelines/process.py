@@ -21,8 +21,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from airlock_sdk.envelope import DEVICE_KID_PREFIX, ENC_SEALED, Envelope, FormatError, Kind
 from airlock_sdk.envelope import open_envelope as _open_envelope
-from airlock_sdk.payloads import validate
-from models import Job, JobOutput, JobStatus
+from airlock_sdk.payloads import parse_time, validate
+from models import AuthMethod, Job, JobEvaluation, JobStatus
 from models.db import is_postgres, reading, session_scope
 from models.ledger import FINAL_STATUSES
 from models.types import utcnow
@@ -30,12 +30,19 @@ from pipelines.errors import Rejection
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import OPERATOR
 from pipelines.ledger import Submission, register
+from pipelines.passwords import check_password
 from pipelines.render import rejection_name, rejection_report
 from pipelines.rules.activation import apply_activation
-from pipelines.rules.common import Applied, RuleContext
+from pipelines.rules.common import (
+    Applied,
+    Credentials,
+    Lockout,
+    PasswordMatch,
+    RuleContext,
+)
 from pipelines.rules.deactivation import apply_deactivation
 from pipelines.rules.refresh import apply_refresh
-from pipelines.workset import CUSTOMER, OUTPUT, WorkSet
+from pipelines.workset import CUSTOMER, LICENSE, OUTPUT, PRODUCT, USER, WorkSet
 
 log = logging.getLogger("airlock.process")
 
@@ -55,6 +62,7 @@ class Processor:
     clock: Callable[[], datetime] = utcnow
     max_bytes: int = 256 * 1024
     max_attempts: int = 5
+    lockout: Lockout = field(default_factory=Lockout)
     known_tenants: set[str] = field(default_factory=set, compare=False)  # positive cache
 
 
@@ -63,8 +71,9 @@ class Outcome:
     job_id: int
     tenant: str
     status: str  # done | rejected | quarantined
-    reason: str | None = None
+    reason: str | None = None  # precise: for the vendor
     message: str | None = None
+    public_reason: str | None = None  # what the sender is told
     kind: str | None = None
     request_id: str | None = None
     outputs: list[tuple[str, bytes]] = field(default_factory=list)
@@ -78,7 +87,11 @@ class Outcome:
 # --- stages ---------------------------------------------------------------------------------
 
 
-def verify(data: bytes, *, processor: Processor, tenant: str) -> Envelope:
+# Request ids of vendor-signed files are claimed once for every area together.
+VENDOR_SCOPE = "*"
+
+
+def verify(data: bytes, *, processor: Processor, tenant: str, now: datetime) -> Envelope:
     """Size, armour, signature, decryption, payload schema, and who may send what where."""
     ring = processor.keyring
     envelope = _open_envelope(data, resolve_verify_key=ring.any_verify_key,
@@ -92,16 +105,50 @@ def verify(data: bytes, *, processor: Processor, tenant: str) -> Envelope:
         raise Rejection("needs_tenant")
     if not from_device and envelope.kind is not Kind.REFRESH_REQUEST:
         raise Rejection("wrong_kind", "Only refresh requests may be signed by the vendor.")
+    if not from_device:
+        expires_at = parse_time(envelope.payload.get("expires_at"))
+        if expires_at is None:
+            raise Rejection("malformed", "A vendor-signed request must say when it expires.")
+        if expires_at <= now:
+            raise Rejection("expired_request")
     return envelope
 
 
 def apply(state: WorkSet, envelope: Envelope, *, processor: Processor, job: Any,
-          now: datetime) -> Applied:
+          now: datetime, credentials: Credentials | None = None) -> Applied:
     """Run the rule for the file's kind against the chunk's rows (`job`: its job row)."""
     ctx = RuleContext(state=state, keyring=processor.keyring, now=now,
                       tenant=None if job.tenant == OPERATOR else job.tenant, job_id=job.id,
-                      envelope=envelope)
+                      envelope=envelope, credentials=credentials, lockout=processor.lockout)
     return RULES[envelope.kind](ctx)
+
+
+def check_credentials(conn: Connection, envelope: Envelope, tenant: str) -> Credentials | None:
+    """Verify a user activation's password against the arriving tenant's users of the
+    product (a dummy verification when there are none), outside any write transaction:
+    argon2 is slow on purpose, and another tenant's user is no user at all here."""
+    payload = envelope.payload
+    if envelope.kind is not Kind.ACTIVATION_REQUEST or payload["auth"]["method"] != "user":
+        return None
+    email = payload["auth"]["email"].strip().lower()
+    password = payload["auth"]["password"]
+    rows = conn.execute(
+        select(USER.c.id, USER.c.password_hash, LICENSE.c.id.label("license_id"))
+        .join(LICENSE, LICENSE.c.id == USER.c.license_id)
+        .join(CUSTOMER, CUSTOMER.c.id == LICENSE.c.customer_id)
+        .join(PRODUCT, PRODUCT.c.id == LICENSE.c.product_id)
+        .where(USER.c.email == email, PRODUCT.c.code == payload["product"],
+               LICENSE.c.auth_method == AuthMethod.USER, CUSTOMER.c.code == tenant)
+        .order_by(LICENSE.c.id)).all()
+    matches = []
+    for row in rows:
+        check = check_password(password, row.password_hash)
+        if check.ok:
+            matches.append(PasswordMatch(license_id=row.license_id, user_id=row.id,
+                                         rehash=check.rehash))
+    if not rows:
+        check_password(password, None)
+    return Credentials(email=email, matches=tuple(matches))
 
 
 # --- entry points ---------------------------------------------------------------------------
@@ -133,7 +180,7 @@ def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor
     sees the other worker's claim and replays or refuses accordingly.
     """
     order = list(dict.fromkeys(job_ids))
-    verified = _verify_open_jobs(engine, order, processor)  # pure: kept across a retry
+    verified = _verify_open_jobs(engine, order, processor)  # kept across a retry
     for attempt in range(1, _RETRIES + 1):
         try:
             with engine.begin() as conn:
@@ -147,17 +194,21 @@ def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor
     return [outcomes[job_id] for job_id in job_ids]
 
 
+Verified = tuple[Envelope, Credentials | None] | Rejection
+
+
 def _verify_open_jobs(engine: Engine, job_ids: list[int],
-                      processor: Processor) -> dict[int, Envelope | Rejection]:
+                      processor: Processor) -> dict[int, Verified]:
     """Verify the chunk's unfinished files before its write transaction opens: the
-    signatures are the slow, pure part, and on SQLite another process writes meanwhile.
-    Files past `max_attempts` are not opened at all (one may be what crashed us)."""
+    signatures and password hashes are the slow part, and on SQLite another process
+    writes meanwhile. Files past `max_attempts` are not opened at all (one may be what
+    crashed us)."""
     query = select(_JOB.c.id, _JOB.c.tenant, _JOB.c.payload).where(
         _JOB.c.id.in_(job_ids), _JOB.c.status == JobStatus.PENDING,
         _JOB.c.attempts <= processor.max_attempts)
     with reading(engine) as conn:
         payloads = conn.execute(query).all()
-    return {row.id: _verify(row.payload, processor, row.tenant) for row in payloads}
+        return {row.id: _verify(conn, row.payload, processor, row.tenant) for row in payloads}
 
 
 def _lost_race(exc: DBAPIError) -> bool:
@@ -166,19 +217,19 @@ def _lost_race(exc: DBAPIError) -> bool:
 
 
 def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
-               verified: dict[int, Envelope | Rejection]) -> dict[int, Outcome]:
+               verified: dict[int, Verified]) -> dict[int, Outcome]:
     jobs = _lock_jobs(conn, job_ids)
     state = WorkSet(conn)
     outcomes: dict[int, Outcome] = {}
     finished: list[dict[str, Any]] = []
     stored = _stored_outputs(conn, [j.id for j in jobs if j.status in FINAL_STATUSES])
-    todo = []
+    todo: list[tuple[Any, Verified]] = []
     for job in jobs:
         if job.status in FINAL_STATUSES:
             outcomes[job.id] = Outcome(
                 job_id=job.id, tenant=job.tenant, status=job.status, reason=job.reason,
-                message=job.message, kind=job.kind, request_id=job.request_id,
-                outputs=stored.get(job.id, []), duplicate=True)
+                message=job.message, public_reason=job.public_reason, kind=job.kind,
+                request_id=job.request_id, outputs=stored.get(job.id, []), duplicate=True)
         elif job.attempts > processor.max_attempts:
             outcomes[job.id] = _rejected(job, Rejection("poison"), None, processor, finished,
                                          status=JobStatus.QUARANTINED)
@@ -187,53 +238,66 @@ def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
         else:
             if job.id not in verified:  # pending again since the verification pass
                 payload = conn.execute(select(_JOB.c.payload).where(_JOB.c.id == job.id))
-                verified[job.id] = _verify(payload.scalar_one(), processor, job.tenant)
+                verified[job.id] = _verify(conn, payload.scalar_one(), processor, job.tenant)
             todo.append((job, verified[job.id]))
-    envelopes = [(job.tenant, e) for job, e in todo if isinstance(e, Envelope)]
+    envelopes = [(job.tenant, v[0]) for job, v in todo if not isinstance(v, Rejection)]
     state.prefetch(license_keys=[k for _, e in envelopes for k in _license_keys(e)],
                    devices=[d for _, e in envelopes if (d := _device_of(e)) is not None],
-                   claims=[(tenant, e.request_id) for tenant, e in envelopes])
+                   claims=[(_claim_scope(tenant, e), e.request_id) for tenant, e in envelopes
+                           if e.request_id is not None])
     for job, result in todo:
         if isinstance(result, Rejection):
             outcomes[job.id] = _rejected(job, result, None, processor, finished)
             continue
+        envelope, credentials = result
         state.begin_job()
         try:
-            outputs, duplicate = _apply_once(state, job, result, processor)
+            outputs, duplicate = _apply_once(state, job, envelope, credentials, processor)
         except Rejection as rejection:
             state.rollback_job()
-            outcomes[job.id] = _rejected(job, rejection, result, processor, finished)
+            outcomes[job.id] = _rejected(job, rejection, envelope, processor, finished)
             continue
         state.commit_job(job.id, outputs)
-        outcomes[job.id] = _done(job, result, outputs, processor, finished,
+        outcomes[job.id] = _done(job, envelope, outputs, processor, finished,
                                  duplicate=duplicate)
     state.flush()
     _write_finished(conn, finished)
     return outcomes
 
 
-def _verify(payload: bytes | None, processor: Processor, tenant: str) -> Envelope | Rejection:
+def _verify(conn: Connection, payload: bytes | None, processor: Processor,
+            tenant: str) -> Verified:
     try:
-        return verify(payload or b"", processor=processor, tenant=tenant)
+        envelope = verify(payload or b"", processor=processor, tenant=tenant,
+                          now=processor.clock())
+        return envelope, check_credentials(conn, envelope, tenant)
     except Rejection as rejection:
         return rejection
     except FormatError as exc:
         return Rejection(exc.reason, exc.message)
 
 
-def _apply_once(state: WorkSet, job: Any, envelope: Envelope,
+def _claim_scope(tenant: str, envelope: Envelope) -> str:
+    """Device request ids are claimed per tenant; the vendor's once for all areas."""
+    return tenant if envelope.kid.startswith(DEVICE_KID_PREFIX) else VENDOR_SCOPE
+
+
+def _apply_once(state: WorkSet, job: Any, envelope: Envelope, credentials: Credentials | None,
                 processor: Processor) -> tuple[list[tuple[str, bytes]], bool]:
-    """Claim (tenant, request id) and apply; an id applied before from an equivalent
-    file gives back that file's outputs, from different content it is a replay."""
+    """Claim the request id and apply. The same file again gives back its outputs;
+    other content under the id, or a vendor request again in another area, is a replay."""
     now = processor.clock()
-    earlier = state.claim_of(job.tenant, envelope.request_id)
+    scope = _claim_scope(job.tenant, envelope)
+    request_id = envelope.payload["request_id"]
+    earlier = state.claim_of(scope, request_id)
     if earlier is not None:
         sha256, earlier_job = earlier
-        if sha256 != envelope.digest:
+        if sha256 != envelope.digest or (scope == VENDOR_SCOPE and earlier_job != job.id):
             raise Rejection("replay")
         return state.outputs_of(earlier_job), True
-    state.claim(job.tenant, envelope.request_id, envelope.digest, job.id, now)
-    applied = apply(state, envelope, processor=processor, job=job, now=now)
+    state.claim(scope, request_id, envelope.digest, job.id, now)
+    applied = apply(state, envelope, processor=processor, job=job, now=now,
+                    credentials=credentials)
     return applied.outputs, False
 
 
@@ -265,7 +329,7 @@ _JOB = Job.__table__  # type: ignore[attr-defined]
 # No payload: the verification pass before the transaction has read it already.
 _JOB_COLUMNS = [_JOB.c[name] for name in ("id", "tenant", "source", "sha256", "status",
                                           "attempts", "kind", "request_id", "reason",
-                                          "message")]
+                                          "public_reason", "message")]
 
 
 def _lock_jobs(conn: Connection, job_ids: list[int]) -> list[Any]:
@@ -296,18 +360,23 @@ def _tenant_exists(conn: Connection, tenant: str, processor: Processor) -> bool:
 
 
 _FINISH_JOB = update(_JOB).where(_JOB.c.id == bindparam("row")).values(
-    {name: bindparam(name) for name in ("status", "reason", "message", "kind", "request_id",
-                                        "finished_at", "updated_at")})
-_INSERT_OUTPUT = insert(JobOutput.__table__)  # type: ignore[arg-type]
+    {name: bindparam(name) for name in ("status", "reason", "public_reason", "message", "kind",
+                                        "request_id", "finished_at", "updated_at")})
+_INSERT_OUTPUT = insert(OUTPUT)
+_INSERT_EVALUATION = insert(JobEvaluation.__table__)  # type: ignore[attr-defined]
 
 
 def _write_finished(conn: Connection, finished: list[dict[str, Any]]) -> None:
-    """Every job's final state and outputs, with two prebuilt executemany statements."""
+    """Every job's final state, outputs and evaluation, with prebuilt executemany
+    statements."""
     if not finished:
         return
     outputs = [{"job_id": f["row"], "name": name, "content": content}
                for f in finished for name, content in f.pop("outputs")]
     conn.execute(_FINISH_JOB, finished)
+    conn.execute(_INSERT_EVALUATION, [
+        {"job_id": f["row"], "at": f["finished_at"], "status": f["status"],
+         "reason": f["reason"], "public_reason": f["public_reason"]} for f in finished])
     if outputs:
         conn.execute(_INSERT_OUTPUT, outputs)
 
@@ -316,8 +385,9 @@ def _done(job: Any, envelope: Envelope, outputs: list[tuple[str, bytes]],
           processor: Processor, finished: list[dict[str, Any]], *,
           duplicate: bool = False) -> Outcome:
     now = processor.clock()
-    finished.append({"row": job.id, "status": JobStatus.DONE, "reason": None, "message": None,
-                     "kind": envelope.kind, "request_id": envelope.request_id,
+    finished.append({"row": job.id, "status": JobStatus.DONE, "reason": None,
+                     "public_reason": None, "message": None, "kind": envelope.kind,
+                     "request_id": envelope.request_id,
                      "finished_at": now, "updated_at": now, "outputs": outputs})
     log.debug("job %s %s %s done", job.id, job.tenant, envelope.kind)
     return Outcome(job_id=job.id, tenant=job.tenant, status=JobStatus.DONE,
@@ -331,14 +401,17 @@ def _rejected(job: Any, rejection: Rejection, envelope: Envelope | None,
     now = processor.clock()
     request_id = envelope.request_id if envelope is not None else None
     kind = envelope.kind if envelope is not None else job.kind
+    # The sender's report carries the public reason; the job keeps the precise one.
     report = rejection_report(processor.keyring, request_id=request_id,
                               request_sha256=envelope.digest if envelope else job.sha256,
-                              issued_at=now, reason=rejection.reason, message=rejection.message)
+                              issued_at=now, reason=rejection.public_reason,
+                              message=rejection.public_message)
     outputs = [(rejection_name(request_id, job.sha256), report), *rejection.attachments]
     finished.append({"row": job.id, "status": status, "reason": rejection.reason,
-                     "message": rejection.message, "kind": kind, "request_id": request_id,
-                     "finished_at": now, "updated_at": now, "outputs": outputs})
+                     "public_reason": rejection.public_reason, "message": rejection.message,
+                     "kind": kind, "request_id": request_id, "finished_at": now,
+                     "updated_at": now, "outputs": outputs})
     log.debug("job %s %s rejected: %s", job.id, job.tenant, rejection.reason)
     return Outcome(job_id=job.id, tenant=job.tenant, status=status, reason=rejection.reason,
-                   message=rejection.message, kind=kind, request_id=request_id,
-                   outputs=outputs)
+                   message=rejection.message, public_reason=rejection.public_reason,
+                   kind=kind, request_id=request_id, outputs=outputs)

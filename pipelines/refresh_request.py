@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airlock_sdk.envelope import Kind
@@ -25,9 +25,14 @@ def refresh_scope(license_keys: list[str], hardware_id: str | None) -> dict[str,
     return {"licenses": list(license_keys)}
 
 
+DEFAULT_VALIDITY = timedelta(days=7)
+
+
 def operator_refresh_request(keyring: VendorKeyring, scope: dict[str, Any], *, now: datetime,
-                             reset_consumption: bool = False) -> bytes:
+                             reset_consumption: bool = False,
+                             valid_for: timedelta = DEFAULT_VALIDITY) -> bytes:
+    """A vendor-signed request; it applies once, in one area, before `now + valid_for`."""
     return sign(keyring, Kind.REFRESH_REQUEST, {
         "request_id": uuid.uuid4().hex, "created_at": format_time(now), "scope": scope,
-        "reset_consumption": reset_consumption,
+        "reset_consumption": reset_consumption, "expires_at": format_time(now + valid_for),
     })

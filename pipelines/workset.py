@@ -22,7 +22,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy.sql import Executable
 
 from models import (
     AppliedRequest,
@@ -34,6 +35,8 @@ from models import (
     JobOutput,
     License,
     LicenseFeature,
+    LicenseUser,
+    LoginFailure,
     Product,
 )
 from models.db import is_postgres, pairs_in
@@ -47,6 +50,8 @@ APPLIED: Table = AppliedRequest.__table__  # type: ignore[attr-defined]
 EVENT: Table = ConsumptionEvent.__table__  # type: ignore[attr-defined]
 AUDIT: Table = AuditEvent.__table__  # type: ignore[attr-defined]
 OUTPUT: Table = JobOutput.__table__  # type: ignore[attr-defined]
+USER: Table = LicenseUser.__table__  # type: ignore[attr-defined]
+LOGIN_FAILURE: Table = LoginFailure.__table__  # type: ignore[attr-defined]
 
 _IN_CHUNK = 500  # keys per IN (...) list
 
@@ -91,6 +96,10 @@ class WorkSet:
         self._new_devices: list[Record] = []
         self._rows: dict[str, list[dict[str, Any]]] = defaultdict(list)  # appended inserts
         self._undo: list[tuple[str, Any]] | None = None
+        # Changes that stand even when their job is refused (a failed sign-in is counted
+        # precisely because the job fails), written in order at flush.
+        self._kept: list[Executable] = []
+        self._failures: dict[tuple[str, str], int] = {}
 
     # --- loading -------------------------------------------------------------------------
 
@@ -212,6 +221,36 @@ class WorkSet:
             OUTPUT.c.job_id == job_id).order_by(OUTPUT.c.id))
         return [(name, content) for name, content in rows]
 
+    def login_failures(self, tenant: str, email: str, since: datetime) -> int:
+        """Failed sign-ins of `email` seen from `tenant` since `since` (this chunk's too)."""
+        key = (tenant, email)
+        if key not in self._failures:
+            self._failures[key] = self.conn.execute(
+                select(func.count()).select_from(LOGIN_FAILURE).where(
+                    LOGIN_FAILURE.c.tenant == tenant, LOGIN_FAILURE.c.email == email,
+                    LOGIN_FAILURE.c.at > since)).scalar_one()
+        return self._failures[key]
+
+    # --- kept changes (they stand when the job is refused) -------------------------------
+
+    def record_login_failure(self, tenant: str, email: str, at: datetime, job_id: int) -> None:
+        self._failures[(tenant, email)] = self._failures.get((tenant, email), 0) + 1
+        self._kept.append(insert(LOGIN_FAILURE).values(tenant=tenant, email=email, at=at,
+                                                       job_id=job_id))
+
+    def clear_login_failures(self, tenant: str, email: str) -> None:
+        self._failures[(tenant, email)] = 0
+        self._kept.append(delete(LOGIN_FAILURE).where(LOGIN_FAILURE.c.tenant == tenant,
+                                                      LOGIN_FAILURE.c.email == email))
+
+    def replace_password_hash(self, user_id: int, password_hash: str) -> None:
+        self._kept.append(update(USER).where(USER.c.id == user_id)
+                          .values(password_hash=password_hash))
+
+    def keep(self, table: Table, **values: Any) -> None:
+        """A row to insert whatever becomes of the current job (plain values only)."""
+        self._kept.append(insert(table).values(**values))
+
     # --- changing (inside a job) ---------------------------------------------------------
 
     def begin_job(self) -> None:
@@ -287,6 +326,9 @@ class WorkSet:
         self._write_updates()
         self._insert(EVENT)
         self._insert(AUDIT)
+        for statement in self._kept:
+            self.conn.execute(statement)
+        self._kept = []
 
     def _insert_devices(self) -> None:
         if not self._new_devices:

@@ -7,15 +7,17 @@ processing core is tested independently of the SDK's own state handling.
 from __future__ import annotations
 
 import hashlib
+import struct
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from nacl.public import SealedBox
 from nacl.signing import SigningKey
 from sqlalchemy import Engine
 
-from airlock_sdk.envelope import Kind, b64u, canonical_json, device_kid, seal
+from airlock_sdk.envelope import Kind, armour, b64u, canonical_json, device_kid, seal
 from airlock_sdk.payloads import format_time
 from models import LicenseType
 from models.db import session_scope
@@ -70,6 +72,15 @@ class WireDevice:
         return seal(kind, payload, signing_key=signer, kid=device_kid(signer.verify_key),
                     recipient=bundle.sealing_key, recipient_kid=bundle.sealing_kid)
 
+    def seal_raw(self, kind: Kind, body: bytes) -> bytes:
+        """Sign and seal `body` as it is: bytes no honest encoder would write."""
+        bundle = self.keyring.public_bundle()
+        header = canonical_json({"alg": "Ed25519", "enc": "x25519-sealedbox", "kid": self.kid,
+                                 "rcp": bundle.sealing_kid, "typ": str(kind), "v": 1})
+        signed = (b"ALK1" + struct.pack(">H", len(header)) + header
+                  + SealedBox(bundle.sealing_key).encrypt(body))
+        return armour(kind, signed + self.key.sign(signed).signature)
+
     def activation(self, *, license_key: str | None = None, email: str | None = None,
                    password: str | None = None, product: str = "pro",
                    request_id: str | None = None, **extra: Any) -> bytes:
@@ -118,9 +129,11 @@ class WireDevice:
 
 
 def operator_refresh(keyring: VendorKeyring, scope: dict[str, Any], *,
-                     reset: bool = False) -> bytes:
-    payload = {"request_id": uuid.uuid4().hex, "created_at": format_time(NOW), "scope": scope,
-               "reset_consumption": reset}
+                     reset: bool = False, expires_at: datetime | None = None,
+                     request_id: str | None = None) -> bytes:
+    payload = {"request_id": request_id or uuid.uuid4().hex, "created_at": format_time(NOW),
+               "scope": scope, "reset_consumption": reset,
+               "expires_at": format_time(expires_at or NOW + timedelta(days=7))}
     return seal(Kind.REFRESH_REQUEST, payload, signing_key=keyring.signing_key,
                 kid=keyring.current_signing)
 

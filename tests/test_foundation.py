@@ -19,7 +19,7 @@ from models import License, LicenseType, LicenseUser
 from models.db import make_engine
 from models.migrate import current_revision, upgrade
 from pipelines import catalog
-from pipelines.passwords import verify_password
+from pipelines.passwords import check_password
 
 
 def test_settings_defaults_live_under_home(tmp_path: Path) -> None:
@@ -101,8 +101,9 @@ def test_user_based_license_stores_only_a_hash(session: Session) -> None:
     assert lic.auth_method == "user"
     assert user.email == "ana@example.com"
     assert "correct horse" not in user.password_hash
-    assert verify_password("correct horse", user.password_hash)
-    assert not verify_password("wrong horse", user.password_hash)
+    assert user.password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert check_password("correct horse", user.password_hash).ok
+    assert not check_password("wrong horse", user.password_hash).ok
 
 
 @pytest.mark.parametrize("kwargs,reason", [

@@ -13,6 +13,7 @@ from sqlmodel import select
 from airlock_sdk.envelope import Kind, open_envelope
 from models import ConsumptionEvent, Job
 from models.db import session_scope
+from pipelines.errors import public_reason
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import OPERATOR
 from pipelines.process import Outcome, Processor, process
@@ -38,7 +39,9 @@ def rejected(outcome: Outcome, reason: str, keyring: VendorKeyring) -> None:
     assert outcome.status == "rejected", outcome
     assert outcome.reason == reason
     report = read(keyring, outcome.outputs[0][1])
-    assert report.kind is Kind.REJECTION and report.payload["reason"] == reason
+    # The sender is told the public reason; the job keeps the precise one.
+    assert outcome.public_reason == public_reason(reason)
+    assert report.kind is Kind.REJECTION and report.payload["reason"] == public_reason(reason)
     assert report.payload["message"]
 
 
@@ -124,12 +127,15 @@ def test_seats_are_counted_and_same_hardware_is_reissued(core, keyring) -> None:
     assert run(core, a.activation(license_key=key)).accepted
     assert run(core, b.activation(license_key=key)).accepted
     rejected(run(core, c.activation(license_key=key)), "no_seats_left", keyring)
-    again = WireDevice(keyring, "A")  # same hardware, state lost: a new device key
-    reissued = run(core, again.activation(license_key=key))
+    reissued = run(core, a.activation(license_key=key))  # the same device key asks again
     assert reissued.accepted
     payload = read(keyring, reissued.outputs[0][1]).payload
     assert payload["serial"] == 2
     assert license_info(core[0], key)["active_devices"] == 2
+    other = WireDevice(keyring, "A")  # the same hardware id under another device key
+    rejected(run(core, other.activation(license_key=key)), "device_already_active", keyring)
+    devices = {d["hardware_id"]: d for d in license_info(core[0], key)["devices"]}
+    assert devices["A"]["public_key"] == payload["device"]["public_key"]
 
 
 def test_reactivation_after_deactivation_needs_and_takes_a_seat(core, keyring) -> None:

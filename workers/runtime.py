@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import Engine
 
@@ -11,6 +12,7 @@ from models.db import make_engine
 from pipelines.intake import Intake
 from pipelines.keyring import VendorKeyring, load_keyring
 from pipelines.process import Processor
+from pipelines.rules.common import Lockout
 from pipelines.storage import open_store
 from pipelines.storage.base import Store
 
@@ -32,10 +34,17 @@ class Runtime:
         self.engine.dispose()
 
 
+def make_processor(settings: Settings, keyring: VendorKeyring) -> Processor:
+    """The processing core's settings, in one place for every entry point."""
+    lockout = Lockout(failures=settings.lockout_failures,
+                      window=timedelta(seconds=settings.lockout_window_seconds))
+    return Processor(keyring=keyring, max_bytes=settings.max_file_bytes,
+                     max_attempts=settings.max_attempts, lockout=lockout)
+
+
 def build_runtime(settings: Settings, *, outbox: Store | None = None) -> Runtime:
     keyring = load_keyring(settings.resolved_keys_dir)
-    processor = Processor(keyring=keyring, max_bytes=settings.max_file_bytes,
-                          max_attempts=settings.max_attempts)
+    processor = make_processor(settings, keyring)
     return Runtime(
         settings=settings,
         engine=make_engine(settings.resolved_database_url),

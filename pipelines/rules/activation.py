@@ -4,25 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
-from airlock_sdk.payloads import parse_time
-from models import AuthMethod, DeviceStatus, LicenseUser
+from airlock_sdk.payloads import parse_time, usage_report
+from models import AuthMethod, DeviceStatus
 from pipelines.errors import Rejection
-from pipelines.passwords import verify_password
 from pipelines.render import license_file, license_name
 from pipelines.rules.common import (
     Applied,
     RuleContext,
     audit,
     check_offline_manageable,
-    check_tenant,
     device_entitlements,
-    license_by_key,
+    tenant_license,
 )
-from pipelines.workset import LICENSE, Record
-
-_USER = LicenseUser.__table__  # type: ignore[attr-defined]
+from pipelines.rules.usage import Continuation, Segment, bill, continuation
+from pipelines.workset import Record
 
 
 def apply_activation(ctx: RuleContext) -> Applied:
@@ -35,45 +30,51 @@ def apply_activation(ctx: RuleContext) -> Applied:
     auth = payload["auth"]
     user_email: str | None = None
     if auth["method"] == "key":
-        lic = license_by_key(ctx, auth["key"])
+        lic = tenant_license(ctx, auth["key"])
         if lic.product_id != product.id:
             raise Rejection("wrong_product")
         if lic.auth_method != AuthMethod.KEY:
             raise Rejection("bad_credentials", "This license is user-based: activate it with "
                                                "a user name and password.")
     else:
-        lic, user_email = _license_for_user(ctx, product, auth["email"], auth["password"])
-    check_tenant(ctx, lic)
+        lic, user_email = _sign_in(ctx)
     _check_activatable(ctx, lic)
-    device = _bind(ctx, lic, payload, user_email)
+    device, billed = _bind(ctx, lic, payload, user_email)
     body = device_entitlements(ctx, lic, device, user_email)
     output = license_file(ctx.keyring, request_id=ctx.request_id,
                           request_sha256=ctx.envelope.digest, issued_at=ctx.now, body=body)
     audit(ctx, "device.activate", lic=lic, device=device, hardware_id=device.hardware_id,
-          serial=device.last_serial)
+          serial=device.last_serial, billed=billed)
     return Applied(outputs=[(license_name(ctx.request_id), output)],
                    summary={"license": lic.key, "hardware_id": device.hardware_id})
 
 
-def _license_for_user(ctx: RuleContext, product: Record, email: str,
-                      password: str) -> tuple[Record, str]:
-    """The user's license for this product; unknown user and wrong password look the same."""
-    rows = ctx.state.conn.execute(
-        select(_USER.c.password_hash, LICENSE.c.id, LICENSE.c.customer_id)
-        .join(LICENSE, LICENSE.c.id == _USER.c.license_id)
-        .where(_USER.c.email == email.lower(), LICENSE.c.product_id == product.id,
-               LICENSE.c.auth_method == AuthMethod.USER)
-        .order_by(LICENSE.c.id)
-    ).all()
-    matches = [row for row in rows if verify_password(password, row.password_hash)]
-    if not matches:
+def _sign_in(ctx: RuleContext) -> tuple[Record, str]:
+    """The user's license, or bad_credentials. The password was verified before the
+    transaction (`ctx.credentials`); here the lockout is applied and failures counted.
+
+    Unknown user, wrong password, another tenant's user and a locked-out user are
+    told the same reason after the same work; the job keeps which one it was."""
+    credentials = ctx.credentials
+    if credentials is None or ctx.tenant is None:
+        raise RuntimeError("a user activation needs its credentials checked first")
+    state, email, lockout = ctx.state, credentials.email, ctx.lockout
+    failures = state.login_failures(ctx.tenant, email, ctx.now - lockout.window)
+    if failures >= lockout.failures:
+        audit(ctx, "login.locked_out", lic=None, kept=True, email=email)
+        raise Rejection("locked_out")
+    if not credentials.matches:
+        state.record_login_failure(ctx.tenant, email, ctx.now, ctx.job_id)
+        audit(ctx, "login.failure", lic=None, kept=True, email=email, failures=failures + 1)
+        if failures + 1 >= lockout.failures:
+            audit(ctx, "login.lockout", lic=None, kept=True, email=email,
+                  window_seconds=int(lockout.window.total_seconds()))
         raise Rejection("bad_credentials")
-    if ctx.tenant is not None:
-        own = [row for row in matches if ctx.state.customer(row.customer_id).code == ctx.tenant]
-        if not own:
-            raise Rejection("wrong_tenant")
-        matches = own
-    return ctx.state.license_by_id(matches[0].id), email.lower()
+    state.clear_login_failures(ctx.tenant, email)  # older ones too: a success forgets them
+    for match in credentials.matches:
+        if match.rehash is not None:
+            state.replace_password_hash(match.user_id, match.rehash)
+    return state.license_by_id(credentials.matches[0].license_id), email
 
 
 def _check_activatable(ctx: RuleContext, lic: Record) -> None:
@@ -87,14 +88,20 @@ def _check_activatable(ctx: RuleContext, lic: Record) -> None:
 
 
 def _bind(ctx: RuleContext, lic: Record, payload: dict[str, Any],
-          user_email: str | None) -> Record:
-    """Create the binding, or re-issue an existing one for the same hardware id."""
+          user_email: str | None) -> tuple[Record, dict[str, Any] | None]:
+    """Create the binding, re-open a released one, or re-issue an active one to the
+    device key that holds it; bill the usage the request reports since the recorded tip.
+    Returns the device and what was billed (None: nothing)."""
     state = ctx.state
     device = state.device(lic, payload["hardware_id"])
-    takes_seat = device is None or device.status != DeviceStatus.ACTIVE
-    if takes_seat and lic.active_seats >= lic.max_activations:
+    active = device is not None and device.status == DeviceStatus.ACTIVE
+    if active and device.public_key != payload["device_public_key"]:  # type: ignore[union-attr]
+        raise Rejection("device_already_active")
+    if not active and lic.active_seats >= lic.max_activations:
         raise Rejection("no_seats_left")
     parse_time(payload["created_at"])  # validated; the server's clock is what counts
+    segment = Segment.of(usage_report(payload["usage"]))
+    how = continuation(device, segment, binding_open=active)
     if device is None:
         device = state.add_device(lic, {
             "hardware_id": payload["hardware_id"], "public_key": payload["device_public_key"],
@@ -102,13 +109,15 @@ def _bind(ctx: RuleContext, lic: Record, payload: dict[str, Any],
             "last_serial": 0, "usage_counter": 0, "usage_chain_head": "",
             "deactivated_at": None, "hostname": None, "os": None, "app_version": None,
             "user_email": None, "activation_job_id": None, "deactivation_job_id": None})
-    state.modify(device, public_key=payload["device_public_key"],  # a re-issue: the new key
-                 status=DeviceStatus.ACTIVE, activated_at=ctx.now, deactivated_at=None,
+    billed = bill(ctx, lic, device, segment) if how is Continuation.CONTINUES else None
+    if how is not Continuation.RECORDED:
+        state.modify(device, usage_counter=segment.tip[0], usage_chain_head=segment.tip[1])
+    state.modify(device, public_key=payload["device_public_key"], status=DeviceStatus.ACTIVE,
+                 activated_at=device.activated_at if active else ctx.now, deactivated_at=None,
                  hostname=payload["hostname"], os=payload["os"],
                  app_version=payload["app_version"], user_email=user_email,
-                 variables=dict(payload["variables"]), usage_counter=payload["usage"]["counter"],
-                 usage_chain_head=payload["usage"]["head"], last_serial=device.last_serial + 1,
+                 variables=dict(payload["variables"]), last_serial=device.last_serial + 1,
                  activation_job_id=ctx.job_id)
-    if takes_seat:
+    if not active:
         state.modify(lic, active_seats=lic.active_seats + 1)
-    return device
+    return device, billed

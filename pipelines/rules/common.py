@@ -8,7 +8,7 @@ change is undone by the WorkSet's undo log.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airlock_sdk.envelope import Envelope, b64u, device_key_from_kid
@@ -17,6 +17,30 @@ from pipelines.errors import Rejection
 from pipelines.keyring import VendorKeyring
 from pipelines.render import entitlements
 from pipelines.workset import AUDIT, Record, WorkSet
+
+
+@dataclass(frozen=True)
+class Lockout:
+    """Failed sign-ins of one user, seen from one area, that lock it for the window."""
+
+    failures: int = 10
+    window: timedelta = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class PasswordMatch:
+    license_id: int
+    user_id: int
+    rehash: str | None  # a stronger hash to store, computed before the transaction
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A user activation's password, checked before the write transaction opened
+    against the users of the arriving tenant only (none: a dummy verification)."""
+
+    email: str
+    matches: tuple[PasswordMatch, ...]
 
 
 @dataclass(frozen=True)
@@ -29,6 +53,8 @@ class RuleContext:
     tenant: str | None  # customer code the file arrived for; None = operator area
     job_id: int
     envelope: Envelope
+    credentials: Credentials | None = None
+    lockout: Lockout = field(default_factory=Lockout)
 
     @property
     def request_id(self) -> str:
@@ -46,11 +72,14 @@ class Applied:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def license_by_key(ctx: RuleContext, key: str) -> Record:
-    """The license row (locked for the transaction on PostgreSQL)."""
+def tenant_license(ctx: RuleContext, key: str) -> Record:
+    """The license row of the arriving tenant (locked on PostgreSQL). Checked before
+    anything else about it, so a key of another tenant teaches the sender nothing:
+    `wrong_tenant` is told as `unknown_license`."""
     lic = ctx.state.license_by_key(key)
     if lic is None:
         raise Rejection("unknown_license")
+    check_tenant(ctx, lic)
     return lic
 
 
@@ -82,9 +111,14 @@ def device_entitlements(ctx: RuleContext, lic: Record, device: Record,
                         device=device, user_email=user_email)
 
 
-def audit(ctx: RuleContext, action: str, *, lic: Record, device: Record | None = None,
-          **detail: Any) -> None:
-    # Part of the job's changes: a rejected job leaves no audit row.
-    ctx.state.append(AUDIT, at=ctx.now, tenant=ctx.tenant, actor=ctx.envelope.kid[:64],
-                     action=action, license_id=lic.id, device_id=device, job_id=ctx.job_id,
-                     detail={"request_id": ctx.envelope.request_id, **detail})
+def audit(ctx: RuleContext, action: str, *, lic: Record | None, device: Record | None = None,
+          kept: bool = False, **detail: Any) -> None:
+    """An audit row, part of the job's changes (a refused job leaves none) unless `kept`:
+    failed sign-ins are recorded because the job is refused."""
+    values = dict(at=ctx.now, tenant=ctx.tenant, actor=ctx.envelope.kid[:64], action=action,
+                  license_id=lic.id if lic is not None else None, job_id=ctx.job_id,
+                  detail={"request_id": ctx.envelope.request_id, **detail})
+    if kept:
+        ctx.state.keep(AUDIT, device_id=device.id if device is not None else None, **values)
+    else:
+        ctx.state.append(AUDIT, device_id=device, **values)

@@ -13,9 +13,8 @@ from pipelines.rules.common import (
     RuleContext,
     audit,
     check_offline_manageable,
-    check_tenant,
     device_entitlements,
-    license_by_key,
+    tenant_license,
 )
 from pipelines.workset import Record
 
@@ -68,8 +67,7 @@ def _targets(ctx: RuleContext, scope: dict[str, Any], from_device: bool
 
 
 def _refreshable(ctx: RuleContext, key: str) -> Record:
-    lic = license_by_key(ctx, key)
-    check_tenant(ctx, lic)
+    lic = tenant_license(ctx, key)
     check_offline_manageable(lic)
     return lic
 

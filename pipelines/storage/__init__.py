@@ -54,7 +54,8 @@ __all__ = [
 def open_store(location: str, settings: Settings | None = None, *, client: Any = None) -> Store:
     """A `LocalStore` for a folder path, an `S3Store` for ``s3://bucket/prefix``.
 
-    The S3 client is built from `settings` (endpoint, region, timeouts) unless given.
+    The S3 client is built from `settings` (endpoint, region, timeouts) unless given;
+    a `LocalStore` writes its files with ``settings.file_mode`` (0640 without settings).
     """
     if not location:
         raise ValueError("no storage location given")
@@ -63,4 +64,6 @@ def open_store(location: str, settings: Settings | None = None, *, client: Any =
         return S3Store(bucket, prefix, client=client or make_s3_client(settings))
     if location.startswith("file://"):
         location = unquote(urlsplit(location).path)
-    return LocalStore(Path(location))
+    if settings is None:
+        return LocalStore(Path(location))
+    return LocalStore(Path(location), file_mode=settings.file_mode)

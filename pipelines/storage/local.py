@@ -21,6 +21,11 @@ from pipelines.storage.base import InvalidKey, ObjectInfo, check_key, check_pref
 # leading dot and the .tmp suffix make folder watchers and the arrival layout ignore it.
 _TEMP_NAME = re.compile(r"^\..*\.airlock-[0-9a-f]{16}\.tmp$", re.DOTALL)
 
+# Files at rest are not world-readable: results, reports and archived uploads are
+# owner read/write, group read (the operator's tooling); folders owner + group.
+DEFAULT_FILE_MODE = 0o640
+DEFAULT_DIR_MODE = 0o750
+
 
 def _load_syncfs() -> Callable[[int], int] | None:
     try:
@@ -74,9 +79,19 @@ def rename_noreplace(src: str, dst: str) -> None:
 
 
 class LocalStore:
-    """Files under `root`; keys map to relative paths, checked to stay inside `root`."""
+    """Files under `root`; keys map to relative paths, checked to stay inside `root`.
 
-    def __init__(self, root: Path | str) -> None:
+    Every file the store creates (or moves into place) gets exactly `file_mode`, and
+    every folder it creates `dir_mode`, whatever the process umask.
+    """
+
+    def __init__(self, root: Path | str, *, file_mode: int = DEFAULT_FILE_MODE,
+                 dir_mode: int = DEFAULT_DIR_MODE) -> None:
+        for name, mode in (("file_mode", file_mode), ("dir_mode", dir_mode)):
+            if not 0 <= mode <= 0o777:
+                raise ValueError(f"{name} must be permission bits (0..0o777), got {mode:#o}")
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
         self.root = Path(root).resolve()
         self._root_text = str(self.root)
         self.location = self.root.as_uri()
@@ -121,20 +136,51 @@ class LocalStore:
 
     # --- writing ----------------------------------------------------------------------
 
+    def _ensure_dir(self, folder: Path) -> None:
+        """Make `folder` (and any missing folder between it and the root, or the root
+        itself) with exactly `dir_mode`; folders that already exist are left alone."""
+        if folder in self._made_dirs:
+            return
+        missing: list[Path] = []
+        current = folder
+        while not current.exists() and current != current.parent:
+            missing.append(current)
+            current = current.parent
+        if not missing and not folder.is_dir():
+            folder.mkdir()  # FileExistsError: a file sits where the folder should be
+        for made in reversed(missing):
+            try:  # NotADirectoryError if an existing ancestor is a file
+                os.mkdir(made, self.dir_mode)
+            except FileExistsError:
+                if not made.is_dir():
+                    raise
+                continue  # a racing writer made it
+            os.chmod(made, self.dir_mode)  # the umask may have narrowed (or kept) bits
+        self._made_dirs.add(folder)
+
+    def _open_new(self, path: Path | str) -> int:
+        """An exclusive create with exactly `file_mode` (fchmod: the umask only masks)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
+        try:
+            os.fchmod(fd, self.file_mode)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        return fd
+
     def _write_temp(self, path: Path, data: bytes | IO[bytes], *, fsync: bool = True) -> Path:
         """Write `data` (bytes, or a file read to its end) to a fresh temp file beside
-        `path`, flushed to disk (unless the caller makes a whole batch durable at once
-        with `sync`)."""
-        if path.parent not in self._made_dirs:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._made_dirs.add(path.parent)
+        `path`, created with `file_mode` and flushed to disk (unless the caller makes a
+        whole batch durable at once with `sync`)."""
+        self._ensure_dir(path.parent)
         tmp = path.with_name(f".{path.name}.airlock-{secrets.token_hex(8)}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = self._open_new(tmp)
         except FileNotFoundError:  # the folder was removed since we made it
             self._made_dirs.discard(path.parent)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            self._ensure_dir(path.parent)
+            fd = self._open_new(tmp)
         try:
             with os.fdopen(fd, "wb") as fh:
                 if isinstance(data, bytes | bytearray | memoryview):
@@ -211,10 +257,9 @@ class LocalStore:
             self._sync_dir(path.parent)
         return True
 
-    @staticmethod
-    def _create_exclusive(path: Path, data: bytes) -> bool:
+    def _create_exclusive(self, path: Path, data: bytes) -> bool:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = self._open_new(path)
         except FileExistsError:
             return False
         with os.fdopen(fd, "wb") as fh:
@@ -298,6 +343,8 @@ class LocalStore:
     def move(self, src: str, dst: str, *, durable: bool = True, replace: bool = True) -> None:
         """Atomic `os.replace` within the root (same filesystem), replacing `dst`.
 
+        The moved file keeps its content and ends with `file_mode` (an upload arrives
+        with whatever mode the uploader gave it).
         `durable=False` leaves the folder fsync to a later `sync` of a whole batch;
         `replace=False` raises FileExistsError instead of replacing an existing `dst`.
         """
@@ -305,20 +352,30 @@ class LocalStore:
         src_path = self.path_for(src)
         dst_path = self.path_for(dst)
         self._file_stat(src)
-        if dst_path.parent not in self._made_dirs:
-            dst_path.parent.mkdir(parents=True, exist_ok=True)
-            self._made_dirs.add(dst_path.parent)
+        self._ensure_dir(dst_path.parent)
         try:
             rename(str(src_path), str(dst_path))
         except FileNotFoundError:
             if src_path.exists():  # our folder was removed since we made it
                 self._made_dirs.discard(dst_path.parent)
-                dst_path.parent.mkdir(parents=True, exist_ok=True)
+                self._ensure_dir(dst_path.parent)
                 rename(str(src_path), str(dst_path))
             else:
                 raise
+        self._set_file_mode(dst_path)
         if durable:
             self._sync_dir(dst_path.parent)
+
+    def _set_file_mode(self, path: Path) -> None:
+        """chmod a file just moved into place to `file_mode`. A symlink (which has no
+        mode of its own) is left alone rather than followed; so is a file another user
+        owns (a shared drop folder), which we may not chmod: the move has happened."""
+        try:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != self.file_mode:
+                os.chmod(path, self.file_mode)
+        except (FileNotFoundError, PermissionError):
+            return
 
 
 def _could_match(dir_key: str, prefix: str) -> bool:

@@ -67,7 +67,8 @@ def test_activation_request_contract(make_device: MakeDevice, keyring: VendorKey
     assert b64u(bytes(device_key_from_kid(env.kid))) == p["device_public_key"]
     assert p["auth"] == {"method": "key", "key": "KEY-1"}
     assert p["created_at"] == "2030-01-01T12:00:00Z"
-    assert p["usage"] == {"counter": 0, "head": GENESIS_HEAD}
+    assert p["usage"] == {"since_counter": 0, "since_head": GENESIS_HEAD, "counter": 0,
+                          "head": GENESIS_HEAD, "consumptions": 0, "features": {}}
     assert p["variables"] == {"site": "lab", "seats": 3}
     assert (p["hostname"], p["os"], p["app_version"]) == ("bench", "Linux", "2.1")
     assert len(p["request_id"]) == 32
@@ -93,13 +94,18 @@ def test_user_activation_and_bad_arguments(make_device: MakeDevice,
     assert reason_of(err) == "invalid_argument"
 
 
-def test_each_activation_uses_a_new_key(make_device: MakeDevice) -> None:
+def test_asking_again_keeps_the_waiting_requests_key(make_device: MakeDevice) -> None:
+    # The vendor may have bound the first request's key already: a second key would be
+    # refused as device_already_active, so the device asks again with the same one.
     device = make_device()
     device.request_activation(product="cad", license_key="K", now=T0)
     first = device.kid
     device.request_activation(product="cad", license_key="K", now=T0)
-    assert device.kid != first
+    assert device.kid == first
     assert len(list((device.directory / "keys").iterdir())) == 1
+    other = make_device("HW-OTHER")
+    other.request_activation(product="cad", license_key="K", now=T0)
+    assert other.kid != first
 
 
 # --- loading license files --------------------------------------------------------------------
@@ -159,9 +165,14 @@ def test_license_for_an_older_request_is_refused(make_device: MakeDevice,
     device = make_device()
     old = _pending(device, keyring)
     _pending(device, keyring)
+    unasked = license_payload(old, issued_at=T0)
+    unasked["request_id"] = "f" * 32  # a request this device never made
     with pytest.raises(DeviceError) as err:
-        device.load(issue(keyring, Kind.LICENSE, license_payload(old, issued_at=T0)), now=T0)
+        device.load(issue(keyring, Kind.LICENSE, unasked), now=T0)
     assert reason_of(err) == "not_for_this_request"
+    # An answer to the earlier request (same key) is as good as one to the latest.
+    device.load(issue(keyring, Kind.LICENSE, license_payload(old, issued_at=T0)), now=T0)
+    assert device.status(now=T0).state is State.VALID
     fresh = make_device("HW-B")
     with pytest.raises(DeviceError) as err:  # no request waiting at all
         fresh.load(issue(keyring, Kind.LICENSE,
@@ -366,11 +377,15 @@ def test_reactivation_continues_the_usage_chain(make_device: MakeDevice, activat
                                                 keyring: VendorKeyring) -> None:
     device = make_device()
     activate(device)
+    kid = device.kid
     device.consume(2, now=T0)
     first = open_request(keyring, device.deactivate(now=T0)).payload["usage"]
     request = open_request(keyring, device.request_activation(product="cad",
                                                               license_key="KEY-0001", now=T0))
-    assert request.payload["usage"] == {"counter": first["counter"], "head": first["head"]}
+    # Whether or not the deactivation reached the vendor, the activation carries the
+    # same usage under the same key: the vendor bills it once either way.
+    assert request.payload["usage"] == first
+    assert request.kid == kid
     device.load(issue(keyring, Kind.LICENSE, license_payload(request, issued_at=T0, serial=2)),
                 now=T0)
     assert device.status(now=T0).state is State.VALID
@@ -381,6 +396,22 @@ def test_reactivation_continues_the_usage_chain(make_device: MakeDevice, activat
     assert second["usage"]["since_counter"] == first["counter"] == 1
     assert second["usage"]["since_head"] == first["head"]
     assert (second["usage"]["counter"], second["usage"]["consumptions"]) == (2, 5)
+
+
+def test_another_license_after_a_deactivation_needs_it_delivered(
+        make_device: MakeDevice, activate: Activate, keyring: VendorKeyring) -> None:
+    device = make_device()
+    activate(device)
+    device.consume(2, now=T0)
+    device.deactivate(now=T0)
+    with pytest.raises(DeviceError) as err:
+        device.request_activation(product="cad", license_key="OTHER-KEY", now=T0)
+    assert reason_of(err) == "deactivation_pending"
+    request = open_request(keyring, device.request_activation(
+        product="cad", license_key="OTHER-KEY", deactivation_delivered=True, now=T0))
+    assert request.payload["usage"]["consumptions"] == 0
+    assert request.kid != device_kid(device.files.read_key(
+        device.files.read()["activation"]["request_id"]).verify_key)
 
 
 def test_activation_refused_while_active(make_device: MakeDevice, activate: Activate) -> None:

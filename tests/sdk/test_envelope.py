@@ -286,8 +286,8 @@ def test_payload_validation_only_raises_format_error(data: st.DataObject,
         validate(kind, payload)
         if kind in (Kind.LICENSE, Kind.REFRESH):
             Entitlements.parse(kind, payload)
-    except FormatError as exc:
-        assert exc.reason == "malformed"
+    except FormatError as exc:  # out_of_range: json_values draws unbounded integers
+        assert exc.reason in ("malformed", "out_of_range")
 
 
 @FUZZ

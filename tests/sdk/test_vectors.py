@@ -96,10 +96,11 @@ def test_failure_vector(vector: dict[str, Any]) -> None:
         options["kinds"] = {Kind(k) for k in vector["kinds"]}
     if vector["max_bytes"]:
         options["max_bytes"] = vector["max_bytes"]
-    with pytest.raises(FormatError) as err:
-        open_envelope(vector["armoured"].encode(vector["encoding"]),
-                      resolve_verify_key=resolve_verify_key,
-                      resolve_unseal_key=resolve_unseal_key, **options)
+    with pytest.raises(FormatError) as err:  # refused when opened, or by payload validation
+        env = open_envelope(vector["armoured"].encode(vector["encoding"]),
+                            resolve_verify_key=resolve_verify_key,
+                            resolve_unseal_key=resolve_unseal_key, **options)
+        validate(env.kind, env.payload)
     assert err.value.reason == vector["reason"]
 
 
