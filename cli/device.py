@@ -216,5 +216,4 @@ def release(ctx: typer.Context, license_key: str = typer.Argument(..., help="Lic
     with db_session(ctx) as session:
         released = catalog.release_device(session=session, key=license_key,
                                           hardware_id=hardware_id)
-    emit(released, as_json=as_json)
-    typer.echo("note: usage the device had not reported is lost", err=True)
+    emit(released, as_json=as_json)  # its "note" says that unreported usage is lost

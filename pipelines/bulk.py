@@ -54,6 +54,7 @@ from pipelines.archives import (
     read_members,
 )
 from pipelines.batch_report import ReportWriter
+from pipelines.errors import public_message, public_reason
 from pipelines.layout import (
     OPERATOR,
     Arrival,
@@ -491,8 +492,12 @@ def member_rows(env: BulkEnv, batch: Batch, *, fill_outbox: bool) -> Iterator[di
                 rows.append({"member": member, "status": "missing", "reason": None,
                              "message": None, "request_id": None, "results": []})
                 continue
-            rows.append({"member": member, "status": job["status"], "reason": job["reason"],
-                         "message": job["message"], "request_id": job["request_id"],
+            # The customer's report: public reasons only (the job keeps the precise one).
+            reason = job["reason"]
+            rows.append({"member": member, "status": job["status"],
+                         "reason": public_reason(reason) if reason else None,
+                         "message": public_message(reason, job["message"]) if reason
+                         else job["message"], "request_id": job["request_id"],
                          "results": [outbox_key(batch.tenant, name)
                                      for name in names.get(job["id"], [])],
                          "job_id": job["id"]})

@@ -73,6 +73,12 @@ def public_reason(reason: str) -> str:
     return PUBLIC_REASONS.get(reason, reason)
 
 
+def public_message(reason: str, message: str | None) -> str | None:
+    """The precise message only when the precise reason is public."""
+    public = public_reason(reason)
+    return message if public == reason else REASONS[public]
+
+
 class Rejection(Exception):
     """A refusal: rendered into a signed rejection report. Only a FIXABLE reason is
     evaluated again, and only when the file arrives again."""
@@ -90,7 +96,4 @@ class Rejection(Exception):
 
     @property
     def public_message(self) -> str:
-        """The precise message only when the precise reason is public."""
-        if self.public_reason == self.reason:
-            return self.message
-        return REASONS[self.public_reason]
+        return public_message(self.reason, self.message) or self.message

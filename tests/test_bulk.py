@@ -533,3 +533,26 @@ def test_an_archive_that_changes_between_its_two_reads_is_not_imported(env: Bulk
     assert job_count(env.engine) == 0
     with session_scope(env.engine) as session:
         assert session.exec(select(Batch.status)).one() == "loading"
+
+
+def test_the_batch_report_gives_public_reasons_only(env: BulkParts, keyring) -> None:
+    """A bulk member naming another tenant's license reads as no license, in the JSON
+    and the CSV; the job keeps the precise reason for the vendor."""
+    beta = add_license(env.engine, customer_code="BETA")
+    owner = WireDevice(keyring, "HW-B")
+    assert process(owner.activation(license_key=beta), engine=env.engine, tenant="BETA",
+                   processor=env.processor).accepted
+    files = [("theirs.req", WireDevice(keyring, "HW-1").activation(license_key=beta)),
+             ("none.req", WireDevice(keyring, "HW-2").activation(license_key="NO-SUCH-KEY")),
+             ("stranger.req", owner.deactivation(license_key=beta))]
+    result = drop(env, "probe.zip", make_zip(files))
+    document, rows = report(env, result)
+    by_name = {r["member"]: r for r in rows}
+    assert by_name["theirs.req"]["reason"] == by_name["none.req"]["reason"] == "unknown_license"
+    assert by_name["theirs.req"]["message"] == by_name["none.req"]["message"]
+    assert by_name["stranger.req"]["reason"] == "unknown_license"
+    assert "wrong_tenant" not in json.dumps(document)
+    with session_scope(env.engine) as session:
+        reasons = set(session.exec(select(Job.reason).where(Job.tenant == "ACME")))
+    assert reasons == {"wrong_tenant", "unknown_license"}
+    assert license_info(env.engine, beta)["active_devices"] == 1

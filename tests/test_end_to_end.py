@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,8 @@ class Airlock:
             assert result.exit_code == 0, (args, result.output, result.exception)
         return result.output
 
-    def json(self, *args: str, ok: bool = True) -> object:
-        return json.loads(self(*args, ok=ok))
+    def json(self, *args: str, ok: bool = True, stdin: str | None = None) -> object:
+        return json.loads(self(*args, ok=ok, stdin=stdin))
 
 
 @pytest.fixture
@@ -137,3 +138,45 @@ def test_operator_refresh_request_through_the_pipeline(airlock: Airlock, tmp_pat
     bad = airlock("refresh-request", "--license", key, "--license", "OTHER", "--hardware-id",
                   "HW-R", "--out", tmp_path / "x.req", ok=False)
     assert "exactly one license" in bad
+
+
+def test_vendor_actions_release_unlock_and_request_expiry(airlock: Airlock,
+                                                          tmp_path: Path) -> None:
+    """`device release`, `license unlock` and `refresh-request --expires-days`."""
+    key = airlock.json("license", "add", "--customer", "ACME", "--product", "pro", "--json")[
+        "key"]  # type: ignore[index]
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder in (old, new):
+        airlock("device", "init", folder, "--hardware-id", "HW-1")
+    rows = []
+    for n, folder in enumerate((old, new)):
+        request = tmp_path / f"act{n}.req"
+        airlock("device", "request-activation", folder, "--product", "pro", "--key", key,
+                "--out", request)
+        rows += submit(airlock, request, ok=n == 0)
+    assert rows[1]["reason"] == "device_already_active"
+    released = airlock.json("device", "release", key, "HW-1", "--json")
+    assert released["hardware_id"] == "HW-1" and "lost" in released["note"]  # type: ignore[index]
+    assert airlock.json("license", "show", key, "--json")["active_devices"] == 0  # type: ignore[index]
+    again = airlock("device", "release", key, "HW-1", ok=False)
+    assert "[device_not_active]" in again and "Traceback" not in again
+
+    user_key = airlock.json("license", "add", "--customer", "ACME", "--product", "pro",
+                            "--user", "ana@acme.example", "--json",
+                            stdin="long-password\n")["key"]  # type: ignore[index]
+    unlocked = airlock.json("license", "unlock", user_key, "--user", "ANA@acme.example",
+                            "--json")
+    assert unlocked == {"license": user_key, "user": "ana@acme.example", "failures_cleared": 0}
+    missing = airlock("license", "unlock", user_key, "--user", "bob@acme.example", ok=False)
+    assert "[unknown_user]" in missing
+
+    out = tmp_path / "r.req"
+    airlock("refresh-request", "--license", key, "--expires-days", "2", "--out", out)
+    from airlock_sdk.envelope import open_envelope
+    from pipelines.keyring import load_keyring
+
+    ring = load_keyring(airlock.home / "keys")
+    payload = open_envelope(out.read_bytes(), resolve_verify_key=ring.vendor_verify_key).payload
+    created, expires = (datetime.fromisoformat(payload[k].replace("Z", "+00:00"))
+                        for k in ("created_at", "expires_at"))
+    assert expires - created == timedelta(days=2)
