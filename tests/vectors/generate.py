@@ -111,7 +111,8 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "reset_consumption": False},
     "operator_refresh_request": {
         "request_id": "1c2d3e4f5a6b4c7d8e9f0a1b2c3d4e5f", "created_at": "2030-03-01T07:55:00Z",
-        "scope": {"licenses": ["CAD-7QX2-99LM", "CAD-8RT3-11AB"]}, "reset_consumption": True},
+        "scope": {"licenses": ["CAD-7QX2-99LM", "CAD-8RT3-11AB"]}, "reset_consumption": True,
+        "expires_at": "2030-03-08T07:55:00Z"},
 }
 
 USAGE_RECORDS = [(7, None, "2030-02-01T10:00:00Z"), (3, "render", "2030-02-01T10:05:00Z"),
@@ -175,7 +176,13 @@ def envelopes() -> list[dict[str, Any]]:
     deactivation["usage"]["head"] = usage_chain()["head"]
     int64_max = json.loads(json.dumps(deactivation))  # the largest integer a field may hold
     int64_max["usage"]["consumptions"] = 2**63 - 1
+    # Re-activating after a deactivation: the usage report since the last sync, as in
+    # the deactivation file, from the key of that activation.
+    reactivation = {**PAYLOADS["activation_request"],
+                    "request_id": "7e6d5c4b3a2940f18e7d6c5b4a392817",
+                    "usage": dict(deactivation["usage"])}
     sealed = [("activation_request", Kind.ACTIVATION_REQUEST, PAYLOADS["activation_request"]),
+              ("activation_request_reactivation", Kind.ACTIVATION_REQUEST, reactivation),
               ("deactivation", Kind.DEACTIVATION, deactivation),
               ("refresh_request", Kind.REFRESH_REQUEST, PAYLOADS["refresh_request"]),
               ("deactivation_int64_max", Kind.DEACTIVATION, int64_max)]
