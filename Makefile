@@ -22,6 +22,7 @@ test: $(STAMP) services
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy config models pipelines workers cli airlock_sdk bench
 
 demo: $(STAMP)
 	rm -rf var/demo

@@ -128,8 +128,9 @@ class Device:
         if (license_key is None) == (email is None) or (email is not None and password is None):
             raise DeviceError(DeviceReason.INVALID_ARGUMENT,
                               "give either a license key or a user email and password")
-        auth = ({"method": "key", "key": license_key} if license_key is not None
-                else {"method": "user", "email": email, "password": password})
+        auth: dict[str, str] = (
+            {"method": "key", "key": license_key} if license_key is not None
+            else {"method": "user", "email": str(email), "password": str(password)})
         with locked(self.directory):
             state = self.files.read()
             if state["activation"] and not state["deactivation"]:

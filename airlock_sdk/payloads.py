@@ -82,6 +82,46 @@ def validate(kind: Kind, payload: Mapping[str, Any]) -> None:
     elif kind is Kind.REFRESH_REQUEST:
         _check_scope(payload["scope"])
         parse_time(payload.get("expires_at"))
+    if kind in _REQUEST_KINDS:
+        _check_lengths(payload)
+
+
+# The longest text a request field may hold: what the vendor's columns store. Refused
+# here as malformed, a longer value never reaches (and fails) a database write.
+_MAX_CHARS = {"product": 64, "hardware_id": 256, "hostname": 256, "os": 128,
+              "app_version": 64, "license_key": 64, "device_public_key": 64, "key": 64,
+              "email": 254, "password": 1024, "created_at": 32, "expires_at": 32,
+              "license": 64, "licenses": 64}
+_MAX_FEATURE_CODE = 64
+_MAX_LICENSES = 10_000
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_REQUEST_KINDS = frozenset({Kind.ACTIVATION_REQUEST, Kind.DEACTIVATION, Kind.REFRESH_REQUEST})
+
+
+def _check_lengths(payload: Mapping[str, Any]) -> None:
+    """Every text of a request within what the vendor stores (field named if not)."""
+    auth, scope = payload.get("auth", {}), payload.get("scope", {})
+    texts = [(name, payload.get(name)) for name in _MAX_CHARS]
+    texts += [(f"auth.{name}", auth.get(name)) for name in ("key", "email", "password")]
+    if isinstance(scope.get("device"), dict):
+        texts += [(f"scope.device.{name}", scope["device"][name])
+                  for name in ("license_key", "hardware_id")]
+    texts.append(("scope.license", scope.get("license")))
+    texts += [("scope.licenses", key) for key in scope.get("licenses", [])]
+    for field, value in texts:
+        limit = _MAX_CHARS[field.rsplit(".", 1)[-1]]
+        if isinstance(value, str) and len(value) > limit:
+            raise FormatError(Reason.MALFORMED, f"{field} is longer than {limit} characters")
+    if len(scope.get("licenses", [])) > _MAX_LICENSES:
+        raise FormatError(Reason.MALFORMED, f"scope.licenses names more than {_MAX_LICENSES}")
+    usage = payload.get("usage", {})
+    for name in ("since_head", "head"):
+        if name in usage and not _HEX64.fullmatch(usage[name]):
+            raise FormatError(Reason.MALFORMED, f"usage.{name} must be 64 lowercase hex digits")
+    for code in usage.get("features", {}):
+        if len(code) > _MAX_FEATURE_CODE:
+            raise FormatError(Reason.MALFORMED, f"usage.features: a feature code is longer "
+                                                f"than {_MAX_FEATURE_CODE} characters")
 
 
 def usage_report(usage: Mapping[str, Any]) -> dict[str, Any]:

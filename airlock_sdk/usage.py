@@ -54,8 +54,9 @@ def next_head(head: str, body: Mapping[str, Any]) -> str:
 def make_record(counter: int, head: str, *, amount: int, feature: str | None,
                 at: str) -> UsageRecord:
     """The record that follows the log tip (counter, head)."""
-    body = {"seq": counter + 1, "amount": amount, "feature": feature, "at": at}
-    return UsageRecord(head=next_head(head, body), **body)
+    record = UsageRecord(seq=counter + 1, amount=amount, feature=feature, at=at, head="")
+    return UsageRecord(seq=record.seq, amount=amount, feature=feature, at=at,
+                       head=next_head(head, record.body()))
 
 
 def verify_chain(records: Iterable[Mapping[str, Any] | UsageRecord], *, counter: int = 0,

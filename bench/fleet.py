@@ -57,7 +57,8 @@ def create_catalogue(engine: Engine, licenses: int, *, seats: int = DEVICES_PER_
             "enabled": True, "allow_offline_activation": True, "max_activations": seats,
             "starts_at": now, "max_consumptions": 10**12, "total_consumptions": 0,
             "allow_overages": False, "created_at": now, "updated_at": now} for key in keys])
-        ids = dict(conn.execute(select(License.key, License.id)).all())  # type: ignore[arg-type]
+        ids: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
+            select(License.key, License.id)).tuples().all())
         conn.execute(insert(LicenseFeature), [{
             "license_id": ids[key], "code": "export", "kind": FeatureKind.CONSUMPTION,
             "total_consumptions": 0, "allow_overages": False} for key in keys])
@@ -68,10 +69,12 @@ def active_fleet(engine: Engine, count: int, *, now: datetime) -> list[BenchDevi
     """`count` devices already active on ceil(count / 50) licenses."""
     keys = create_catalogue(engine, -(-count // DEVICES_PER_LICENSE), now=now)
     with session_scope(engine) as session:
-        ids = dict(session.exec(select(License.key, License.id)).all())  # type: ignore[arg-type]
+        ids: dict[str, int] = dict(session.exec(  # type: ignore[arg-type]
+            select(License.key, License.id)).all())
     devices = [BenchDevice(f"BENCH-HW-{i:07d}", SigningKey.generate(),
                            keys[i // DEVICES_PER_LICENSE]) for i in range(count)]
-    rows = [{"license_id": ids[d.license_key], "hardware_id": d.hardware_id,
+    rows: list[dict[str, object]] = [{
+             "license_id": ids[d.license_key], "hardware_id": d.hardware_id,
              "public_key": b64u(bytes(d.key.verify_key)), "status": DeviceStatus.ACTIVE,
              "activated_at": now, "variables": {}, "last_serial": 1, "usage_counter": 0,
              "usage_chain_head": GENESIS_HEAD} for d in devices]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
@@ -97,6 +98,10 @@ def drop_all(engine: Engine) -> None:
         conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
 
 
+def _more_than(folder: Path, before: int) -> bool:
+    return _count(folder) > before
+
+
 def _count(folder: Path) -> int:
     # Called while the pipeline runs: poll it seldom (a second), since listing 20,000
     # files takes CPU from what is being measured; the end time comes from mtimes.
@@ -176,7 +181,8 @@ def latency(ws: Workspace, samples: int, gap: float = 0.02,
             blob = deactivation_file(device, bundle, now=now)
             before = _count(ws.outbox())
             closed = _write(ws.inbox() / f"l{i:05d}.req", blob)
-            if not _wait_until(lambda b=before: _count(ws.outbox()) > b, timeout, poll=0.001):
+            if not _wait_until(functools.partial(_more_than, ws.outbox(), before), timeout,
+                               poll=0.001):
                 raise TimeoutError("a single file was not answered in time")
             delays.append(time.time() - closed)
             time.sleep(gap)

@@ -6,7 +6,7 @@ import sys
 from datetime import datetime
 
 import typer
-from sqlmodel import select
+from sqlmodel import col, select
 
 from cli.common import db_session, emit, fail
 from models import Customer, LicensePolicy, LicenseType, Product
@@ -97,7 +97,7 @@ def policy_list(ctx: typer.Context, as_json: bool = JSON_OPT) -> None:
     with db_session(ctx) as session:
         rows = [_policy_row(p, code) for p, code in session.exec(
             select(LicensePolicy, Product.code)
-            .join(Product, Product.id == LicensePolicy.product_id)
+            .join(Product, col(Product.id) == col(LicensePolicy.product_id))
             .order_by(LicensePolicy.code))]
     emit(rows, as_json=as_json, title="Policies")
 

@@ -121,7 +121,7 @@ def outbox_list(
     prefix = f"{customer}/" if customer else ""
     rows = [{"key": info.key, "size": info.size, "modified": info.modified.isoformat()}
             for info in store.list(prefix) if floor is None or info.modified >= floor]
-    rows.sort(key=lambda r: r["modified"])
+    rows.sort(key=lambda r: str(r["modified"]))
     emit(rows, as_json=as_json, columns=["key", "size", "modified"], title="Outbox")
 
 

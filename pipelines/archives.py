@@ -375,7 +375,7 @@ def _tar_members(fileobj: IO[bytes], budget: _Budget) -> Iterator[Member]:
             stream.window = 0
             if info is None:
                 return
-            archive.members.clear()  # stream mode still collects members; keep memory flat
+            archive.members.clear()  # type: ignore[attr-defined]  # stream mode still collects members; keep memory flat
             budget.entry()
             if info.isdir():
                 budget.folder(info.name)

@@ -37,6 +37,7 @@ from typing import IO, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Engine, func, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
@@ -45,6 +46,7 @@ from config.settings import Settings
 from models import Batch, Customer, Job, JobOutput
 from models.db import is_postgres, reading, session_scope
 from models.ledger import FINAL_STATUSES
+from models.tables import JOB
 from models.types import utcnow
 from pipelines.archives import (
     ArchiveError,
@@ -69,6 +71,8 @@ from pipelines.process import Outcome, Processor, process_jobs
 from pipelines.storage.base import Store, check_key
 from pipelines.storage.local import LocalStore
 from pipelines.storage.s3 import S3Store, translate
+
+_JOB = JOB
 
 log = logging.getLogger("airlock.bulk")
 
@@ -337,9 +341,9 @@ def run_chunk(env: BulkEnv, job_ids: Sequence[int], batch_id: int | None = None)
     """Apply a chunk (see `process_isolating`), deliver its results and update its
     batch's progress."""
     with session_scope(env.engine) as session:
-        rows = session.exec(select(Job.id, Job.batch_id)
-                            .where(col(Job.id).in_(sorted(set(job_ids))))).all()
-    ids = sorted(row[0] for row in rows)
+        rows = session.execute(sa_select(_JOB.c.id, _JOB.c.batch_id)
+                               .where(_JOB.c.id.in_(sorted(set(job_ids))))).all()
+    ids = sorted(row.id for row in rows)
     outcomes = process_isolating(env, ids)
     deliver_all(env.outbox, outcomes)
     batches = {batch_id} if batch_id is not None else {row[1] for row in rows if row[1]}
@@ -404,9 +408,9 @@ class InlineSink:
     def resume(self, batch_id: int) -> None:
         """An earlier run registered everything: apply what is left, then report."""
         with session_scope(self.env.engine) as session:
-            pending = list(session.exec(select(Job.id).where(
-                col(Job.batch_id) == batch_id, col(Job.status).not_in(_FINAL))
-                .order_by(Job.id)))
+            pending: list[int] = list(session.execute(sa_select(_JOB.c.id).where(
+                _JOB.c.batch_id == batch_id, _JOB.c.status.not_in(_FINAL))
+                .order_by(_JOB.c.id)).scalars())
         size = self.env.settings.chunk_size
         for start in range(0, len(pending), size):
             run_chunk(self.env, pending[start:start + size], batch_id)
@@ -485,7 +489,7 @@ def member_rows(env: BulkEnv, batch: Batch, *, fill_outbox: bool) -> Iterator[di
             run_chunk(env, unfinished)
             jobs = _jobs_by_sha(env.engine, batch.tenant, {sha for _, sha in group})
         names = _output_names(env.engine, [job["id"] for job in jobs.values()])
-        rows = []
+        rows: list[dict[str, Any]] = []
         for member, sha in group:
             job = jobs.get(sha)
             if job is None:
@@ -589,7 +593,7 @@ def _entries_from_jobs(engine: Engine, batch: Batch) -> list[tuple[str, str]]:
     """Member list rebuilt from the jobs the batch created (shared members are missed)."""
     with session_scope(engine) as session:
         rows = session.exec(select(Job.source, Job.sha256).where(col(Job.batch_id) == batch.id)
-                            .order_by(Job.id)).all()
+                            .order_by(col(Job.id))).all()
     prefix = f"{batch.source}!"
     return [(source.removeprefix(prefix), sha) for source, sha in rows]
 
@@ -652,9 +656,9 @@ def _count(session: Session, *conditions: Any) -> int:
 
 def _jobs_by_sha(engine: Engine, tenant: str, shas: set[str]) -> dict[str, dict[str, Any]]:
     with session_scope(engine) as session:
-        rows = session.exec(select(Job.id, Job.sha256, Job.status, Job.reason, Job.message,
-                                   Job.request_id)
-                            .where(Job.tenant == tenant, col(Job.sha256).in_(shas))).all()
+        rows = session.execute(sa_select(*(_JOB.c[name] for name in (
+            "id", "sha256", "status", "reason", "message", "request_id")))
+            .where(_JOB.c.tenant == tenant, _JOB.c.sha256.in_(shas))).all()
     return {row[1]: {"id": row[0], "status": row[2], "reason": row[3], "message": row[4],
                      "request_id": row[5]} for row in rows}
 
@@ -666,7 +670,7 @@ def _output_names(engine: Engine, job_ids: list[int]) -> dict[int, list[str]]:
     with session_scope(engine) as session:
         for job_id, name in session.exec(select(JobOutput.job_id, JobOutput.name)
                                          .where(col(JobOutput.job_id).in_(job_ids))
-                                         .order_by(JobOutput.id)):
+                                         .order_by(col(JobOutput.id))):
             names.setdefault(job_id, []).append(name)
     return names
 

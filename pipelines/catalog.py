@@ -82,6 +82,13 @@ def _audit(session: Session, action: str, **detail: Any) -> None:
                            tenant=detail.pop("tenant", None), detail=detail))
 
 
+def _ident(row: Customer | Product | License | LicensePolicy) -> int:
+    """The id of a row that has been flushed (a row without one is a programming error)."""
+    if row.id is None:
+        raise RuntimeError(f"{type(row).__name__} has no id yet: flush it first")
+    return row.id
+
+
 def generate_license_key() -> str:
     groups = ["".join(secrets.choice(_KEY_ALPHABET) for _ in range(5)) for _ in range(5)]
     return "-".join(groups)
@@ -148,7 +155,7 @@ def add_policy(
         raise CatalogError("duplicate", f"policy '{code}' already exists")
     product = get_product(session=session, code=product_code)
     policy = LicensePolicy(
-        code=code, name=name, product_id=product.id, license_type=license_type,
+        code=code, name=name, product_id=_ident(product), license_type=license_type,
         max_activations=max_activations, validity_days=validity_days,
         allow_offline_activation=allow_offline_activation, max_consumptions=max_consumptions,
         allow_overages=allow_overages, max_overages=max_overages,
@@ -217,7 +224,7 @@ def add_license(
         raise CatalogError("missing_validity", "a time_limited license needs --validity-days")
     lic = License(
         key=key or generate_license_key(),
-        customer_id=customer.id, product_id=product.id,
+        customer_id=_ident(customer), product_id=_ident(product),
         policy_id=policy.id if policy else None,
         auth_method=AuthMethod.USER if users else AuthMethod.KEY,
         license_type=kind,
@@ -245,7 +252,7 @@ def add_license_user(*, session: Session, license: License, email: str, password
     if "@" not in email or len(password) < 8:
         raise CatalogError("invalid_user", "a user needs an email address and a password of "
                                            "at least 8 characters")
-    session.add(LicenseUser(license_id=license.id, email=email.lower(),
+    session.add(LicenseUser(license_id=_ident(license), email=email.lower(),
                             password_hash=hash_password(password)))
 
 
@@ -329,6 +336,7 @@ def release_device(*, session: Session, key: str, hardware_id: str,
         raise CatalogError("device_not_active", f"device '{hardware_id}' is not active")
     device.status = DeviceStatus.DEACTIVATED
     device.deactivated_at = now
+    device.deactivation_job_id = None  # no receipt: a late report of its usage gets one
     session.add(device)
     customer = session.get(Customer, lic.customer_id)
     _audit(session, "device.release", license_id=lic.id,
@@ -371,7 +379,7 @@ def describe_license(*, session: Session, key: str) -> dict[str, Any]:
     product = session.get(Product, lic.product_id)
     policy = session.get(LicensePolicy, lic.policy_id) if lic.policy_id else None
     devices = list(session.exec(select(Device).where(Device.license_id == lic.id)
-                                .order_by(Device.id)))
+                                .order_by(col(Device.id))))
     active = [d for d in devices if d.status == DeviceStatus.ACTIVE]
     users = session.exec(select(LicenseUser.email).where(LicenseUser.license_id == lic.id)).all()
     overage = session.exec(select(func.coalesce(func.sum(ConsumptionEvent.overage), 0)).where(
@@ -422,17 +430,17 @@ def _recent_files(session: Session, license_id: int, limit: int = 10) -> list[di
 
 def list_licenses(*, session: Session, customer_code: str | None = None) -> list[dict[str, Any]]:
     query = (select(License, Customer.code, Product.code)
-             .join(Customer, Customer.id == License.customer_id)
-             .join(Product, Product.id == License.product_id))
+             .join(Customer, col(Customer.id) == col(License.customer_id))
+             .join(Product, col(Product.id) == col(License.product_id)))
     if customer_code:
         query = query.where(Customer.code == customer_code)
     active = dict(session.exec(
         select(Device.license_id, func.count()).where(Device.status == DeviceStatus.ACTIVE)
-        .group_by(Device.license_id)).all())
+        .group_by(col(Device.license_id))).all())
     return [
         {"key": lic.key, "customer": cust, "product": prod, "type": lic.license_type,
          "auth_method": lic.auth_method, "enabled": lic.enabled,
-         "max_activations": lic.max_activations, "active_devices": active.get(lic.id, 0),
+         "max_activations": lic.max_activations, "active_devices": active.get(_ident(lic), 0),
          "expires_at": lic.expires_at.isoformat() if lic.expires_at else None}
-        for lic, cust, prod in session.exec(query.order_by(License.id))
+        for lic, cust, prod in session.exec(query.order_by(col(License.id)))
     ]

@@ -13,9 +13,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
-from models import Job, JobOutput, JobStatus
+from models import JobStatus
 from models.db import is_postgres, pairs_in
 from models.ledger import FINAL_STATUSES
+from models.tables import JOB, OUTPUT
 from pipelines.errors import FIXABLE_REASONS
 
 
@@ -33,8 +34,7 @@ class Submission:
         return hashlib.sha256(self.data).hexdigest()
 
 
-_JOB = Job.__table__  # type: ignore[attr-defined]
-_OUTPUT = JobOutput.__table__  # type: ignore[attr-defined]
+_JOB, _OUTPUT = JOB, OUTPUT
 _REGISTERED = (_JOB.c.id, _JOB.c.tenant, _JOB.c.sha256, _JOB.c.status, _JOB.c.attempts)
 
 
@@ -71,7 +71,7 @@ def register(session: Session, submissions: Sequence[Submission], *, now: dateti
     for start in range(0, len(keys), 500):
         for job in conn.execute(select(*_REGISTERED).where(
                 pairs_in(_JOB.c.tenant, _JOB.c.sha256, keys[start:start + 500]))):
-            jobs[(job.tenant, job.sha256)] = job
+            jobs[(job.tenant, job.sha256)] = job  # type: ignore[assignment]
     return [jobs[(s.tenant, s.sha256)] for s in submissions]
 
 

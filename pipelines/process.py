@@ -22,9 +22,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from airlock_sdk.envelope import DEVICE_KID_PREFIX, ENC_SEALED, Envelope, FormatError, Kind
 from airlock_sdk.envelope import open_envelope as _open_envelope
 from airlock_sdk.payloads import parse_time, validate
-from models import AuthMethod, Job, JobEvaluation, JobStatus
+from models import AuthMethod, JobStatus
 from models.db import is_postgres, reading, session_scope
 from models.ledger import FINAL_STATUSES
+from models.tables import EVALUATION, JOB
 from models.types import utcnow
 from pipelines.errors import Rejection
 from pipelines.keyring import VendorKeyring
@@ -325,7 +326,7 @@ def _device_of(envelope: Envelope) -> tuple[str, str] | None:
     return (device["license_key"], device["hardware_id"]) if device else None
 
 
-_JOB = Job.__table__  # type: ignore[attr-defined]
+_JOB = JOB
 # No payload: the verification pass before the transaction has read it already.
 _JOB_COLUMNS = [_JOB.c[name] for name in ("id", "tenant", "source", "sha256", "status",
                                           "attempts", "kind", "request_id", "reason",
@@ -363,7 +364,7 @@ _FINISH_JOB = update(_JOB).where(_JOB.c.id == bindparam("row")).values(
     {name: bindparam(name) for name in ("status", "reason", "public_reason", "message", "kind",
                                         "request_id", "finished_at", "updated_at")})
 _INSERT_OUTPUT = insert(OUTPUT)
-_INSERT_EVALUATION = insert(JobEvaluation.__table__)  # type: ignore[attr-defined]
+_INSERT_EVALUATION = insert(EVALUATION)
 
 
 def _write_finished(conn: Connection, finished: list[dict[str, Any]]) -> None:

@@ -22,36 +22,24 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.sql import Executable
 
-from models import (
-    AppliedRequest,
-    AuditEvent,
-    ConsumptionEvent,
-    Customer,
-    Device,
-    DeviceStatus,
-    JobOutput,
-    License,
-    LicenseFeature,
-    LicenseUser,
-    LoginFailure,
-    Product,
-)
+from models import DeviceStatus
 from models.db import is_postgres, pairs_in
-
-LICENSE: Table = License.__table__  # type: ignore[attr-defined]
-DEVICE: Table = Device.__table__  # type: ignore[attr-defined]
-FEATURE: Table = LicenseFeature.__table__  # type: ignore[attr-defined]
-CUSTOMER: Table = Customer.__table__  # type: ignore[attr-defined]
-PRODUCT: Table = Product.__table__  # type: ignore[attr-defined]
-APPLIED: Table = AppliedRequest.__table__  # type: ignore[attr-defined]
-EVENT: Table = ConsumptionEvent.__table__  # type: ignore[attr-defined]
-AUDIT: Table = AuditEvent.__table__  # type: ignore[attr-defined]
-OUTPUT: Table = JobOutput.__table__  # type: ignore[attr-defined]
-USER: Table = LicenseUser.__table__  # type: ignore[attr-defined]
-LOGIN_FAILURE: Table = LoginFailure.__table__  # type: ignore[attr-defined]
+from models.tables import (
+    APPLIED,
+    AUDIT,
+    CUSTOMER,
+    DEVICE,
+    EVENT,
+    FEATURE,
+    LICENSE,
+    LOGIN_FAILURE,
+    OUTPUT,
+    PRODUCT,
+    USER,
+)
 
 _IN_CHUNK = 500  # keys per IN (...) list
 
@@ -222,9 +210,16 @@ class WorkSet:
         return [(name, content) for name, content in rows]
 
     def login_failures(self, tenant: str, email: str, since: datetime) -> int:
-        """Failed sign-ins of `email` seen from `tenant` since `since` (this chunk's too)."""
+        """Failed sign-ins of `email` seen from `tenant` since `since` (this chunk's too).
+
+        On PostgreSQL the (tenant, email) pair is locked for the transaction first, so
+        concurrent chunks count each other's failures instead of each getting the
+        whole allowance (SQLite's single writer serialises them anyway)."""
         key = (tenant, email)
         if key not in self._failures:
+            if self.lock:
+                self.conn.execute(select(func.pg_advisory_xact_lock(
+                    func.hashtextextended(f"airlock-login:{tenant}/{email}", 0))))
             self._failures[key] = self.conn.execute(
                 select(func.count()).select_from(LOGIN_FAILURE).where(
                     LOGIN_FAILURE.c.tenant == tenant, LOGIN_FAILURE.c.email == email,
@@ -237,11 +232,6 @@ class WorkSet:
         self._failures[(tenant, email)] = self._failures.get((tenant, email), 0) + 1
         self._kept.append(insert(LOGIN_FAILURE).values(tenant=tenant, email=email, at=at,
                                                        job_id=job_id))
-
-    def clear_login_failures(self, tenant: str, email: str) -> None:
-        self._failures[(tenant, email)] = 0
-        self._kept.append(delete(LOGIN_FAILURE).where(LOGIN_FAILURE.c.tenant == tenant,
-                                                      LOGIN_FAILURE.c.email == email))
 
     def replace_password_hash(self, user_id: int, password_hash: str) -> None:
         self._kept.append(update(USER).where(USER.c.id == user_id)
@@ -352,10 +342,10 @@ class WorkSet:
                 groups[(record.table, fields)].append(params)
                 record.dirty = set()
         self._touched = []
-        for (table, fields), params in groups.items():
+        for (table, fields), rows in groups.items():
             statement = update(table).where(table.c.id == bindparam("row_id")).values(
                 {f: bindparam(f"v_{f}") for f in fields})
-            self.conn.execute(statement, params)
+            self.conn.execute(statement, rows)
 
     def _insert(self, table: Table) -> None:
         rows = self._rows.pop(table.name, [])

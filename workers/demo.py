@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import func, select
+from sqlalchemy import func
+from sqlalchemy import select as sa_select
+from sqlmodel import select
 
 from airlock_sdk import Device, DeviceError
-from models import Customer, DeviceStatus, Job, License, LicenseType, Product
-from models import Device as DeviceRow
+from models import DeviceStatus, Job, LicenseType
 from models.db import session_scope
+from models.tables import CUSTOMER, DEVICE, LICENSE, PRODUCT
 from models.types import utcnow
 from pipelines import catalog
 from pipelines.catalog import FeatureSpec
@@ -189,15 +191,14 @@ def summarise(runtime: Runtime, *, refreshed: int) -> dict[str, Any]:
         jobs = s.exec(select(Job.kind, Job.status, Job.reason)).all()
         outcomes = Counter((kind or "unreadable", status, reason or "") for kind, status, reason
                            in jobs)
-        seats = s.exec(
-            select(License.key, Customer.code, Product.code, License.license_type,
-                   License.max_activations, License.total_consumptions,
-                   func.count(DeviceRow.id))
-            .join(Customer, Customer.id == License.customer_id)
-            .join(Product, Product.id == License.product_id)
-            .outerjoin(DeviceRow, (DeviceRow.license_id == License.id)
-                       & (DeviceRow.status == DeviceStatus.ACTIVE))
-            .group_by(License.id, Customer.code, Product.code).order_by(License.id)).all()
+        lic, dev = LICENSE.c, DEVICE.c
+        seats = s.execute(
+            sa_select(lic.key, CUSTOMER.c.code, PRODUCT.c.code, lic.license_type,
+                      lic.max_activations, lic.total_consumptions, func.count(dev.id))
+            .join(CUSTOMER, CUSTOMER.c.id == lic.customer_id)
+            .join(PRODUCT, PRODUCT.c.id == lic.product_id)
+            .outerjoin(DEVICE, (dev.license_id == lic.id) & (dev.status == DeviceStatus.ACTIVE))
+            .group_by(lic.id, CUSTOMER.c.code, PRODUCT.c.code).order_by(lic.id)).all()
     return {
         "outcomes": [{"kind": k, "status": st, "reason": r, "files": n}
                      for (k, st, r), n in sorted(outcomes.items())],

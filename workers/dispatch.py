@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from sqlalchemy import select as sa_select
 from sqlalchemy import update
-from sqlmodel import col, select
 
-from models import Batch, Job, JobStatus
+from models import JobStatus
 from models.db import session_scope
+from models.tables import BATCH, JOB
 from models.types import utcnow
 from pipelines import bulk
 from pipelines.layout import Arrival
@@ -164,16 +165,18 @@ def requeue_stale(runtime: Runtime, app: Celery, *, older_than: timedelta,
     cutoff = now - older_than
     result = SweepResult()
     with session_scope(runtime.engine) as session:
-        stale = session.exec(select(Job.id, Job.source, Job.batch_id).where(
-            Job.status == JobStatus.PENDING, col(Job.updated_at) < cutoff)
-            .order_by(Job.batch_id, Job.id).limit(limit)).all()
+        job = JOB.c
+        stale = session.execute(sa_select(job.id, job.source, job.batch_id).where(
+            job.status == JobStatus.PENDING, job.updated_at < cutoff)
+            .order_by(job.batch_id, job.id).limit(limit)).all()
         if stale:
-            session.execute(update(Job).where(col(Job.id).in_([row[0] for row in stale]))
+            session.execute(update(JOB).where(job.id.in_([row[0] for row in stale]))
                             .values(updated_at=now))
-        open_batches = list(session.exec(select(Batch.id).where(
-            Batch.status == bulk.OPEN, col(Batch.created_at) < cutoff)))
-        unreported = list(session.exec(select(Batch.id).where(
-            Batch.status == bulk.COMPLETE, col(Batch.finished_at) < cutoff)))
+        batch = BATCH.c
+        open_batches: list[int] = list(session.execute(sa_select(batch.id).where(
+            batch.status == bulk.OPEN, batch.created_at < cutoff)).scalars())
+        unreported: list[int] = list(session.execute(sa_select(batch.id).where(
+            batch.status == bulk.COMPLETE, batch.finished_at < cutoff)).scalars())
     chunks: dict[int, list[int]] = {}
     singles: list[tuple[int, str | None]] = []
     for job_id, source, batch_id in stale:

@@ -70,7 +70,8 @@ def _sign_in(ctx: RuleContext) -> tuple[Record, str]:
             audit(ctx, "login.lockout", lic=None, kept=True, email=email,
                   window_seconds=int(lockout.window.total_seconds()))
         raise Rejection("bad_credentials")
-    state.clear_login_failures(ctx.tenant, email)  # older ones too: a success forgets them
+    # A success does not clear the failures: the same email may be a user of several
+    # licenses, and one known password must not reset the guesses against another.
     for match in credentials.matches:
         if match.rehash is not None:
             state.replace_password_hash(match.user_id, match.rehash)
@@ -117,7 +118,8 @@ def _bind(ctx: RuleContext, lic: Record, payload: dict[str, Any],
                  hostname=payload["hostname"], os=payload["os"],
                  app_version=payload["app_version"], user_email=user_email,
                  variables=dict(payload["variables"]), last_serial=device.last_serial + 1,
-                 activation_job_id=ctx.job_id)
+                 activation_job_id=ctx.job_id,
+                 deactivation_job_id=device.deactivation_job_id if active else None)
     if not active:
         state.modify(lic, active_seats=lic.active_seats + 1)
     return device, billed

@@ -27,25 +27,31 @@ def apply_deactivation(ctx: RuleContext) -> Applied:
         raise Rejection("unknown_device")
     if device.public_key != ctx.signer_public_key:
         raise Rejection("wrong_device_key")
-    if device.status != DeviceStatus.ACTIVE:
+    usage = payload["usage"]
+    segment = Segment.of(usage)
+    active = device.status == DeviceStatus.ACTIVE
+    if not active and (segment.empty or segment.since != recorded_tip(device)):
         original = ([] if device.deactivation_job_id is None
                     else state.outputs_of(device.deactivation_job_id))
         raise Rejection("already_deactivated", attachments=original)
-    usage = payload["usage"]
-    segment = Segment.of(usage)
     # Exactly from the recorded tip: a deactivation whose usage a later activation of
     # the same device already carried is stale, and releasing the seat would free it
     # under a device that is active again.
     if segment.since != recorded_tip(device):
         raise Rejection("usage_discontinuity")
 
-    # Every check has passed: from here on the file only changes rows.
+    # Every check has passed: from here on the file only changes rows. A device whose
+    # binding was released by the vendor may still report the usage it had: it is
+    # billed, and the seat (freed already) is not released twice.
     applied = bill(ctx, lic, device, segment)
     variables = dict(payload["variables"])
     state.modify(device, variables=variables, usage_counter=usage["counter"],
                  usage_chain_head=usage["head"], status=DeviceStatus.DEACTIVATED,
-                 deactivated_at=ctx.now, deactivation_job_id=ctx.job_id)
-    state.modify(lic, active_seats=lic.active_seats - 1)
+                 deactivated_at=device.deactivated_at if not active else ctx.now,
+                 deactivation_job_id=ctx.job_id)
+    if active:
+        state.modify(lic, active_seats=lic.active_seats - 1)
+    applied["late"] = not active
     applied["variables"] = sorted(variables)
     applied["seats"] = {"active": lic.active_seats, "max": lic.max_activations}
     audit(ctx, "device.deactivate", lic=lic, device=device, hardware_id=device.hardware_id,

@@ -64,7 +64,11 @@ def continuation(device: Record | None, segment: Segment, *,
     was recorded.
     """
     if device is None:
-        return Continuation.NEW_CHAIN
+        if segment.empty:
+            return Continuation.NEW_CHAIN
+        # Units reported against no earlier tip of this license: the SDK sends usage only
+        # when re-activating a license it was active on; a first binding carries none.
+        raise Rejection("usage_discontinuity")
     tip = recorded_tip(device)
     if segment.tip == tip:
         return Continuation.RECORDED

@@ -11,6 +11,7 @@ make delivery quicker; they may be late, duplicated or missing.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import threading
 import time
@@ -202,7 +203,8 @@ class S3Source:
                 remaining = next_poll - time.monotonic()
                 wait = min(int(remaining), self.notification_wait)
                 if self.notifications_enabled and wait >= 1:
-                    self._guarded(lambda w=wait: self.drain_notifications(w), "notifications")
+                    self._guarded(functools.partial(self.drain_notifications, wait),
+                                  "notifications")
                 elif remaining > 0:
                     if self.notifications_enabled:
                         self._guarded(self.drain_notifications, "notifications")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import ctypes
 import errno
 import os
@@ -303,7 +304,7 @@ class LocalStore:
         check_prefix(prefix)
         return iter(self._scan(prefix))
 
-    def _scan(self, prefix: str) -> list[ObjectInfo]:
+    def _scan(self, prefix: str) -> builtins.list[ObjectInfo]:
         folder, _, _ = prefix.rpartition("/")
         start = self.root.joinpath(*folder.split("/")) if folder else self.root
         if start.is_symlink() or not start.resolve().is_relative_to(self.root):

@@ -79,3 +79,36 @@ def test_release_refuses_unknown_and_inactive_devices(airlock: Vendor) -> None:
                 assert exc.reason == reason
             else:
                 raise AssertionError("released a device that does not exist")
+
+
+def test_a_released_device_reporting_later_is_billed_without_a_second_release(
+        airlock: Vendor) -> None:
+    key = airlock.license(license_type="consumption", max_consumptions=100, max_activations=1)
+    device = airlock.device("HW-1")
+    assert airlock.activate(device, key).accepted
+    device.consume(30, now=airlock.now)
+    with session_scope(airlock.engine) as session:
+        catalog.release_device(session=session, key=key, hardware_id="HW-1")
+    assert airlock.info(key)["active_devices"] == 0
+    late = airlock.send(device.deactivate(now=airlock.now))
+    assert late.accepted and late.outputs[0][0].endswith(".receipt")
+    assert airlock.billed(key) == 30
+    assert airlock.info(key)["active_devices"] == 0
+    # Everything is billed: the same device may now start again, nothing twice.
+    assert airlock.activate(device, key).accepted
+    assert airlock.billed(key) == 30
+    assert airlock.info(key)["active_devices"] == 1
+
+
+def test_a_first_binding_that_reports_usage_is_refused(airlock: Vendor) -> None:
+    key = airlock.license(license_type="consumption", max_consumptions=1000)
+    device = WireDevice(airlock.keyring, "HW-1")
+    device.consume(300)
+    usage = {"since_counter": 0, "since_head": "0" * 64, "counter": device.counter,
+             "head": device.head, "consumptions": 300, "features": {}}
+    refused(airlock.send(device.activation(license_key=key, usage=usage)),
+            "usage_discontinuity")
+    assert airlock.info(key)["active_devices"] == 0 and airlock.billed(key) == 0
+    fresh = {**usage, "since_counter": device.counter, "since_head": device.head,
+             "consumptions": 0}
+    assert airlock.send(device.activation(license_key=key, usage=fresh)).accepted

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from airlock_sdk.envelope import Kind, canonical_json
 from airlock_sdk.payloads import INT64_MAX
+from pipelines.ledger import Submission
+from pipelines.process import process_many
 from tests.factories import WireDevice
 from tests.security.conftest import Vendor, refused
 
@@ -78,3 +80,32 @@ def test_duplicate_keys_in_a_sealed_payload_are_malformed(airlock: Vendor) -> No
     assert airlock.info(key)["active_devices"] == 1
     assert airlock.send(device.seal_raw(Kind.DEACTIVATION, body)).accepted  # the honest bytes
     assert airlock.billed(key) == 500
+
+
+def test_over_long_texts_are_refused_and_never_fail_the_chunk(airlock: Vendor) -> None:
+    """On PostgreSQL a text longer than its column fails the write: one such file in a
+    chunk would fail every file of it. Refused as malformed, the others are applied."""
+    key = airlock.license(max_activations=10)
+    device = WireDevice(airlock.keyring, "HW-1")
+    assert airlock.send(device.activation(license_key=key)).accepted
+    hostile = {
+        "hardware_id": WireDevice(airlock.keyring, "H" * 257).activation(license_key=key),
+        "hostname": WireDevice(airlock.keyring, "HW-2").activation(license_key=key,
+                                                                   hostname="h" * 257),
+        "os": WireDevice(airlock.keyring, "HW-3").activation(license_key=key, os="o" * 129),
+        "auth.email": WireDevice(airlock.keyring, "HW-4").activation(
+            email="a" * 250 + "@x.example", password="long-password"),
+        "usage.head": device.deactivation(license_key=key, head="f" * 65),
+        "usage.features": device.deactivation(license_key=key,
+                                              features={"f" * 65: 1}),
+    }
+    good = WireDevice(airlock.keyring, "HW-OK").activation(license_key=key)
+    chunk = [Submission(tenant="ACME", data=data) for data in [*hostile.values(), good]]
+    outcomes = process_many(chunk, engine=airlock.engine, processor=airlock.processor)
+    for (field, _), outcome in zip(hostile.items(), outcomes, strict=False):
+        refused(outcome, "malformed")
+        assert field in (outcome.message or ""), (field, outcome.message)
+    assert outcomes[-1].accepted
+    info = airlock.info(key)
+    assert info["active_devices"] == 2
+    assert {d["hardware_id"] for d in info["devices"]} == {"HW-1", "HW-OK"}

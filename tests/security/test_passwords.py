@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import sqlite3
+import threading
 from datetime import timedelta
 
 import pytest
@@ -15,7 +16,9 @@ from models import LicenseUser, LoginFailure
 from models.db import session_scope
 from pipelines import catalog, process
 from pipelines.errors import REASONS
+from pipelines.ledger import Submission
 from pipelines.passwords import check_password
+from pipelines.process import process_many
 from tests.factories import WireDevice, vendor
 from tests.security.conftest import Vendor, refused
 
@@ -57,15 +60,55 @@ def test_lockout_after_failures_then_unlock(airlock: Vendor) -> None:
     assert airlock.info(key)["active_devices"] == 1
 
 
-def test_lockout_ends_when_the_window_passes_and_success_clears_it(airlock: Vendor) -> None:
+def test_lockout_ends_when_the_window_passes(airlock: Vendor) -> None:
     key = _user_license(airlock)
     for _ in range(3):
         refused(_sign_in(airlock, WRONG), "bad_credentials")
     refused(_sign_in(airlock, RIGHT), "locked_out", "bad_credentials")
     airlock.now += airlock.lockout.window + timedelta(seconds=1)
     assert _sign_in(airlock, RIGHT).accepted
-    assert _failures(airlock) == 0
     assert airlock.info(key)["active_devices"] == 1
+
+
+def test_a_known_password_on_one_license_does_not_reset_guesses_on_another(
+        airlock: Vendor) -> None:
+    """The same email on a cheap license (password known) and a dear one (guessed)."""
+    cheap = airlock.license(product_code="lite", users={ANA: RIGHT}, max_activations=50)
+    dear = airlock.license(users={ANA: "the dear one"}, max_activations=5)
+    device = WireDevice(airlock.keyring, "HW-1")
+    for n in range(4):
+        for _ in range(2):
+            _sign_in(airlock, f"guess {n}")  # against "pro"
+        known = device.activation(email=ANA, password=RIGHT, product="lite")
+        airlock.send(known)
+    refused(_sign_in(airlock, "the dear one"), "locked_out", "bad_credentials")
+    assert airlock.info(dear)["active_devices"] == 0
+    assert airlock.info(cheap)["active_devices"] <= 1
+
+
+def test_concurrent_chunks_share_one_allowance(airlock: Vendor) -> None:
+    """Two workers guessing at once: on PostgreSQL the count is locked per user."""
+    _user_license(airlock)
+    files = [[WireDevice(airlock.keyring, f"HW-{w}{n}").activation(email=ANA,
+                                                                  password=f"w{w}-{n}")
+              for n in range(3)] for w in range(2)]
+    barrier = threading.Barrier(2)
+    results: list[list[str]] = []
+
+    def worker(batch: list[bytes]) -> None:
+        barrier.wait()
+        outcomes = process_many([Submission(tenant="ACME", data=d) for d in batch],
+                                engine=airlock.engine, processor=airlock.processor)
+        results.append([o.reason or "" for o in outcomes])
+
+    threads = [threading.Thread(target=worker, args=(batch,)) for batch in files]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    reasons = sorted(r for chunk in results for r in chunk)
+    assert reasons == ["bad_credentials"] * 3 + ["locked_out"] * 3
+    assert _failures(airlock) == 3
 
 
 def test_every_failure_looks_the_same_and_costs_one_verification(

@@ -1,0 +1,48 @@
+"""The Core `Table` of every model, typed, for set-based SQL (executemany, Core selects).
+
+SQLModel exposes `__table__` untyped; naming each table once here keeps the
+`type: ignore` in one place.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from sqlalchemy import Table
+
+from models import (
+    AppliedRequest,
+    AuditEvent,
+    Batch,
+    ConsumptionEvent,
+    Customer,
+    Device,
+    Job,
+    JobEvaluation,
+    JobOutput,
+    License,
+    LicenseFeature,
+    LicenseUser,
+    LoginFailure,
+    Product,
+)
+
+
+def _table(model: type) -> Table:
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
+APPLIED = _table(AppliedRequest)
+AUDIT = _table(AuditEvent)
+BATCH = _table(Batch)
+CUSTOMER = _table(Customer)
+DEVICE = _table(Device)
+EVALUATION = _table(JobEvaluation)
+EVENT = _table(ConsumptionEvent)
+FEATURE = _table(LicenseFeature)
+JOB = _table(Job)
+LICENSE = _table(License)
+LOGIN_FAILURE = _table(LoginFailure)
+OUTPUT = _table(JobOutput)
+PRODUCT = _table(Product)
+USER = _table(LicenseUser)
