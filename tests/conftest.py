@@ -8,6 +8,7 @@ developer machine but FAILS under CI=true, so CI can never go green by skipping.
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,6 +138,21 @@ def redis_url() -> str:
 def keyring(tmp_path_factory: pytest.TempPathFactory) -> VendorKeyring:
     ring, _ = init_keyring(tmp_path_factory.mktemp("keys"))
     return ring
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    """The usual 022 umask, which alone would leave new files 0644."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def file_mode(path: Path) -> int:
+    """Permission bits of `path` itself (a symlink is not followed)."""
+    return stat.S_IMODE(os.lstat(path).st_mode)
 
 
 @pytest.fixture

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from models.db import make_engine
-
-
-@pytest.fixture
-def permissive_umask() -> Iterator[None]:
-    """The usual 022 umask, which alone would leave new files 0644."""
-    previous = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(previous)
+from tests.conftest import file_mode
 
 
 def _mode(path: Path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
+    return file_mode(path)
 
 
 def _write_and_check(db: Path) -> None:

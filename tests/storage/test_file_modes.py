@@ -6,28 +6,19 @@ from __future__ import annotations
 
 import io
 import os
-import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from config.settings import SettingsError, load_settings
 from pipelines.storage import LocalStore, open_store
+from tests.conftest import file_mode
 
-
-@pytest.fixture(autouse=True)
-def permissive_umask() -> Iterator[None]:
-    """The usual 022 umask, which alone would leave new files 0644."""
-    previous = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(previous)
+pytestmark = pytest.mark.usefixtures("permissive_umask")
 
 
 def _mode(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
+    return file_mode(path)
 
 
 def _write_everything(store: LocalStore) -> list[str]:
