@@ -15,6 +15,7 @@ from models.types import UTCDateTime, utcnow
 class DeviceStatus(StrEnum):
     ACTIVE = "active"
     DEACTIVATED = "deactivated"
+    RELEASED = "released"  # freed by the vendor; the device may still report its usage
 
 
 class Device(SQLModel, table=True):

@@ -334,9 +334,9 @@ def release_device(*, session: Session, key: str, hardware_id: str,
         raise CatalogError("unknown_device", f"no device '{hardware_id}' on license '{key}'")
     if device.status != DeviceStatus.ACTIVE:
         raise CatalogError("device_not_active", f"device '{hardware_id}' is not active")
-    device.status = DeviceStatus.DEACTIVATED
+    device.status = DeviceStatus.RELEASED
     device.deactivated_at = now
-    device.deactivation_job_id = None  # no receipt: a late report of its usage gets one
+    device.deactivation_job_id = None
     session.add(device)
     customer = session.get(Customer, lic.customer_id)
     _audit(session, "device.release", license_id=lic.id,

@@ -30,7 +30,9 @@ def apply_deactivation(ctx: RuleContext) -> Applied:
     usage = payload["usage"]
     segment = Segment.of(usage)
     active = device.status == DeviceStatus.ACTIVE
-    if not active and (segment.empty or segment.since != recorded_tip(device)):
+    late = (device.status == DeviceStatus.RELEASED and not segment.empty
+            and segment.since == recorded_tip(device))
+    if not active and not late:
         original = ([] if device.deactivation_job_id is None
                     else state.outputs_of(device.deactivation_job_id))
         raise Rejection("already_deactivated", attachments=original)
@@ -51,7 +53,7 @@ def apply_deactivation(ctx: RuleContext) -> Applied:
                  deactivation_job_id=ctx.job_id)
     if active:
         state.modify(lic, active_seats=lic.active_seats - 1)
-    applied["late"] = not active
+    applied["late"] = late
     applied["variables"] = sorted(variables)
     applied["seats"] = {"active": lic.active_seats, "max": lic.max_activations}
     audit(ctx, "device.deactivate", lic=lic, device=device, hardware_id=device.hardware_id,
