@@ -33,7 +33,7 @@ from pipelines.layout import OPERATOR
 from pipelines.ledger import Submission, register
 from pipelines.passwords import check_password
 from pipelines.render import rejection_name, rejection_report
-from pipelines.rules.activation import apply_activation
+from pipelines.rules import ACCEPTED_KINDS, RULES
 from pipelines.rules.common import (
     Applied,
     Credentials,
@@ -41,18 +41,10 @@ from pipelines.rules.common import (
     PasswordMatch,
     RuleContext,
 )
-from pipelines.rules.deactivation import apply_deactivation
-from pipelines.rules.refresh import apply_refresh
 from pipelines.workset import CUSTOMER, LICENSE, OUTPUT, PRODUCT, USER, WorkSet
 
 log = logging.getLogger("airlock.process")
 
-ACCEPTED_KINDS = frozenset({Kind.ACTIVATION_REQUEST, Kind.DEACTIVATION, Kind.REFRESH_REQUEST})
-RULES: dict[Kind, Callable[[RuleContext], Applied]] = {
-    Kind.ACTIVATION_REQUEST: apply_activation,
-    Kind.DEACTIVATION: apply_deactivation,
-    Kind.REFRESH_REQUEST: apply_refresh,
-}
 
 
 @dataclass(frozen=True)
@@ -121,7 +113,7 @@ def apply(state: WorkSet, envelope: Envelope, *, processor: Processor, job: Any,
     ctx = RuleContext(state=state, keyring=processor.keyring, now=now,
                       tenant=None if job.tenant == OPERATOR else job.tenant, job_id=job.id,
                       envelope=envelope, credentials=credentials, lockout=processor.lockout)
-    return RULES[envelope.kind](ctx)
+    return RULES[envelope.kind].apply(ctx)
 
 
 def check_credentials(conn: Connection, envelope: Envelope, tenant: str) -> Credentials | None:
@@ -242,8 +234,9 @@ def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
                 verified[job.id] = _verify(conn, payload.scalar_one(), processor, job.tenant)
             todo.append((job, verified[job.id]))
     envelopes = [(job.tenant, v[0]) for job, v in todo if not isinstance(v, Rejection)]
-    state.prefetch(license_keys=[k for _, e in envelopes for k in _license_keys(e)],
-                   devices=[d for _, e in envelopes if (d := _device_of(e)) is not None],
+    rules = [(RULES[e.kind], e.payload) for _, e in envelopes]
+    state.prefetch(license_keys=[k for rule, p in rules for k in rule.license_keys(p)],
+                   devices=[d for rule, p in rules if (d := rule.device(p)) is not None],
                    claims=[(_claim_scope(tenant, e), e.request_id) for tenant, e in envelopes
                            if e.request_id is not None])
     for job, result in todo:
@@ -300,30 +293,6 @@ def _apply_once(state: WorkSet, job: Any, envelope: Envelope, credentials: Crede
     applied = apply(state, envelope, processor=processor, job=job, now=now,
                     credentials=credentials)
     return applied.outputs, False
-
-
-def _license_keys(envelope: Envelope) -> list[str]:
-    """The license keys a file names (prefetched for the chunk)."""
-    payload = envelope.payload
-    if envelope.kind is Kind.DEACTIVATION:
-        return [payload["license_key"]]
-    if envelope.kind is Kind.ACTIVATION_REQUEST:
-        return [payload["auth"]["key"]] if payload["auth"]["method"] == "key" else []
-    scope = payload["scope"]
-    if "device" in scope:
-        return [scope["device"]["license_key"]]
-    return [scope["license"]] if "license" in scope else list(scope["licenses"])
-
-
-def _device_of(envelope: Envelope) -> tuple[str, str] | None:
-    """(license key, hardware id) of the device a file names, if any."""
-    payload = envelope.payload
-    if envelope.kind is Kind.DEACTIVATION:
-        return payload["license_key"], payload["hardware_id"]
-    if envelope.kind is Kind.ACTIVATION_REQUEST and payload["auth"]["method"] == "key":
-        return payload["auth"]["key"], payload["hardware_id"]
-    device = payload.get("scope", {}).get("device")
-    return (device["license_key"], device["hardware_id"]) if device else None
 
 
 _JOB = JOB

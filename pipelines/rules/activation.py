@@ -10,6 +10,8 @@ from pipelines.errors import Rejection
 from pipelines.render import license_file, license_name
 from pipelines.rules.common import (
     Applied,
+    Device,
+    Rule,
     RuleContext,
     audit,
     check_offline_manageable,
@@ -47,6 +49,19 @@ def apply_activation(ctx: RuleContext) -> Applied:
           serial=device.last_serial, billed=billed)
     return Applied(outputs=[(license_name(ctx.request_id), output)],
                    summary={"license": lic.key, "hardware_id": device.hardware_id})
+
+
+def _license_keys(payload: dict[str, Any]) -> list[str]:
+    return [payload["auth"]["key"]] if payload["auth"]["method"] == "key" else []
+
+
+def _device(payload: dict[str, Any]) -> Device | None:
+    if payload["auth"]["method"] != "key":
+        return None  # the license is known only once the user has signed in
+    return payload["auth"]["key"], payload["hardware_id"]
+
+
+ACTIVATION = Rule(apply=apply_activation, license_keys=_license_keys, device=_device)
 
 
 def _sign_in(ctx: RuleContext) -> tuple[Record, str]:

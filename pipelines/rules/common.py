@@ -7,6 +7,7 @@ change is undone by the WorkSet's undo log.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -64,6 +65,19 @@ class RuleContext:
     def signer_public_key(self) -> str:
         """b64url public key of a device signer (device kids carry the key itself)."""
         return b64u(bytes(device_key_from_kid(self.envelope.kid)))
+
+
+Device = tuple[str, str]  # (license key, hardware id)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One file kind: its rule, and the rows its files name, loaded for a whole chunk
+    before any rule runs."""
+
+    apply: Callable[[RuleContext], Applied]
+    license_keys: Callable[[dict[str, Any]], list[str]]
+    device: Callable[[dict[str, Any]], Device | None]
 
 
 @dataclass

@@ -7,6 +7,7 @@ from pipelines.errors import Rejection
 from pipelines.render import receipt, receipt_name
 from pipelines.rules.common import (
     Applied,
+    Rule,
     RuleContext,
     audit,
     check_offline_manageable,
@@ -62,3 +63,8 @@ def apply_deactivation(ctx: RuleContext) -> Applied:
                      issued_at=ctx.now, product=product.code, license_key=lic.key,
                      hardware_id=device.hardware_id, applied=applied)
     return Applied(outputs=[(receipt_name(ctx.request_id), output)], summary=applied)
+
+
+DEACTIVATION = Rule(apply=apply_deactivation,
+                    license_keys=lambda payload: [payload["license_key"]],
+                    device=lambda payload: (payload["license_key"], payload["hardware_id"]))

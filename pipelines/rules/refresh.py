@@ -10,6 +10,8 @@ from pipelines.errors import Rejection
 from pipelines.render import refresh_file, refresh_name
 from pipelines.rules.common import (
     Applied,
+    Device,
+    Rule,
     RuleContext,
     audit,
     check_offline_manageable,
@@ -79,3 +81,18 @@ def _reset_consumption(ctx: RuleContext, lic: Record) -> None:
     for feature in ctx.state.features(lic):
         if feature.kind == FeatureKind.CONSUMPTION:
             ctx.state.modify(feature, total_consumptions=0)
+
+
+def _license_keys(payload: dict[str, Any]) -> list[str]:
+    scope = payload["scope"]
+    if "device" in scope:
+        return [scope["device"]["license_key"]]
+    return [scope["license"]] if "license" in scope else list(scope["licenses"])
+
+
+def _device(payload: dict[str, Any]) -> Device | None:
+    device = payload["scope"].get("device")
+    return (device["license_key"], device["hardware_id"]) if device else None
+
+
+REFRESH = Rule(apply=apply_refresh, license_keys=_license_keys, device=_device)
