@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
-from pipelines.errors import REASONS
+from pipelines.errors import MESSAGES, RejectReason
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -77,20 +77,20 @@ class ArchiveError(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
         self.detail = detail
-        self.message = f"{REASONS.get(reason, reason)} {detail}".strip()
+        self.message = f"{MESSAGES[RejectReason(reason)]} {detail}".strip()
         super().__init__(f"{reason}: {detail}")
 
 
 def _unsafe(detail: str) -> ArchiveError:
-    return ArchiveError("unsafe_archive", detail)
+    return ArchiveError(RejectReason.UNSAFE_ARCHIVE, detail)
 
 
 def _too_large(detail: str) -> ArchiveError:
-    return ArchiveError("archive_too_large", detail)
+    return ArchiveError(RejectReason.ARCHIVE_TOO_LARGE, detail)
 
 
 def _unsupported(detail: str) -> ArchiveError:
-    return ArchiveError("unsupported_archive", detail)
+    return ArchiveError(RejectReason.UNSUPPORTED_ARCHIVE, detail)
 
 
 @dataclass(frozen=True)

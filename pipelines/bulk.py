@@ -56,7 +56,7 @@ from pipelines.archives import (
     read_members,
 )
 from pipelines.batch_report import ReportWriter
-from pipelines.errors import public_message, public_reason
+from pipelines.errors import RejectReason, public_message, public_reason
 from pipelines.layout import (
     OPERATOR,
     Arrival,
@@ -295,10 +295,11 @@ def _register_members(env: BulkEnv, batch: Batch, fmt: str, fileobj: IO[bytes],
 def _check_tenant_and_format(engine: Engine, tenant: str, name: str) -> str:
     fmt = archive_format(name)
     if fmt is None:
-        raise ArchiveError("unsupported_archive", "Use .zip, .tar, .tar.gz, .tgz or .ndjson.")
+        raise ArchiveError(RejectReason.UNSUPPORTED_ARCHIVE,
+                           "Use .zip, .tar, .tar.gz, .tgz or .ndjson.")
     with session_scope(engine) as session:
         if session.exec(select(Customer.id).where(Customer.code == tenant)).first() is None:
-            raise ArchiveError("unknown_tenant", "")
+            raise ArchiveError(RejectReason.UNKNOWN_TENANT, "")
     return fmt
 
 

@@ -27,7 +27,7 @@ from models.db import is_postgres, reading, session_scope
 from models.ledger import FINAL_STATUSES
 from models.tables import EVALUATION, JOB
 from models.types import utcnow
-from pipelines.errors import Rejection
+from pipelines.errors import Rejection, RejectReason
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import OPERATOR
 from pipelines.ledger import Submission, register
@@ -93,17 +93,19 @@ def verify(data: bytes, *, processor: Processor, tenant: str, now: datetime) -> 
     validate(envelope.kind, envelope.payload)
     from_device = envelope.kid.startswith(DEVICE_KID_PREFIX)
     if from_device and envelope.header["enc"] != ENC_SEALED:
-        raise Rejection("not_sealed")
+        raise Rejection(RejectReason.NOT_SEALED)
     if tenant == OPERATOR and from_device:
-        raise Rejection("needs_tenant")
+        raise Rejection(RejectReason.NEEDS_TENANT)
     if not from_device and envelope.kind is not Kind.REFRESH_REQUEST:
-        raise Rejection("wrong_kind", "Only refresh requests may be signed by the vendor.")
+        raise Rejection(RejectReason.WRONG_KIND,
+                        "Only refresh requests may be signed by the vendor.")
     if not from_device:
         expires_at = parse_time(envelope.payload.get("expires_at"))
         if expires_at is None:
-            raise Rejection("malformed", "A vendor-signed request must say when it expires.")
+            raise Rejection(RejectReason.MALFORMED,
+                            "A vendor-signed request must say when it expires.")
         if expires_at <= now:
-            raise Rejection("expired_request")
+            raise Rejection(RejectReason.EXPIRED_REQUEST)
     return envelope
 
 
@@ -224,10 +226,10 @@ def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
                 message=job.message, public_reason=job.public_reason, kind=job.kind,
                 request_id=job.request_id, outputs=stored.get(job.id, []), duplicate=True)
         elif job.attempts > processor.max_attempts:
-            outcomes[job.id] = _rejected(job, Rejection("poison"), None, processor, finished,
-                                         status=JobStatus.QUARANTINED)
+            outcomes[job.id] = _rejected(job, Rejection(RejectReason.POISON), None, processor,
+                                         finished, status=JobStatus.QUARANTINED)
         elif not _tenant_exists(conn, job.tenant, processor):
-            todo.append((job, Rejection("unknown_tenant")))
+            todo.append((job, Rejection(RejectReason.UNKNOWN_TENANT)))
         else:
             if job.id not in verified:  # pending again since the verification pass
                 payload = conn.execute(select(_JOB.c.payload).where(_JOB.c.id == job.id))
@@ -287,7 +289,7 @@ def _apply_once(state: WorkSet, job: Any, envelope: Envelope, credentials: Crede
     if earlier is not None:
         sha256, earlier_job = earlier
         if sha256 != envelope.digest or (scope == VENDOR_SCOPE and earlier_job != job.id):
-            raise Rejection("replay")
+            raise Rejection(RejectReason.REPLAY)
         return state.outputs_of(earlier_job), True
     state.claim(scope, request_id, envelope.digest, job.id, now)
     applied = apply(state, envelope, processor=processor, job=job, now=now,

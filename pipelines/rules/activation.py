@@ -6,7 +6,7 @@ from typing import Any
 
 from airlock_sdk.payloads import parse_time, usage_report
 from models import AuthMethod, DeviceStatus
-from pipelines.errors import Rejection
+from pipelines.errors import Rejection, RejectReason
 from pipelines.render import license_file, license_name
 from pipelines.rules.common import (
     Applied,
@@ -25,19 +25,19 @@ from pipelines.workset import Record
 def apply_activation(ctx: RuleContext) -> Applied:
     payload = ctx.envelope.payload
     if payload["device_public_key"] != ctx.signer_public_key:
-        raise Rejection("key_mismatch")
+        raise Rejection(RejectReason.KEY_MISMATCH)
     product = ctx.state.product_by_code(payload["product"])
     if product is None:
-        raise Rejection("unknown_product")
+        raise Rejection(RejectReason.UNKNOWN_PRODUCT)
     auth = payload["auth"]
     user_email: str | None = None
     if auth["method"] == "key":
         lic = tenant_license(ctx, auth["key"])
         if lic.product_id != product.id:
-            raise Rejection("wrong_product")
+            raise Rejection(RejectReason.WRONG_PRODUCT)
         if lic.auth_method != AuthMethod.KEY:
-            raise Rejection("bad_credentials", "This license is user-based: activate it with "
-                                               "a user name and password.")
+            raise Rejection(RejectReason.BAD_CREDENTIALS, "This license is user-based: "
+                            "activate it with a user name and password.")
     else:
         lic, user_email = _sign_in(ctx)
     _check_activatable(ctx, lic)
@@ -77,14 +77,14 @@ def _sign_in(ctx: RuleContext) -> tuple[Record, str]:
     failures = state.login_failures(ctx.tenant, email, ctx.now - lockout.window)
     if failures >= lockout.failures:
         audit(ctx, "login.locked_out", lic=None, kept=True, email=email)
-        raise Rejection("locked_out")
+        raise Rejection(RejectReason.LOCKED_OUT)
     if not credentials.matches:
         state.record_login_failure(ctx.tenant, email, ctx.now, ctx.job_id)
         audit(ctx, "login.failure", lic=None, kept=True, email=email, failures=failures + 1)
         if failures + 1 >= lockout.failures:
             audit(ctx, "login.lockout", lic=None, kept=True, email=email,
                   window_seconds=int(lockout.window.total_seconds()))
-        raise Rejection("bad_credentials")
+        raise Rejection(RejectReason.BAD_CREDENTIALS)
     # A success does not clear the failures: the same email may be a user of several
     # licenses, and one known password must not reset the guesses against another.
     for match in credentials.matches:
@@ -95,12 +95,12 @@ def _sign_in(ctx: RuleContext) -> tuple[Record, str]:
 
 def _check_activatable(ctx: RuleContext, lic: Record) -> None:
     if not lic.enabled:
-        raise Rejection("license_disabled")
+        raise Rejection(RejectReason.LICENSE_DISABLED)
     check_offline_manageable(lic)
     if not lic.allow_offline_activation:
-        raise Rejection("offline_not_allowed")
+        raise Rejection(RejectReason.OFFLINE_NOT_ALLOWED)
     if lic.expires_at is not None and lic.expires_at <= ctx.now:
-        raise Rejection("license_expired")
+        raise Rejection(RejectReason.LICENSE_EXPIRED)
 
 
 def _bind(ctx: RuleContext, lic: Record, payload: dict[str, Any],
@@ -112,9 +112,9 @@ def _bind(ctx: RuleContext, lic: Record, payload: dict[str, Any],
     device = state.device(lic, payload["hardware_id"])
     active = device is not None and device.status == DeviceStatus.ACTIVE
     if active and device.public_key != payload["device_public_key"]:  # type: ignore[union-attr]
-        raise Rejection("device_already_active")
+        raise Rejection(RejectReason.DEVICE_ALREADY_ACTIVE)
     if not active and lic.active_seats >= lic.max_activations:
-        raise Rejection("no_seats_left")
+        raise Rejection(RejectReason.NO_SEATS_LEFT)
     parse_time(payload["created_at"])  # validated; the server's clock is what counts
     segment = Segment.of(usage_report(payload["usage"]))
     how = continuation(device, segment, binding_open=active)

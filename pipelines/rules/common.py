@@ -14,7 +14,7 @@ from typing import Any
 
 from airlock_sdk.envelope import Envelope, b64u, device_key_from_kid
 from models import LicenseType
-from pipelines.errors import Rejection
+from pipelines.errors import Rejection, RejectReason
 from pipelines.keyring import VendorKeyring
 from pipelines.render import entitlements
 from pipelines.workset import AUDIT, Record, WorkSet
@@ -92,7 +92,7 @@ def tenant_license(ctx: RuleContext, key: str) -> Record:
     `wrong_tenant` is told as `unknown_license`."""
     lic = ctx.state.license_by_key(key)
     if lic is None:
-        raise Rejection("unknown_license")
+        raise Rejection(RejectReason.UNKNOWN_LICENSE)
     check_tenant(ctx, lic)
     return lic
 
@@ -101,19 +101,19 @@ def check_tenant(ctx: RuleContext, lic: Record) -> Record:
     """The tenant comes from where the file arrived, never from the file."""
     customer = ctx.state.customer(lic.customer_id)
     if ctx.tenant is not None and customer.code != ctx.tenant:
-        raise Rejection("wrong_tenant")
+        raise Rejection(RejectReason.WRONG_TENANT)
     return customer
 
 
 def check_offline_manageable(lic: Record) -> None:
     if lic.license_type == LicenseType.SUBSCRIPTION:
-        raise Rejection("subscription_offline")
+        raise Rejection(RejectReason.SUBSCRIPTION_OFFLINE)
 
 
 def check_product(ctx: RuleContext, lic: Record, product_code: str) -> Record:
     product = ctx.state.product(lic.product_id)
     if product.code != product_code:
-        raise Rejection("wrong_product")
+        raise Rejection(RejectReason.WRONG_PRODUCT)
     return product
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from models import DeviceStatus
-from pipelines.errors import Rejection
+from pipelines.errors import Rejection, RejectReason
 from pipelines.render import receipt, receipt_name
 from pipelines.rules.common import (
     Applied,
@@ -25,9 +25,9 @@ def apply_deactivation(ctx: RuleContext) -> Applied:
     check_offline_manageable(lic)
     device = state.device(lic, payload["hardware_id"])
     if device is None:
-        raise Rejection("unknown_device")
+        raise Rejection(RejectReason.UNKNOWN_DEVICE)
     if device.public_key != ctx.signer_public_key:
-        raise Rejection("wrong_device_key")
+        raise Rejection(RejectReason.WRONG_DEVICE_KEY)
     usage = payload["usage"]
     segment = Segment.of(usage)
     active = device.status == DeviceStatus.ACTIVE
@@ -36,12 +36,12 @@ def apply_deactivation(ctx: RuleContext) -> Applied:
     if not active and not late:
         original = ([] if device.deactivation_job_id is None
                     else state.outputs_of(device.deactivation_job_id))
-        raise Rejection("already_deactivated", attachments=original)
+        raise Rejection(RejectReason.ALREADY_DEACTIVATED, attachments=original)
     # Exactly from the recorded tip: a deactivation whose usage a later activation of
     # the same device already carried is stale, and releasing the seat would free it
     # under a device that is active again.
     if segment.since != recorded_tip(device):
-        raise Rejection("usage_discontinuity")
+        raise Rejection(RejectReason.USAGE_DISCONTINUITY)
 
     # Every check has passed: from here on the file only changes rows. A device whose
     # binding was released by the vendor may still report the usage it had: it is

@@ -6,7 +6,7 @@ from typing import Any
 
 from airlock_sdk.envelope import DEVICE_KID_PREFIX
 from models import DeviceStatus, FeatureKind, LicenseType
-from pipelines.errors import Rejection
+from pipelines.errors import Rejection, RejectReason
 from pipelines.render import refresh_file, refresh_name
 from pipelines.rules.common import (
     Applied,
@@ -27,7 +27,7 @@ def apply_refresh(ctx: RuleContext) -> Applied:
     from_device = ctx.envelope.kid.startswith(DEVICE_KID_PREFIX)
     reset = bool(payload["reset_consumption"])
     if from_device and (reset or "device" not in scope):
-        raise Rejection("reset_not_allowed" if reset else "malformed",
+        raise Rejection(RejectReason.RESET_NOT_ALLOWED if reset else "malformed",
                         None if reset else "A device may only request its own refresh.")
     targets = _targets(ctx, scope, from_device)  # every check before the first change
     outputs: list[tuple[str, bytes]] = []
@@ -54,11 +54,11 @@ def _targets(ctx: RuleContext, scope: dict[str, Any], from_device: bool
         lic = _refreshable(ctx, scope["device"]["license_key"])
         device = ctx.state.device(lic, scope["device"]["hardware_id"])
         if device is None:
-            raise Rejection("unknown_device")
+            raise Rejection(RejectReason.UNKNOWN_DEVICE)
         if from_device and device.public_key != ctx.signer_public_key:
-            raise Rejection("wrong_device_key")
+            raise Rejection(RejectReason.WRONG_DEVICE_KEY)
         if device.status != DeviceStatus.ACTIVE:
-            raise Rejection("device_not_active")
+            raise Rejection(RejectReason.DEVICE_NOT_ACTIVE)
         return [(lic, [device])]
     keys = [scope["license"]] if "license" in scope else list(dict.fromkeys(scope["licenses"]))
     targets = []

@@ -14,7 +14,7 @@ from typing import Any
 
 from airlock_sdk.payloads import INT64_MAX
 from models import FeatureKind
-from pipelines.errors import Rejection
+from pipelines.errors import Rejection, RejectReason
 from pipelines.rules.common import RuleContext
 from pipelines.workset import EVENT, Record
 
@@ -42,7 +42,7 @@ class Segment:
         if segment.tip[0] < segment.since[0] or (
                 segment.tip[0] == segment.since[0]
                 and (segment.tip != segment.since or not segment.empty)):
-            raise Rejection("usage_discontinuity")
+            raise Rejection(RejectReason.USAGE_DISCONTINUITY)
         return segment
 
     @property
@@ -68,7 +68,7 @@ def continuation(device: Record | None, segment: Segment, *,
             return Continuation.NEW_CHAIN
         # Units reported against no earlier tip of this license: the SDK sends usage only
         # when re-activating a license it was active on; a first binding carries none.
-        raise Rejection("usage_discontinuity")
+        raise Rejection(RejectReason.USAGE_DISCONTINUITY)
     tip = recorded_tip(device)
     if segment.tip == tip:
         return Continuation.RECORDED
@@ -76,7 +76,7 @@ def continuation(device: Record | None, segment: Segment, *,
         return Continuation.CONTINUES
     if not binding_open and segment.empty:
         return Continuation.NEW_CHAIN
-    raise Rejection("usage_discontinuity")
+    raise Rejection(RejectReason.USAGE_DISCONTINUITY)
 
 
 def bill(ctx: RuleContext, lic: Record, device: Record, segment: Segment) -> dict[str, Any]:
@@ -107,8 +107,8 @@ def bill(ctx: RuleContext, lic: Record, device: Record, segment: Segment) -> dic
 
 def _check_total(field: str, total: int, amount: int) -> None:
     if total + amount > INT64_MAX:
-        raise Rejection("out_of_range", f"{field}: adding {amount} to {total} would exceed "
-                                        "the signed 64-bit range")
+        raise Rejection(RejectReason.OUT_OF_RANGE, f"{field}: adding {amount} to {total} "
+                        "would exceed the signed 64-bit range")
 
 
 def _overage(old_total: int, added: int, maximum: int | None) -> int:

@@ -15,7 +15,7 @@ from airlock_sdk.envelope import open_envelope
 from models import LicenseUser, LoginFailure
 from models.db import session_scope
 from pipelines import catalog, process
-from pipelines.errors import REASONS
+from pipelines.errors import MESSAGES, RejectReason
 from pipelines.ledger import Submission
 from pipelines.passwords import check_password
 from pipelines.process import process_many
@@ -142,7 +142,7 @@ def test_every_failure_looks_the_same_and_costs_one_verification(
     assert len(calls) == 1  # verified before the lockout is looked at: the same work
     refused(locked, "locked_out", "bad_credentials")
     reports.add(_told(airlock, locked))
-    assert reports == {("bad_credentials", REASONS["bad_credentials"])}
+    assert reports == {("bad_credentials", MESSAGES[RejectReason.BAD_CREDENTIALS])}
 
 
 def _told(airlock: Vendor, outcome) -> tuple[str, str]:  # noqa: ANN001
