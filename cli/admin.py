@@ -8,10 +8,11 @@ from datetime import datetime
 import typer
 from sqlmodel import col, select
 
-from cli.common import db_session, emit, fail
+from cli.common import db_session, emit, fail, settings_of
 from models import Customer, LicensePolicy, LicenseType, Product
 from pipelines import catalog
 from pipelines.catalog import CatalogError, FeatureSpec
+from pipelines.storage import open_store
 
 customer_app = typer.Typer(help="Customers (tenants): each has its own inbox and outbox.",
                            no_args_is_help=True)
@@ -27,10 +28,17 @@ JSON_OPT = typer.Option(False, "--json", help="Print JSON for scripts.")
 @customer_app.command("add")
 def customer_add(ctx: typer.Context, code: str = typer.Argument(..., help="Short tenant code"),
                  name: str = typer.Option(..., "--name"), as_json: bool = JSON_OPT) -> None:
-    """Add a customer; CODE names its inbox/outbox folders."""
+    """Add a customer; CODE names its inbox/outbox folders (made now on local stores)."""
+    settings = settings_of(ctx)
     with db_session(ctx) as session:
         customer = catalog.add_customer(session=session, code=code, name=name)
-        emit({"code": customer.code, "name": customer.name}, as_json=as_json)
+    folders = {}
+    for what, location in (("inbox", settings.resolved_inbox),
+                           ("outbox", settings.resolved_outbox)):
+        store = open_store(location, settings)
+        store.make_folder(customer.code)
+        folders[what] = f"{store.location}/{customer.code}"
+    emit({"code": customer.code, "name": customer.name, **folders}, as_json=as_json)
 
 
 @customer_app.command("list")

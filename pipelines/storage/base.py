@@ -137,6 +137,11 @@ class Store(Protocol):
         """Remove the object; deleting a missing object is not an error."""
         ...
 
+    def make_folder(self, prefix: str) -> None:
+        """Make the folder `prefix` exist where folders are real, so a customer can be
+        shown where to drop files; on S3 a prefix exists with its first object."""
+        ...
+
     def move(self, src: str, dst: str) -> None:
         """Rename `src` to `dst`, replacing `dst`; `FileNotFoundError` if `src` is missing."""
         ...

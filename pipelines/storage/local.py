@@ -137,6 +137,9 @@ class LocalStore:
 
     # --- writing ----------------------------------------------------------------------
 
+    def make_folder(self, prefix: str) -> None:
+        self._ensure_dir(self.path_for(prefix))
+
     def _ensure_dir(self, folder: Path) -> None:
         """Make `folder` (and any missing folder between it and the root, or the root
         itself) with exactly `dir_mode`; folders that already exist are left alone."""

@@ -339,6 +339,10 @@ class S3Store:
 
     # --- removing and renaming --------------------------------------------------------
 
+    def make_folder(self, prefix: str) -> None:
+        """Nothing to do: a prefix exists with its first object."""
+        check_key(prefix)
+
     def delete(self, key: str) -> None:
         """DeleteObject; S3 already treats a missing key as deleted."""
         full = self.object_key(key)

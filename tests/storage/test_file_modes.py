@@ -12,6 +12,7 @@ import pytest
 
 from config.settings import SettingsError, load_settings
 from pipelines.storage import LocalStore, open_store
+from pipelines.storage.base import InvalidKey
 from tests.conftest import file_mode
 
 pytestmark = pytest.mark.usefixtures("permissive_umask")
@@ -142,3 +143,15 @@ def test_stores_opened_from_settings_use_the_setting(tmp_path: Path,
     assert _mode(Path(settings.resolved_outbox) / "ACME" / "x.lic") == 0o600
     default = open_store(str(tmp_path / "plain"))
     assert isinstance(default, LocalStore) and default.file_mode == 0o640
+
+
+def test_make_folder_makes_a_customer_folder_and_refuses_unsafe_names(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "inbox")
+    store.make_folder("ACME")
+    assert (tmp_path / "inbox" / "ACME").is_dir()
+    assert _mode(tmp_path / "inbox" / "ACME") == 0o750
+    store.make_folder("ACME")  # again: nothing changes
+    for unsafe in ("../escape", "/abs", ""):
+        with pytest.raises(InvalidKey):
+            store.make_folder(unsafe)
+    assert not (tmp_path / "escape").exists()
