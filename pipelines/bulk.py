@@ -274,7 +274,7 @@ def _register_members(env: BulkEnv, batch: Batch, fmt: str, fileobj: IO[bytes],
     def flush() -> None:
         nonlocal handed
         with session_scope(env.engine) as session:
-            jobs = register(session, chunk, now=now, count_attempt=False)
+            jobs = register(session, chunk, now=now, count_attempt=False, reevaluate=False)
         sink.chunk(batch.id, sorted({job.id for job in jobs}))  # type: ignore[arg-type, misc]
         handed += len(chunk)
         chunk.clear()

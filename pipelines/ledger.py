@@ -39,14 +39,14 @@ _REGISTERED = (_JOB.c.id, _JOB.c.tenant, _JOB.c.sha256, _JOB.c.status, _JOB.c.at
 
 
 def register(session: Session, submissions: Sequence[Submission], *, now: datetime,
-             count_attempt: bool = True) -> list[Row[Any]]:
+             count_attempt: bool = True, reevaluate: bool = True) -> list[Row[Any]]:
     """Insert one job per distinct (tenant, content); existing rows are reused, not duplicated.
     Returns (id, tenant, sha256, status, attempts) rows in submission order.
 
     Counting the attempt here, in its own commit before any work, is what lets a file
     that kills its worker be quarantined after N tries. A file sent again whose job was
-    refused for a reason the vendor can fix is opened for a new evaluation (single
-    arrivals only, `count_attempt`: a bulk member keeps its batch's answer).
+    refused for a reason the vendor can fix is opened for a new evaluation
+    (`reevaluate`; off for bulk members, which keep their batch's answer).
     """
     if not submissions:
         return []
@@ -60,8 +60,9 @@ def register(session: Session, submissions: Sequence[Submission], *, now: dateti
     conn.execute(dialect_insert(_JOB).on_conflict_do_nothing(
         index_elements=["tenant", "sha256"]), rows)
     keys = list(dict.fromkeys((s.tenant, s.sha256) for s in submissions))
-    if count_attempt:
+    if reevaluate:
         _reopen_fixable(conn, keys, now)
+    if count_attempt:
         for start in range(0, len(keys), 500):
             conn.execute(update(_JOB).where(
                 pairs_in(_JOB.c.tenant, _JOB.c.sha256, keys[start:start + 500]),

@@ -90,3 +90,27 @@ def test_work_lost_with_the_broker_data_is_published_again(deployment: Deploymen
     wait_for(lambda: (dep.root / "inbox/_processed/ACME/single.req").exists(), timeout=60,
              what="the single file")
     assert license_info(dep.engine, single)["active_devices"] == 1
+
+
+def test_a_fixable_refusal_is_evaluated_again_through_the_broker(deployment: Deployment) -> None:
+    """The same file, sent again after the vendor added a seat, is applied by a worker."""
+    from models.db import session_scope
+    from pipelines import catalog
+
+    dep = deployment
+    key = add_license(dep.engine, max_activations=0)
+    data = WireDevice(dep.keyring, "HW-1").activation(license_key=key)
+    dep.worker("w1")
+    dep.drop("ACME/first.req", data)
+
+    def job_reason() -> str | None:
+        (job,) = dep.jobs()
+        return job.reason if job.status == "rejected" else None
+
+    wait_for(lambda: job_reason() == "no_seats_left", timeout=60, what="the refusal")
+    with session_scope(dep.engine) as session:
+        catalog.update_license(session=session, key=key, max_activations=1)
+    dep.drop("ACME/again.req", data)
+    wait_for(lambda: dep.jobs()[0].status == "done", timeout=60, what="the second evaluation")
+    assert license_info(dep.engine, key)["active_devices"] == 1
+    assert len(dep.jobs()) == 1

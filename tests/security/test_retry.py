@@ -92,10 +92,10 @@ def test_a_bulk_member_keeps_its_batchs_answer(airlock: Vendor) -> None:
     first = airlock.send(data)
     refused(first, "no_seats_left")
     _update(airlock, key, max_activations=1)
-    # Registered as a bulk member (no attempt counted): not opened again.
+    # Registered as a bulk member: not opened again.
     with session_scope(airlock.engine) as session:
         (job,) = register(session, [Submission(tenant="ACME", data=data)], now=NOW,
-                          count_attempt=False)
+                          count_attempt=False, reevaluate=False)
     assert (job.id, job.status) == (first.job_id, "rejected")
     (outcome,) = process_jobs([job.id], engine=airlock.engine, processor=airlock.processor)
     assert outcome.duplicate and outcome.reason == "no_seats_left"
