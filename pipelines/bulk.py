@@ -44,7 +44,7 @@ from sqlmodel import Session, col, select
 
 from config.settings import Settings
 from models import Batch, Customer, Job, JobOutput
-from models.db import is_postgres, reading, session_scope
+from models.db import is_postgres, session_scope
 from models.ledger import FINAL_STATUSES
 from models.tables import JOB
 from models.types import utcnow
@@ -57,6 +57,7 @@ from pipelines.archives import (
 )
 from pipelines.batch_report import ReportWriter
 from pipelines.errors import RejectReason, public_message, public_reason
+from pipelines.handler import apply_jobs
 from pipelines.layout import (
     OPERATOR,
     Arrival,
@@ -67,7 +68,7 @@ from pipelines.layout import (
     unique_archive_key,
 )
 from pipelines.ledger import Submission, register
-from pipelines.process import Outcome, Processor, process_jobs
+from pipelines.process import Outcome, Processor
 from pipelines.storage.base import Store, check_key
 from pipelines.storage.local import LocalStore
 from pipelines.storage.s3 import S3Store, translate
@@ -306,46 +307,16 @@ def _check_tenant_and_format(engine: Engine, tenant: str, name: str) -> str:
 # --- chunks ------------------------------------------------------------------------------
 
 
-def count_attempts(session: Session, job_ids: Sequence[int], now: datetime) -> None:
-    """Count one more attempt on each unfinished job (commit this before the work)."""
-    if job_ids:
-        session.execute(update(Job).where(col(Job.id).in_(list(job_ids)),
-                                          col(Job.status).not_in(_FINAL))
-                        .values(attempts=Job.attempts + 1, updated_at=now))
-
-
-def process_counted(env: BulkEnv, job_ids: Sequence[int]) -> list[Outcome]:
-    """Count the attempt in its own commit, then apply: a crash still leaves the count."""
-    with session_scope(env.engine) as session:
-        count_attempts(session, job_ids, env.processor.clock())
-    return process_jobs(job_ids, engine=env.engine, processor=env.processor)
-
-
-def process_isolating(env: BulkEnv, job_ids: Sequence[int]) -> list[Outcome]:
-    """`process_counted` for a chunk, or one job at a time when the chunk was tried before.
-
-    The first try applies the chunk in one transaction. A chunk with an unfinished job
-    that was tried before (its worker died, or it timed out) goes one job at a time,
-    so the file that kills a worker is isolated and quarantined after N attempts
-    while the others are applied.
-    """
-    with reading(env.engine) as conn:
-        retried = conn.execute(select(Job.id).where(
-            col(Job.id).in_(list(job_ids)), col(Job.status).not_in(_FINAL),
-            Job.attempts > 0).limit(1)).first() is not None
-    if retried:
-        return [outcome for job_id in job_ids for outcome in process_counted(env, [job_id])]
-    return process_counted(env, job_ids) if job_ids else []
-
-
 def run_chunk(env: BulkEnv, job_ids: Sequence[int], batch_id: int | None = None) -> ChunkResult:
-    """Apply a chunk (see `process_isolating`), deliver its results and update its
-    batch's progress."""
+    """Apply a chunk (`handler.apply_jobs`: a failing file never holds up the others),
+    deliver its results and update its batch's progress; then raise the first failure,
+    so that the chunk's delivery is retried for the files that failed."""
     with session_scope(env.engine) as session:
         rows = session.execute(sa_select(_JOB.c.id, _JOB.c.batch_id)
                                .where(_JOB.c.id.in_(sorted(set(job_ids))))).all()
     ids = sorted(row.id for row in rows)
-    outcomes = process_isolating(env, ids)
+    applied = apply_jobs(env.engine, env.processor, ids)
+    outcomes = applied.outcomes
     deliver_all(env.outbox, outcomes)
     batches = {batch_id} if batch_id is not None else {row[1] for row in rows if row[1]}
     finish = []
@@ -353,6 +324,7 @@ def run_chunk(env: BulkEnv, job_ids: Sequence[int], batch_id: int | None = None)
         flipped, status = update_progress(env.engine, bid, now=env.processor.clock())
         if flipped or status == COMPLETE:
             finish.append(bid)
+    applied.raise_first()
     return ChunkResult(outcomes, finish)
 
 

@@ -16,15 +16,17 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from models.db import session_scope
 from models.types import utcnow
+from pipelines.handler import apply_jobs
 from pipelines.layout import (
     Arrival,
     error_report_key,
     outbox_key,
     unique_archive_key,
 )
-from pipelines.ledger import Submission
-from pipelines.process import Outcome, Processor, process, process_many
+from pipelines.ledger import Submission, register
+from pipelines.process import Outcome, Processor, process
 from pipelines.storage.base import Store
 from pipelines.storage.local import LocalStore
 
@@ -62,15 +64,22 @@ class Intake:
         """
         if not arrivals:
             return []
-        outcomes = process_many(
-            [Submission(tenant=a.area, data=a.data, source=a.key) for a in arrivals],
-            engine=self.engine, processor=self.processor)
-        self.deliver_many(outcomes)
-        self.archive_many(list(zip(arrivals, outcomes, strict=True)))
+        with session_scope(self.engine) as session:
+            jobs = register(session, [Submission(tenant=a.area, data=a.data, source=a.key)
+                                      for a in arrivals], now=self.processor.clock(),
+                            count_attempt=False)
+        applied = apply_jobs(self.engine, self.processor, [job.id for job in jobs])
+        finished = {outcome.job_id: outcome for outcome in applied.outcomes}
+        # A file that failed stays in _processing/ for the next pass; the others go on.
+        handled = [(arrival, finished[job.id]) for arrival, job in zip(arrivals, jobs,
+                                                                     strict=True)
+                   if job.id in finished]
+        self.deliver_many([outcome for _, outcome in handled])
+        self.archive_many(handled)
         if self.on_outcome is not None:
-            for arrival, outcome in zip(arrivals, outcomes, strict=True):
+            for arrival, outcome in handled:
                 self.on_outcome(arrival, outcome)
-        return outcomes
+        return [outcome for _, outcome in handled]
 
     def deliver_many(self, outcomes: Sequence[Outcome]) -> None:
         """Every result of a batch; a local outbox makes them durable with one sync."""

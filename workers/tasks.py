@@ -29,6 +29,7 @@ from sqlmodel import col, select
 from models import Job
 from models.db import reading
 from pipelines import bulk
+from pipelines.handler import apply_jobs
 from pipelines.intake import Intake
 from pipelines.layout import Arrival, parse_arrival_key, parse_processing_key
 from pipelines.process import Outcome
@@ -70,24 +71,31 @@ def transient_errors() -> Iterator[None]:
 
 def run_process_files(runtime: Runtime,
                       items: Sequence[tuple[int, str | None]]) -> list[Outcome]:
-    """Count the attempt, apply registered jobs as one chunk (one at a time if they were
-    tried before: see `bulk.process_isolating`), deliver their results and archive the
-    inbox files they came from (each item's source, else the job's own)."""
+    """Apply registered jobs (`handler.apply_jobs`: a failing file never holds up the
+    others), deliver their results and archive the inbox files they came from (each
+    item's source, else the job's own); then raise the first failure, so that the
+    message is retried for the files that failed."""
     job_ids = [job_id for job_id, _ in items]
-    outcomes = bulk.process_isolating(runtime, job_ids)
+    applied = apply_jobs(runtime.engine, runtime.processor, job_ids)
+    outcomes = applied.outcomes
     intake = runtime.intake()
     intake.deliver_many(outcomes)
     with reading(runtime.engine) as conn:
         rows = {row.id: row for row in conn.execute(
             select(Job.id, Job.source, Job.sha256, Job.size).where(col(Job.id).in_(job_ids)))}
     handled = []
-    for (job_id, source), outcome in zip(items, outcomes, strict=True):
+    finished = {outcome.job_id: outcome for outcome in outcomes}
+    for job_id, source in items:
+        outcome = finished.get(job_id)
+        if outcome is None:
+            continue  # failed: its file stays for the retry
         row = rows[job_id]
         arrival = _inbox_arrival(intake, source or row.source, row.sha256, row.size)
         if arrival is not None:
             handled.append((arrival, outcome))
     intake.archive_many(handled)
     _log_each(outcomes)
+    applied.raise_first()
     return outcomes
 
 
