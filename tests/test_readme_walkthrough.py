@@ -63,6 +63,14 @@ class Walkthrough:
         return result.output
 
 
+    def deliver_and_load(self) -> None:
+        """`airlock run` answers the waiting request; the device loads its license."""
+        self.run("airlock run", extra=("--drain", "--timeout", "60"))
+        status = self.runner.invoke(app, ["device", "status", "dev1", "--json"]).output
+        self.values["<request id>"] = json.loads(status)["pending_request"]
+        self.run("airlock device load dev1")
+
+
 @pytest.fixture
 def walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Walkthrough:
     monkeypatch.chdir(tmp_path)  # the README works in ./var
@@ -88,10 +96,7 @@ def test_the_readme_walkthrough_works_as_written(walk: Walkthrough, tmp_path: Pa
     walk.run("airlock device init dev1")
     walk.run("airlock device request-activation dev1 --product pro --key KEY --out "
              "var/inbox/ACME/hw1.req")
-    walk.run("airlock run", extra=("--drain", "--timeout", "60"))
-    pending = json.loads(walk.runner.invoke(app, ["device", "status", "dev1", "--json"]).output)
-    walk.values["<request id>"] = pending["pending_request"]
-    walk.run("airlock device load dev1")
+    walk.deliver_and_load()
     walk.run("airlock device consume dev1")
     status = json.loads(walk.run("airlock device status dev1"))
     assert status["state"] == "valid"
@@ -99,10 +104,7 @@ def test_the_readme_walkthrough_works_as_written(walk: Walkthrough, tmp_path: Pa
     walk.run("airlock run", extra=("--drain", "--timeout", "60"))
     walk.run("airlock device request-activation dev1 --product pro --key KEY --out "
              "var/inbox/ACME/hw1-again.req")
-    walk.run("airlock run", extra=("--drain", "--timeout", "60"))
-    pending = json.loads(walk.runner.invoke(app, ["device", "status", "dev1", "--json"]).output)
-    walk.values["<request id>"] = pending["pending_request"]
-    walk.run("airlock device load dev1")
+    walk.deliver_and_load()
     shown = json.loads(walk.runner.invoke(app, ["license", "show", walk.values["KEY"],
                                                 "--json"]).output)
     assert shown["consumptions"]["total"] == 5  # billed once, by the deactivation
