@@ -58,6 +58,7 @@ from pipelines.archives import (
 from pipelines.batch_report import ReportWriter
 from pipelines.errors import RejectReason, public_message, public_reason
 from pipelines.handler import apply_jobs
+from pipelines.intake import deliver
 from pipelines.layout import (
     OPERATOR,
     Arrival,
@@ -317,7 +318,7 @@ def run_chunk(env: BulkEnv, job_ids: Sequence[int], batch_id: int | None = None)
     ids = sorted(row.id for row in rows)
     applied = apply_jobs(env.engine, env.processor, ids)
     outcomes = applied.outcomes
-    deliver_all(env.outbox, outcomes)
+    deliver(env.outbox, outcomes)
     batches = {batch_id} if batch_id is not None else {row[1] for row in rows if row[1]}
     finish = []
     for bid in sorted(batches):
@@ -326,19 +327,6 @@ def run_chunk(env: BulkEnv, job_ids: Sequence[int], batch_id: int | None = None)
             finish.append(bid)
     applied.raise_first()
     return ChunkResult(outcomes, finish)
-
-
-def deliver_all(outbox: Store, outcomes: Sequence[Outcome]) -> list[str]:
-    """Write the results of many jobs to the outbox; a local outbox is synced once for
-    all of them (as `Intake.handle_many` does) instead of once per file."""
-    results = [(outbox_key(outcome.tenant, name), content)
-               for outcome in outcomes for name, content in outcome.outputs]
-    if isinstance(outbox, LocalStore):
-        outbox.put_many(results)
-    else:
-        for key, content in results:
-            outbox.put(key, content)
-    return [key for key, _ in results]
 
 
 def update_progress(engine: Engine, batch_id: int, *, now: datetime | None = None

@@ -36,6 +36,15 @@ DISPOSITIONS = {"done": "processed", "rejected": "rejected", "quarantined": "qua
 _ARCHIVE_TRIES = 100
 
 
+def deliver(outbox: Store, outcomes: Sequence[Outcome]) -> list[str]:
+    """Every result of `outcomes`, durable together before anything is archived (a
+    local outbox syncs once for the batch); returns the keys written."""
+    results = [(outbox_key(o.tenant, name), content)
+               for o in outcomes for name, content in o.outputs]
+    outbox.put_many(results)
+    return [key for key, _ in results]
+
+
 @dataclass
 class Intake:
     engine: Engine
@@ -81,15 +90,8 @@ class Intake:
                 self.on_outcome(arrival, outcome)
         return [outcome for _, outcome in handled]
 
-    def deliver_many(self, outcomes: Sequence[Outcome]) -> None:
-        """Every result of a batch; a local outbox makes them durable with one sync."""
-        results = [(outbox_key(o.tenant, name), content)
-                   for o in outcomes for name, content in o.outputs]
-        if isinstance(self.outbox, LocalStore):
-            self.outbox.put_many(results)  # one sync for the batch, before any archiving
-        else:
-            for key, content in results:
-                self.outbox.put(key, content)
+    def deliver_many(self, outcomes: Sequence[Outcome]) -> list[str]:
+        return deliver(self.outbox, outcomes)
 
     def archive_many(self, handled: Sequence[tuple[Arrival, Outcome]]) -> None:
         """`archive` for a batch whose results are delivered; a local inbox syncs once."""

@@ -104,6 +104,11 @@ class Store(Protocol):
         existing object; retrying a put rewrites the same object, never a second one."""
         ...
 
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        """`put` each (key, data): atomic each, durable all together when this returns
+        (a local store syncs once for the batch)."""
+        ...
+
     def put_file(self, key: str, fileobj: IO[bytes]) -> None:
         """`put` with the content read from `fileobj` (from its position to the end),
         never all of it in memory at once."""

@@ -207,6 +207,11 @@ class S3Store:
 
     # --- writing ----------------------------------------------------------------------
 
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        """A PutObject each: every one is durable once S3 answers."""
+        for key, data in items:
+            self.put(key, data)
+
     def put(self, key: str, data: bytes) -> None:
         """A single PutObject: S3 makes it visible whole or not at all."""
         full = self.object_key(key)

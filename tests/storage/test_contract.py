@@ -399,3 +399,21 @@ def test_open_store_picks_the_back_end(tmp_path: Path, moto_server: MotoEndpoint
     assert isinstance(open_store(f"s3://{bucket}", moto_server.settings()), S3Store)
     with pytest.raises(ValueError):
         open_store("")
+
+
+def test_put_many_writes_each_object_and_refuses_an_unsafe_key(store: Store) -> None:
+    items = [(f"ACME/r{i}.lic", f"result {i}".encode()) for i in range(5)]
+    store.put_many(items)
+    assert [store.get(key) for key, _ in items] == [data for _, data in items]
+    store.put_many([("ACME/r0.lic", b"again")])  # a retry rewrites the same object
+    assert store.get("ACME/r0.lic") == b"again" and len(keys(store)) == 5
+    with pytest.raises(InvalidKey):
+        store.put_many([("../escape", b"x")])
+    assert len(keys(store)) == 5
+
+
+def test_make_folder_accepts_a_prefix_and_refuses_an_unsafe_one(store: Store) -> None:
+    store.make_folder("ACME")
+    with pytest.raises(InvalidKey):
+        store.make_folder("../escape")
+    assert keys(store) == []  # a folder is not an object
