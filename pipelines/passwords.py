@@ -44,11 +44,6 @@ def check_password(password: str, stored: str | None) -> PasswordCheck:
     return PasswordCheck(ok=ok, rehash=rehash)
 
 
-def dummy_check(password: str) -> PasswordCheck:
-    """The work of one verification, for a user that does not exist."""
-    return check_password(password, None)
-
-
 def _verify_argon2(password: str, stored: str) -> bool:
     try:
         return _HASHER.verify(stored, password)
