@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cli.common import emit, err_console, fail, settings_of
 from config.logging import setup_logging
 from config.settings import Settings
+from models import BatchStatus
 from pipelines import bulk
 from pipelines.catalog import CODE
 from pipelines.storage.s3 import S3Store, make_s3_client, parse_s3_url
@@ -132,7 +133,7 @@ def _open_archive(location: str, settings: Settings) -> Iterator[tuple[str, IO[b
         if not key:
             fail(f"{location}: name an object, s3://bucket/key", code=2)
         store = S3Store(bucket, client=make_s3_client(settings))
-        with bulk.open_stored(store, key) as handle:
+        with store.open(key) as handle:
             yield key.rsplit("/", 1)[-1], handle
         return
     path = Path(location)
@@ -174,7 +175,7 @@ def _follow(runtime: Runtime, batch_id: int, on_update: Any, timeout: float
     while True:
         result = bulk.batch_result(runtime.engine, batch_id)
         on_update(result)
-        if result.status in (bulk.REPORTED, bulk.REJECTED):
+        if result.status in (BatchStatus.REPORTED, BatchStatus.REJECTED):
             return result
         if deadline is not None and time.monotonic() > deadline:
             fail(f"batch {batch_id} is still {result.status} "

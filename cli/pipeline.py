@@ -16,7 +16,8 @@ from models.types import utcnow
 from pipelines import catalog
 from pipelines.catalog import CatalogError
 from pipelines.intake import Intake
-from pipelines.layout import OPERATOR
+from pipelines.layout import OPERATOR, outbox_key
+from pipelines.ledger import Submission
 from pipelines.process import Outcome, Processor, process
 from pipelines.refresh_request import operator_refresh_request, refresh_scope
 from pipelines.storage import open_store
@@ -62,11 +63,16 @@ def process_files(
     area = customer or OPERATOR
     processor = _processor(ctx)
     intake = Intake(engine=engine_of(ctx), processor=processor, inbox=store, outbox=store)
-    rows = []
-    for path in files:
-        outcome = process(path.read_bytes(), engine=engine_of(ctx), tenant=area,
-                          processor=processor, source=f"cli:{path.name}")
-        rows.append(_outcome_row(path.name, outcome, intake.deliver(area, outcome)))
+    applied = intake.handle_submissions([
+        Submission(tenant=area, data=path.read_bytes(), source=f"cli:{path.name}")
+        for path in files])
+    if applied.failed:
+        job_id, error = applied.failed[0]
+        fail(f"job {job_id} could not be processed ({type(error).__name__}: {error}); "
+             "run the command again", reason="failed")
+    rows = [_outcome_row(path.name, outcome,
+                         [outbox_key(area, name) for name, _ in outcome.outputs])
+            for path, outcome in zip(files, applied.outcomes, strict=True)]
     emit(rows, as_json=as_json, columns=["file", "status", "reason", "results"],
          title="Outcomes")
     if any(row["status"] != "done" for row in rows):

@@ -28,6 +28,16 @@ class JobStatus(StrEnum):
 FINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.REJECTED, JobStatus.QUARANTINED})
 
 
+class BatchStatus(StrEnum):
+    """Where a bulk archive stands (see `pipelines.bulk`)."""
+
+    LOADING = "loading"  # checked as a whole; members being registered
+    OPEN = "open"  # every member registered; chunks being applied
+    COMPLETE = "complete"  # every job finished; the report is due
+    REPORTED = "reported"  # report written, archive file archived
+    REJECTED = "rejected"  # refused as a whole
+
+
 def _ts() -> Column:  # type: ignore[type-arg]
     return Column(UTCDateTime(), nullable=False, default=utcnow)
 
@@ -43,7 +53,7 @@ class Batch(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     total: int = 0
     finished: int = 0
-    status: str = Field(default="open", max_length=16)
+    status: str = Field(default=BatchStatus.LOADING, max_length=16)  # a BatchStatus
     reason: str | None = Field(default=None, max_length=64)
     message: str | None = None
     report_name: str | None = Field(default=None, max_length=256)

@@ -1,4 +1,4 @@
-"""From an arrived file to its results: process, deliver to the outbox, archive the source.
+"""From an arrived file to its results: apply, deliver to the outbox, archive the source.
 
 The order is what makes a crash harmless: the job commits first, then the outbox is
 written (deterministic names, so a rerun overwrites the same objects), then the
@@ -8,8 +8,6 @@ makes the second pass apply nothing and write the same bytes.
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,23 +15,14 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from models.db import session_scope
-from models.types import utcnow
-from pipelines.handler import apply_jobs
-from pipelines.layout import (
-    Arrival,
-    error_report_key,
-    outbox_key,
-    unique_archive_key,
-)
+from pipelines.archiving import archive
+from pipelines.handler import Applied, apply_jobs
+from pipelines.layout import Arrival, Disposition, outbox_key
 from pipelines.ledger import Submission, register
-from pipelines.process import Outcome, Processor, process
+from pipelines.process import Outcome, Processor
 from pipelines.storage.base import Store
-from pipelines.storage.local import LocalStore
 
 log = logging.getLogger("airlock.intake")
-
-DISPOSITIONS = {"done": "processed", "rejected": "rejected", "quarantined": "quarantine"}
-_ARCHIVE_TRIES = 100
 
 
 def deliver(outbox: Store, outcomes: Sequence[Outcome]) -> list[str]:
@@ -47,6 +36,10 @@ def deliver(outbox: Store, outcomes: Sequence[Outcome]) -> list[str]:
 
 @dataclass
 class Intake:
+    """The one way an arrived file is handled, whoever hands it over (a source in
+    embedded mode, a Celery task, an upload): `handle_many` registers and applies
+    (`handler.apply_jobs`), `finish` delivers, archives and logs."""
+
     engine: Engine
     processor: Processor
     inbox: Store
@@ -54,105 +47,67 @@ class Intake:
     on_outcome: Callable[[Arrival, Outcome], None] | None = None
 
     def handle(self, arrival: Arrival) -> Outcome:
-        """Process one claimed arrival end to end (safe to call again for the same file)."""
-        outcome = process(arrival.data, engine=self.engine, tenant=arrival.area,
-                          processor=self.processor, source=arrival.key)
-        self.deliver(arrival.area, outcome)
-        self.archive(arrival, outcome)
-        self._log(arrival, outcome)
-        if self.on_outcome is not None:
-            self.on_outcome(arrival, outcome)
-        return outcome
+        """`handle_many` for one file; its failure is raised (it stays in hand)."""
+        applied = self.handle_many([arrival])
+        applied.raise_first()
+        return applied.outcomes[0]
 
-    def handle_many(self, arrivals: Sequence[Arrival]) -> list[Outcome]:
-        """`handle` for a batch: one `process_many` (two transactions for all), then the
-        outbox writes made durable together, then the sources archived.
+    def handle_many(self, arrivals: Sequence[Arrival]) -> Applied:
+        """Register the claimed `arrivals` as jobs, apply them, deliver and archive the
+        ones that finished. A file that failed stays in ``_processing/`` for the next
+        try (its error is in `Applied.failed`); the others go on."""
+        return self._handle([(Submission(tenant=a.area, data=a.data, source=a.key), a)
+                             for a in arrivals])
 
-        The crash argument of `handle` holds per batch: until a source is archived it
-        stays in ``_processing/`` and a rerun rewrites the same results from the jobs.
-        """
-        if not arrivals:
-            return []
+    def handle_submissions(self, submissions: Sequence[Submission]) -> Applied:
+        """`handle_many` for files that are not in the inbox (nothing to archive)."""
+        return self._handle([(submission, None) for submission in submissions])
+
+    def _handle(self, items: Sequence[tuple[Submission, Arrival | None]]) -> Applied:
+        """Outcomes in the order of `items` (one per item that finished)."""
+        if not items:
+            return Applied()
         with session_scope(self.engine) as session:
-            jobs = register(session, [Submission(tenant=a.area, data=a.data, source=a.key)
-                                      for a in arrivals], now=self.processor.clock(),
-                            count_attempt=False)
+            jobs = register(session, [submission for submission, _ in items],
+                            now=self.processor.clock(), count_attempt=False)
         applied = apply_jobs(self.engine, self.processor, [job.id for job in jobs])
         finished = {outcome.job_id: outcome for outcome in applied.outcomes}
-        # A file that failed stays in _processing/ for the next pass; the others go on.
-        handled = [(arrival, finished[job.id]) for arrival, job in zip(arrivals, jobs,
-                                                                     strict=True)
-                   if job.id in finished]
-        self.deliver_many([outcome for _, outcome in handled])
-        self.archive_many(handled)
-        if self.on_outcome is not None:
-            for arrival, outcome in handled:
-                self.on_outcome(arrival, outcome)
-        return [outcome for _, outcome in handled]
+        handled = [(arrival, finished[job.id])
+                   for (_, arrival), job in zip(items, jobs, strict=True) if job.id in finished]
+        self.finish(handled)
+        applied.outcomes = [outcome for _, outcome in handled]
+        return applied
 
-    def deliver_many(self, outcomes: Sequence[Outcome]) -> list[str]:
-        return deliver(self.outbox, outcomes)
-
-    def archive_many(self, handled: Sequence[tuple[Arrival, Outcome]]) -> None:
-        """`archive` for a batch whose results are delivered; a local inbox syncs once."""
-        inbox = self.inbox if isinstance(self.inbox, LocalStore) else None
+    def finish(self, handled: Sequence[tuple[Arrival | None, Outcome]]) -> None:
+        """Deliver every outcome's results (durable together), then archive each source
+        still in the inbox (None: nothing to archive) and log one line per file."""
+        deliver(self.outbox, [outcome for _, outcome in handled])
+        at = self.processor.clock().isoformat()
         for arrival, outcome in handled:
-            self.archive(arrival, outcome, durable=inbox is None)
-            self._log(arrival, outcome)
-        if inbox is not None:
-            inbox.sync()  # the archive moves and error reports, all at once
+            if arrival is not None:
+                archive(self.inbox, arrival, Disposition.of(outcome.status),
+                        None if outcome.accepted else _report(arrival, outcome, at),
+                        durable=False)
+        self.inbox.sync()  # the archive moves and error reports, all at once
+        for arrival, outcome in handled:
+            _log(arrival, outcome)
+            if arrival is not None and self.on_outcome is not None:
+                self.on_outcome(arrival, outcome)
 
-    def _log(self, arrival: Arrival, outcome: Outcome) -> None:
-        log.info("%s/%s -> %s%s%s", arrival.area, arrival.name, outcome.status,
-                 f" [{outcome.reason}]" if outcome.reason else "",
-                 " (duplicate)" if outcome.duplicate else "")
 
-    def deliver(self, area: str, outcome: Outcome) -> list[str]:
-        keys = []
-        for name, content in outcome.outputs:
-            key = outbox_key(area, name)
-            self.outbox.put(key, content)
-            keys.append(key)
-        return keys
+def _report(arrival: Arrival, outcome: Outcome, at: str) -> dict[str, object]:
+    """The ``.error.json`` beside a refused or quarantined file (for the vendor)."""
+    return {
+        "status": outcome.status, "reason": outcome.reason, "message": outcome.message,
+        "job_id": outcome.job_id, "request_id": outcome.request_id,
+        "tenant": arrival.area, "source": arrival.key, "sha256": arrival.sha256,
+        "results": [outbox_key(arrival.area, name) for name, _ in outcome.outputs],
+        "at": at,
+    }
 
-    def archive(self, arrival: Arrival, outcome: Outcome, *, durable: bool = True) -> str:
-        """Move the source to its disposition folder (with an error report if refused);
-        `durable=False` (local inbox only) leaves the fsyncs to one `sync` of the batch.
 
-        A local inbox may have several archivers (`airlock run --processes`): the report
-        name is taken with an exclusive create and the file moved without replacing,
-        so two files of the same name never overwrite each other's archive."""
-        disposition = DISPOSITIONS[outcome.status]
-        local = self.inbox if isinstance(self.inbox, LocalStore) else None
-        for _ in range(_ARCHIVE_TRIES):
-            target = unique_archive_key(self.inbox, disposition, arrival.area, arrival.name,
-                                        arrival.sha256)
-            try:
-                if disposition != "processed":
-                    self._report(arrival, outcome, target, local, durable)
-                if local is not None:
-                    local.move(arrival.key, target, durable=durable, replace=False)
-                else:
-                    self.inbox.move(arrival.key, target)
-            except FileExistsError:
-                continue  # another archiver took that name a moment ago: the next one
-            except FileNotFoundError:
-                pass  # another worker archived the same object already
-            return target
-        raise RuntimeError(f"no free archive name for {arrival.key}")
-
-    def _report(self, arrival: Arrival, outcome: Outcome, target: str,
-                local: LocalStore | None, durable: bool) -> None:
-        report = {
-            "status": outcome.status, "reason": outcome.reason, "message": outcome.message,
-            "job_id": outcome.job_id, "request_id": outcome.request_id,
-            "tenant": arrival.area, "source": arrival.key, "sha256": arrival.sha256,
-            "results": [outbox_key(arrival.area, name) for name, _ in outcome.outputs],
-            "at": utcnow().isoformat(),
-        }
-        content = (json.dumps(report, indent=2) + "\n").encode()
-        if local is not None:
-            if not local.put_if_absent(error_report_key(target), content, durable=durable):
-                raise FileExistsError(errno.EEXIST, "report name taken", target)
-        else:
-            self.inbox.put(error_report_key(target), content)
+def _log(arrival: Arrival | None, outcome: Outcome) -> None:
+    where = f"{arrival.area}/{arrival.name}" if arrival else f"{outcome.tenant} job"
+    log.info("%s -> %s%s%s (job %s)", where, outcome.status,
+             f" [{outcome.reason}]" if outcome.reason else "",
+             " (duplicate)" if outcome.duplicate else "", outcome.job_id)

@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from models.ledger import JobStatus
 from pipelines.catalog import CODE
 from pipelines.storage.base import InvalidKey, check_key
 
@@ -28,7 +30,27 @@ if TYPE_CHECKING:
 
 OPERATOR = "_operator"
 PROCESSING = "_processing"
-DISPOSITIONS = {"processed": "_processed", "rejected": "_rejected", "quarantine": "_quarantine"}
+
+
+class Disposition(StrEnum):
+    """Where a finished file is archived in the inbox: ``_<disposition>/<area>/<name>``."""
+
+    PROCESSED = "processed"
+    REJECTED = "rejected"
+    QUARANTINE = "quarantine"
+
+    @property
+    def folder(self) -> str:
+        return f"_{self.value}"
+
+    @classmethod
+    def of(cls, status: str) -> Disposition:
+        """The disposition of a finished job status (done, rejected, quarantined)."""
+        return _BY_STATUS[JobStatus(status)]
+
+
+_BY_STATUS = {JobStatus.DONE: Disposition.PROCESSED, JobStatus.REJECTED: Disposition.REJECTED,
+              JobStatus.QUARANTINED: Disposition.QUARANTINE}
 ERROR_SUFFIX = ".error.json"
 
 _TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload", ERROR_SUFFIX)
@@ -123,10 +145,10 @@ def parse_processing_key(key: str) -> tuple[str, str] | None:
 def archive_key(disposition: str, area: str, name: str) -> str:
     """``_<disposition>/<area>/<name>`` for disposition processed, rejected or quarantine."""
     try:
-        folder = DISPOSITIONS[disposition]
-    except KeyError:
+        folder = Disposition(disposition).folder
+    except ValueError:
         raise ValueError(f"unknown disposition {disposition!r}; "
-                         f"expected one of {sorted(DISPOSITIONS)}") from None
+                         f"expected one of {sorted(Disposition)}") from None
     return check_key(f"{folder}/{_check_area(area)}/{check_key(name)}")
 
 

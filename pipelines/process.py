@@ -56,7 +56,6 @@ class Processor:
     max_bytes: int = 256 * 1024
     max_attempts: int = 5
     lockout: Lockout = field(default_factory=Lockout)
-    known_tenants: set[str] = field(default_factory=set, compare=False)  # positive cache
 
 
 @dataclass
@@ -175,11 +174,12 @@ def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor
     sees the other worker's claim and replays or refuses accordingly.
     """
     order = list(dict.fromkeys(job_ids))
-    verified = _verify_open_jobs(engine, order, processor)  # kept across a retry
+    now = processor.clock()  # one instant for the chunk: verified, applied, recorded
+    verified = _verify_open_jobs(engine, order, processor, now)  # kept across a retry
     for attempt in range(1, _RETRIES + 1):
         try:
             with engine.begin() as conn:
-                outcomes = _run_chunk(conn, order, processor, verified)
+                outcomes = _run_chunk(conn, order, processor, verified, now)
             break
         except DBAPIError as exc:
             if attempt == _RETRIES or not _lost_race(exc):
@@ -192,8 +192,8 @@ def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor
 Verified = tuple[Envelope, Credentials | None] | Rejection
 
 
-def _verify_open_jobs(engine: Engine, job_ids: list[int],
-                      processor: Processor) -> dict[int, Verified]:
+def _verify_open_jobs(engine: Engine, job_ids: list[int], processor: Processor,
+                      now: datetime) -> dict[int, Verified]:
     """Verify the chunk's unfinished files before its write transaction opens: the
     signatures and password hashes are the slow part, and on SQLite another process
     writes meanwhile. Files past `max_attempts` are not opened at all (one may be what
@@ -203,7 +203,8 @@ def _verify_open_jobs(engine: Engine, job_ids: list[int],
         _JOB.c.attempts <= processor.max_attempts)
     with reading(engine) as conn:
         payloads = conn.execute(query).all()
-        return {row.id: _verify(conn, row.payload, processor, row.tenant) for row in payloads}
+        return {row.id: _verify(conn, row.payload, processor, row.tenant, now)
+                for row in payloads}
 
 
 def _lost_race(exc: DBAPIError) -> bool:
@@ -212,13 +213,14 @@ def _lost_race(exc: DBAPIError) -> bool:
 
 
 def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
-               verified: dict[int, Verified]) -> dict[int, Outcome]:
+               verified: dict[int, Verified], now: datetime) -> dict[int, Outcome]:
     jobs = _lock_jobs(conn, job_ids)
     state = WorkSet(conn)
     outcomes: dict[int, Outcome] = {}
     finished: list[dict[str, Any]] = []
     stored = _stored_outputs(conn, [j.id for j in jobs if j.status in FINAL_STATUSES])
     todo: list[tuple[Any, Verified]] = []
+    known_tenants: set[str] = set()
     for job in jobs:
         if job.status in FINAL_STATUSES:
             outcomes[job.id] = Outcome(
@@ -227,13 +229,14 @@ def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
                 request_id=job.request_id, outputs=stored.get(job.id, []), duplicate=True)
         elif job.attempts > processor.max_attempts:
             outcomes[job.id] = _rejected(job, Rejection(RejectReason.POISON), None, processor,
-                                         finished, status=JobStatus.QUARANTINED)
-        elif not _tenant_exists(conn, job.tenant, processor):
+                                         finished, now, status=JobStatus.QUARANTINED)
+        elif not _tenant_exists(conn, job.tenant, known_tenants):
             todo.append((job, Rejection(RejectReason.UNKNOWN_TENANT)))
         else:
             if job.id not in verified:  # pending again since the verification pass
                 payload = conn.execute(select(_JOB.c.payload).where(_JOB.c.id == job.id))
-                verified[job.id] = _verify(conn, payload.scalar_one(), processor, job.tenant)
+                verified[job.id] = _verify(conn, payload.scalar_one(), processor, job.tenant,
+                                           now)
             todo.append((job, verified[job.id]))
     envelopes = [(job.tenant, v[0]) for job, v in todo if not isinstance(v, Rejection)]
     rules = [(RULES[e.kind], e.payload) for _, e in envelopes]
@@ -243,29 +246,28 @@ def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
                            if e.request_id is not None])
     for job, result in todo:
         if isinstance(result, Rejection):
-            outcomes[job.id] = _rejected(job, result, None, processor, finished)
+            outcomes[job.id] = _rejected(job, result, None, processor, finished, now)
             continue
         envelope, credentials = result
         state.begin_job()
         try:
-            outputs, duplicate = _apply_once(state, job, envelope, credentials, processor)
+            outputs, duplicate = _apply_once(state, job, envelope, credentials, processor,
+                                             now)
         except Rejection as rejection:
             state.rollback_job()
-            outcomes[job.id] = _rejected(job, rejection, envelope, processor, finished)
+            outcomes[job.id] = _rejected(job, rejection, envelope, processor, finished, now)
             continue
         state.commit_job(job.id, outputs)
-        outcomes[job.id] = _done(job, envelope, outputs, processor, finished,
-                                 duplicate=duplicate)
+        outcomes[job.id] = _done(job, envelope, outputs, finished, now, duplicate=duplicate)
     state.flush()
     _write_finished(conn, finished)
     return outcomes
 
 
 def _verify(conn: Connection, payload: bytes | None, processor: Processor,
-            tenant: str) -> Verified:
+            tenant: str, now: datetime) -> Verified:
     try:
-        envelope = verify(payload or b"", processor=processor, tenant=tenant,
-                          now=processor.clock())
+        envelope = verify(payload or b"", processor=processor, tenant=tenant, now=now)
         return envelope, check_credentials(conn, envelope, tenant)
     except Rejection as rejection:
         return rejection
@@ -279,10 +281,9 @@ def _claim_scope(tenant: str, envelope: Envelope) -> str:
 
 
 def _apply_once(state: WorkSet, job: Any, envelope: Envelope, credentials: Credentials | None,
-                processor: Processor) -> tuple[list[tuple[str, bytes]], bool]:
+                processor: Processor, now: datetime) -> tuple[list[tuple[str, bytes]], bool]:
     """Claim the request id and apply. The same file again gives back its outputs;
     other content under the id, or a vendor request again in another area, is a replay."""
-    now = processor.clock()
     scope = _claim_scope(job.tenant, envelope)
     request_id = envelope.payload["request_id"]
     earlier = state.claim_of(scope, request_id)
@@ -322,12 +323,13 @@ def _stored_outputs(conn: Connection, job_ids: list[int]) -> dict[int, list[tupl
     return outputs
 
 
-def _tenant_exists(conn: Connection, tenant: str, processor: Processor) -> bool:
-    if tenant == OPERATOR or tenant in processor.known_tenants:
+def _tenant_exists(conn: Connection, tenant: str, known: set[str]) -> bool:
+    """One query per tenant per chunk (`known`: the tenants this chunk found)."""
+    if tenant == OPERATOR or tenant in known:
         return True
     if conn.execute(select(CUSTOMER.c.id).where(CUSTOMER.c.code == tenant)).first() is None:
         return False
-    processor.known_tenants.add(tenant)
+    known.add(tenant)
     return True
 
 
@@ -354,9 +356,7 @@ def _write_finished(conn: Connection, finished: list[dict[str, Any]]) -> None:
 
 
 def _done(job: Any, envelope: Envelope, outputs: list[tuple[str, bytes]],
-          processor: Processor, finished: list[dict[str, Any]], *,
-          duplicate: bool = False) -> Outcome:
-    now = processor.clock()
+          finished: list[dict[str, Any]], now: datetime, *, duplicate: bool = False) -> Outcome:
     finished.append({"row": job.id, "status": JobStatus.DONE, "reason": None,
                      "public_reason": None, "message": None, "kind": envelope.kind,
                      "request_id": envelope.request_id,
@@ -368,9 +368,8 @@ def _done(job: Any, envelope: Envelope, outputs: list[tuple[str, bytes]],
 
 
 def _rejected(job: Any, rejection: Rejection, envelope: Envelope | None,
-              processor: Processor, finished: list[dict[str, Any]],
+              processor: Processor, finished: list[dict[str, Any]], now: datetime,
               status: JobStatus = JobStatus.REJECTED) -> Outcome:
-    now = processor.clock()
     request_id = envelope.request_id if envelope is not None else None
     kind = envelope.kind if envelope is not None else job.kind
     # The sender's report carries the public reason; the job keeps the precise one.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import stat
@@ -22,6 +23,7 @@ from models import Batch, Job, JobOutput
 from models.db import session_scope
 from pipelines import archives, bulk
 from pipelines.bulk import BulkParts, handle_archive, run_chunk, update_progress
+from pipelines.bulk.report import write_report
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import make_arrival
 from pipelines.process import Processor, process
@@ -389,7 +391,7 @@ def test_archive_claimed_by_the_drop_folder_is_archived_from_processing(env: Bul
     claimed = processing_key("ACME", "in/drop.zip") + ".claim-0123456789ab"
     env.inbox.put(claimed, data)
     arrival = Arrival(area="ACME", name="in/drop.zip", key=claimed, data=data,
-                      sha256=bulk._hash_file(io.BytesIO(data)), size=len(data))
+                      sha256=hashlib.sha256(data).hexdigest(), size=len(data))
     result = handle_archive(env, arrival)
     assert result.status == "reported"
     assert files_under(env.inbox.root) == ["_batches/ACME/1.members.ndjson",
@@ -408,7 +410,7 @@ def test_archive_is_streamed_from_the_store_when_the_arrival_has_no_bytes(
                       sha256="", size=len(data))
     result = handle_archive(env, arrival)
     assert result.status == "reported" and result.counts == {"done": 3}
-    assert result.sha256 == bulk._hash_file(io.BytesIO(data))
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_s3_archives_are_spooled_to_a_temp_file(env: BulkParts, keyring,
@@ -421,10 +423,10 @@ def test_s3_archives_are_spooled_to_a_temp_file(env: BulkParts, keyring,
     env.inbox = store
     data = make_zip(activations(keyring, key, 3))
     store.put("ACME/remote.zip", data)
-    with bulk.open_stored(store, "ACME/remote.zip") as spooled:
+    with store.open("ACME/remote.zip") as spooled:
         assert not isinstance(spooled, io.BytesIO) and spooled.read() == data
     with pytest.raises(FileNotFoundError):
-        with bulk.open_stored(store, "ACME/missing.zip"):
+        with store.open("ACME/missing.zip"):
             pass
     result = handle_archive(env, Arrival(area="ACME", name="remote.zip", key="ACME/remote.zip",
                                          data=b"", sha256="", size=len(data)))
@@ -505,7 +507,7 @@ def test_a_report_larger_than_its_memory_spool_is_complete(env: BulkParts) -> No
     rows = ({"member": f"requests/device-{n:06d}.req", "status": "done", "reason": None,
              "message": None, "request_id": f"req-{n}", "results": [f"ACME/req-{n}.lic"]}
             for n in range(12_000))  # ~2.5 MB of JSON: past the 1 MiB spool
-    keys, count = bulk._write_report(env, batch, rows)
+    keys, count = write_report(env.outbox, batch, rows)
     assert count == 12_000
     text = env.outbox.get(keys[0]).decode()
     document = json.loads(text)
@@ -527,7 +529,7 @@ def test_an_archive_that_changes_between_its_two_reads_is_not_imported(env: Bulk
         for member in archives.read_members(fileobj, fmt, limits):
             yield archives.Member(member.name, member.data + b" ")
 
-    monkeypatch.setattr(bulk, "read_members", swapped)
+    monkeypatch.setattr(bulk.importer, "read_members", swapped)
     with pytest.raises(RuntimeError, match="changed while it was being read"):
         drop(env, "moving.zip", make_zip(files))
     assert job_count(env.engine) == 0

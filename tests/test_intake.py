@@ -75,11 +75,11 @@ def test_crash_after_commit_before_outbox_rewrites_same_bytes(intake: Intake, ke
     class Crash(Exception):
         pass
 
-    real_put = intake.outbox.put
-    intake.outbox.put = lambda k, d: (_ for _ in ()).throw(Crash())  # type: ignore[method-assign]
+    real_put = intake.outbox.put_many
+    intake.outbox.put_many = lambda *a, **k: (_ for _ in ()).throw(Crash())  # type: ignore[method-assign]
     with pytest.raises(Crash):
         intake.handle(arrival)
-    intake.outbox.put = real_put  # type: ignore[method-assign]
+    intake.outbox.put_many = real_put  # type: ignore[method-assign]
     assert (tmp_path / "inbox" / arrival.key).exists()  # still in hand: nothing lost
     again = intake.handle(arrival)  # what recovery does after a restart
     assert again.accepted and again.duplicate
@@ -105,7 +105,7 @@ def test_two_archivers_racing_for_one_name_never_replace_each_other(
     """Two runners (`airlock run --processes 2`) archive same-named files at the same
     moment: both chose the plain archive name before either moved. The second one must
     take another name, for the file and for its report, not overwrite the first."""
-    import pipelines.intake as intake_module
+    import pipelines.archiving as archiving
 
     data = b"second file"
     first = claimed(intake, "ACME", "x.req", b"first file")
@@ -114,8 +114,8 @@ def test_two_archivers_racing_for_one_name_never_replace_each_other(
                      sha256=second.sha256, size=second.size)
     intake.handle(first)
     chosen = iter(["_rejected/ACME/x.req"])  # the stale choice, then the real lookup
-    real = intake_module.unique_archive_key
-    monkeypatch.setattr(intake_module, "unique_archive_key",
+    real = archiving.unique_archive_key
+    monkeypatch.setattr(archiving, "unique_archive_key",
                         lambda *a: next(chosen, None) or real(*a))
     intake.handle(second)
     rejected = tmp_path / "inbox/_rejected/ACME"

@@ -92,13 +92,13 @@ def test_embedded_pass(runtime: Runtime) -> None:
     intake = runtime.intake()
     arrivals = [_claimed(intake, area, f"f{i}.req", data) for i, (area, data) in
                 enumerate(files)]
-    done = intake.handle_many(arrivals)
+    done = intake.handle_many(arrivals).outcomes
     assert sorted(o.status for o in done) == ["done"] * 3  # the valid ones, at once
     assert license_info(runtime.engine, beta)["active_devices"] == 2
     assert license_info(runtime.engine, acme)["active_devices"] == 1
     left: list[Any] = []
     for _ in range(MAX_ATTEMPTS):  # later passes: the failing file alone is left
-        left = intake.handle_many([arrivals[0]])
+        left = intake.handle_many([arrivals[0]]).outcomes
         if left:
             break
     assert [o.status for o in left] == ["quarantined"]

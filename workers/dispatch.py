@@ -28,7 +28,7 @@ from celery import Celery
 from sqlalchemy import select as sa_select
 from sqlalchemy import update
 
-from models import JobStatus
+from models import BatchStatus, JobStatus
 from models.db import session_scope
 from models.tables import BATCH, JOB
 from models.types import utcnow
@@ -101,7 +101,7 @@ class CelerySink:
         """The batch was registered before; its chunks are (or were) in the queue. Only a
         batch already complete gets its report published again."""
         _flipped, status = bulk.update_progress(self.runtime.engine, batch_id)
-        if status == bulk.COMPLETE and self._recently.claim(("finish", batch_id)):
+        if status == BatchStatus.COMPLETE and self._recently.claim(("finish", batch_id)):
             enqueue_finish(self.app, batch_id)
 
 
@@ -174,9 +174,9 @@ def requeue_stale(runtime: Runtime, app: Celery, *, older_than: timedelta,
                             .values(updated_at=now))
         batch = BATCH.c
         open_batches: list[int] = list(session.execute(sa_select(batch.id).where(
-            batch.status == bulk.OPEN, batch.created_at < cutoff)).scalars())
+            batch.status == BatchStatus.OPEN, batch.created_at < cutoff)).scalars())
         unreported: list[int] = list(session.execute(sa_select(batch.id).where(
-            batch.status == bulk.COMPLETE, batch.finished_at < cutoff)).scalars())
+            batch.status == BatchStatus.COMPLETE, batch.finished_at < cutoff)).scalars())
     chunks: dict[int, list[int]] = {}
     singles: list[tuple[int, str | None]] = []
     for job_id, source, batch_id in stale:

@@ -72,38 +72,25 @@ def transient_errors() -> Iterator[None]:
 def run_process_files(runtime: Runtime,
                       items: Sequence[tuple[int, str | None]]) -> list[Outcome]:
     """Apply registered jobs (`handler.apply_jobs`: a failing file never holds up the
-    others), deliver their results and archive the inbox files they came from (each
-    item's source, else the job's own); then raise the first failure, so that the
-    message is retried for the files that failed."""
+    others), then deliver their results and archive the inbox files they came from
+    (each item's source, else the job's own) as `Intake.finish` does in every mode;
+    then raise the first failure, so that the message is retried for the files that
+    failed."""
     job_ids = [job_id for job_id, _ in items]
     applied = apply_jobs(runtime.engine, runtime.processor, job_ids)
-    outcomes = applied.outcomes
     intake = runtime.intake()
-    intake.deliver_many(outcomes)
     with reading(runtime.engine) as conn:
         rows = {row.id: row for row in conn.execute(
             select(Job.id, Job.source, Job.sha256, Job.size).where(col(Job.id).in_(job_ids)))}
+    sources = dict(items)
     handled = []
-    finished = {outcome.job_id: outcome for outcome in outcomes}
-    for job_id, source in items:
-        outcome = finished.get(job_id)
-        if outcome is None:
-            continue  # failed: its file stays for the retry
-        row = rows[job_id]
-        arrival = _inbox_arrival(intake, source or row.source, row.sha256, row.size)
-        if arrival is not None:
-            handled.append((arrival, outcome))
-    intake.archive_many(handled)
-    _log_each(outcomes)
+    for outcome in applied.outcomes:
+        row = rows[outcome.job_id]
+        source = sources.get(outcome.job_id) or row.source
+        handled.append((_inbox_arrival(intake, source, row.sha256, row.size), outcome))
+    intake.finish(handled)
     applied.raise_first()
-    return outcomes
-
-
-def _log_each(outcomes: Sequence[Outcome]) -> None:
-    for outcome in outcomes:
-        log.info("job %s %s%s%s", outcome.job_id, outcome.status,
-                 f" [{outcome.reason}]" if outcome.reason else "",
-                 " (duplicate)" if outcome.duplicate else " (applied)")
+    return applied.outcomes
 
 
 def _inbox_arrival(intake: Intake, key: str, sha256: str, size: int) -> Arrival | None:
@@ -120,20 +107,9 @@ def run_chunk(runtime: Runtime, job_ids: list[int], batch_id: int | None,
               app: Celery) -> bulk.ChunkResult:
     """Apply a chunk; publish `finish_batch` for a batch this chunk saw complete."""
     result = bulk.run_chunk(runtime, job_ids, batch_id)
-    _log_each(result.outcomes)
     for done in result.finish:
         app.send_task(FINISH_BATCH, args=[done])
-    log.info("chunk of %d jobs (batch %s): %s", len(job_ids), batch_id,
-             _summary(result.outcomes))
     return result
-
-
-def _summary(outcomes: list[Outcome]) -> str:
-    counts: dict[str, int] = {}
-    for outcome in outcomes:
-        label = outcome.status + (" duplicate" if outcome.duplicate else "")
-        counts[label] = counts.get(label, 0) + 1
-    return ", ".join(f"{n} {label}" for label, n in sorted(counts.items())) or "nothing"
 
 
 # --- the Celery wrappers ---------------------------------------------------------------------

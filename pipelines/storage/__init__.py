@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 from pipelines.storage.base import (
     InvalidKey,
     ObjectInfo,
+    ObjectTooLarge,
     StorageError,
     Store,
     TransientStorageError,
@@ -36,6 +37,7 @@ __all__ = [
     "InvalidKey",
     "LocalStore",
     "ObjectInfo",
+    "ObjectTooLarge",
     "S3ClientParams",
     "S3Store",
     "StorageError",

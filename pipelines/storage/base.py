@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Protocol, runtime_checkable
@@ -28,6 +29,19 @@ class InvalidKey(ValueError):
 
 class StorageError(Exception):
     """A storage back end failed in a way that has no better built-in equivalent."""
+
+
+class ObjectTooLarge(StorageError):
+    """An object is larger than the reader's limit: refused from its size, never read whole.
+
+    `size` is the size known when refusing (the stored size, or at least limit + 1).
+    """
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(f"{key}: {size} bytes, more than the limit of {limit}")
+        self.key = key
+        self.size = size
+        self.limit = limit
 
 
 class TransientStorageError(StorageError):
@@ -104,9 +118,10 @@ class Store(Protocol):
         existing object; retrying a put rewrites the same object, never a second one."""
         ...
 
-    def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+    def put_many(self, items: Iterable[tuple[str, bytes]], *, durable: bool = True) -> None:
         """`put` each (key, data): atomic each, durable all together when this returns
-        (a local store syncs once for the batch)."""
+        (a local store syncs once for the batch); `durable=False` leaves that to a later
+        `sync`."""
         ...
 
     def put_file(self, key: str, fileobj: IO[bytes]) -> None:
@@ -114,12 +129,24 @@ class Store(Protocol):
         never all of it in memory at once."""
         ...
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
-        """Write `data` only if `key` does not exist yet; True if this call wrote it."""
+    def put_if_absent(self, key: str, data: bytes, *, durable: bool = True) -> bool:
+        """Write `data` only if `key` does not exist yet; True if this call wrote it.
+        `durable=False` leaves making it durable to a later `sync`."""
+        ...
+
+    def sync(self) -> None:
+        """Make every write and move done with `durable=False` durable (one flush for a
+        whole batch where that is cheaper); a no-op where each write is durable already."""
         ...
 
     def get(self, key: str) -> bytes:
         """The object's bytes; `FileNotFoundError` if missing."""
+        ...
+
+    def open(self, key: str, *, limit: int | None = None) -> AbstractContextManager[IO[bytes]]:
+        """A seekable binary file with the object's bytes, never all of them in memory;
+        `ObjectTooLarge` (from the stored size, before reading, and while reading) when
+        there are more than `limit` bytes; `FileNotFoundError` if missing."""
         ...
 
     def head(self, key: str) -> ObjectInfo:
@@ -147,6 +174,8 @@ class Store(Protocol):
         shown where to drop files; on S3 a prefix exists with its first object."""
         ...
 
-    def move(self, src: str, dst: str) -> None:
-        """Rename `src` to `dst`, replacing `dst`; `FileNotFoundError` if `src` is missing."""
+    def move(self, src: str, dst: str, *, durable: bool = True, replace: bool = True) -> None:
+        """Rename `src` to `dst`; `FileNotFoundError` if `src` is missing. With
+        `replace=False` an existing `dst` is a `FileExistsError` instead of replaced;
+        `durable=False` leaves making the move durable to a later `sync`."""
         ...

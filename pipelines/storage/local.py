@@ -11,12 +11,19 @@ import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 from airlock_sdk.store import fsync_dir
-from pipelines.storage.base import InvalidKey, ObjectInfo, check_key, check_prefix
+from pipelines.storage.base import (
+    InvalidKey,
+    ObjectInfo,
+    ObjectTooLarge,
+    check_key,
+    check_prefix,
+)
 
 # Our own in-flight writes: ".<name>.airlock-<hex>.tmp" next to the final file. The
 # leading dot and the .tmp suffix make folder watchers and the arrival layout ignore it.
@@ -209,13 +216,13 @@ class LocalStore:
         """`put`, copying from `fileobj` in blocks."""
         self._put(key, fileobj, durable=True)
 
-    def put_many(self, items: Iterable[tuple[str, bytes]], *, sync: bool = True) -> None:
+    def put_many(self, items: Iterable[tuple[str, bytes]], *, durable: bool = True) -> None:
         """`put` each (key, data), atomically each, durable all together: one `sync`
-        after the batch instead of two fsyncs per file (`sync=False`: the caller syncs
-        later)."""
+        after the batch instead of two fsyncs per file (`durable=False`: the caller
+        syncs later)."""
         for key, data in items:
             self._put(key, data, durable=False)
-        if sync:
+        if durable:
             self.sync()
 
     def _put(self, key: str, data: bytes | IO[bytes], *, durable: bool) -> None:
@@ -281,6 +288,34 @@ class LocalStore:
             return self.path_for(key).read_bytes()
         except (IsADirectoryError, NotADirectoryError):
             raise FileNotFoundError(errno.ENOENT, "no such object", key) from None
+
+    @contextmanager
+    def open(self, key: str, *, limit: int | None = None) -> Iterator[IO[bytes]]:
+        """The file opened in place, read-only. Never a FIFO, device or symlink: opened
+        with O_NONBLOCK | O_NOFOLLOW and checked to be a regular file before any read;
+        a file over `limit` is refused from its size."""
+        path = self.path_for(key)
+        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(
+            os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags)
+        except (OSError, ValueError) as exc:  # ELOOP: a symlink; ENXIO: a socket
+            if isinstance(exc, PermissionError):
+                raise
+            raise FileNotFoundError(errno.ENOENT, "no such object", key) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FileNotFoundError(errno.ENOENT, "no such object", key)
+            if limit is not None and st.st_size > limit:
+                raise ObjectTooLarge(key, st.st_size, limit)
+            os.set_blocking(fd, True)
+            handle = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with handle:
+            yield handle
 
     def head(self, key: str) -> ObjectInfo:
         """Size and modification time; `FileNotFoundError` if missing."""

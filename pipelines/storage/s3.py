@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
 from typing import IO, TYPE_CHECKING, Any
@@ -25,6 +27,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from pipelines.storage.base import (
     InvalidKey,
     ObjectInfo,
+    ObjectTooLarge,
     StorageError,
     TransientStorageError,
     check_key,
@@ -207,8 +210,8 @@ class S3Store:
 
     # --- writing ----------------------------------------------------------------------
 
-    def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
-        """A PutObject each: every one is durable once S3 answers."""
+    def put_many(self, items: Iterable[tuple[str, bytes]], *, durable: bool = True) -> None:
+        """A PutObject each: every one is durable once S3 answers (so is `durable`)."""
         for key, data in items:
             self.put(key, data)
 
@@ -221,7 +224,10 @@ class S3Store:
         """One PutObject streaming from `fileobj` (seekable: botocore sizes it)."""
         self._call(self._describe(key), "put_object", Key=self.object_key(key), Body=fileobj)
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def sync(self) -> None:
+        """Nothing to do: every write is durable once S3 answers."""
+
+    def put_if_absent(self, key: str, data: bytes, *, durable: bool = True) -> bool:
         """PutObject with ``If-None-Match: *``; False if the object already exists.
 
         Endpoints that do not implement conditional writes get HEAD then PUT (racy).
@@ -265,6 +271,32 @@ class S3Store:
             finally:
                 body.close()
         raise TransientStorageError(f"{what}: body read kept failing: {last}", last) from last
+
+    @contextmanager
+    def open(self, key: str, *, limit: int | None = None) -> Iterator[IO[bytes]]:
+        """The object spooled to a temp file a block at a time (refused from the listed
+        size, and again while reading, if over `limit`)."""
+        what = self._describe(key)
+        response = self._call(what, "get_object", Key=self.object_key(key))
+        body = response["Body"]
+        try:
+            size = int(response.get("ContentLength", 0))
+            if limit is not None and size > limit:
+                raise ObjectTooLarge(key, size, limit)
+            with tempfile.TemporaryFile(prefix="airlock-object-") as spool:
+                written = 0
+                try:
+                    for block in body.iter_chunks(1024 * 1024):
+                        written += len(block)
+                        if limit is not None and written > limit:
+                            raise ObjectTooLarge(key, written, limit)
+                        spool.write(block)
+                except BotoCoreError as exc:
+                    raise translate(exc, what) from exc
+                spool.seek(0)
+                yield spool
+        finally:
+            body.close()
 
     def head(self, key: str) -> ObjectInfo:
         """Size and LastModified (UTC); `FileNotFoundError` if missing."""
@@ -356,12 +388,18 @@ class S3Store:
         except FileNotFoundError:
             return
 
-    def move(self, src: str, dst: str) -> None:
-        """CopyObject then DeleteObject (not atomic: a crash in between leaves both)."""
+    def move(self, src: str, dst: str, *, durable: bool = True, replace: bool = True) -> None:
+        """CopyObject then DeleteObject (not atomic: a crash in between leaves both).
+
+        `replace=False` checks `dst` with a HEAD first: S3 has no conditional copy, so
+        two movers racing for one name could still both write it (archive names carry
+        the content hash, which makes such a pair the same file)."""
         src_full, dst_full = self.object_key(src), self.object_key(dst)
         if src_full == dst_full:
             self.head(src)
             return
+        if not replace and self.exists(dst):
+            raise FileExistsError(errno.EEXIST, "object exists", self._describe(dst))
         self._call(
             f"copying {self._describe(src)} to {dst}", "copy_object",
             Key=dst_full, CopySource={"Bucket": self.bucket, "Key": src_full},

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pipelines.storage import (
     InvalidKey,
     LocalStore,
+    ObjectTooLarge,
     S3Store,
     Store,
     check_key,
@@ -417,3 +418,54 @@ def test_make_folder_accepts_a_prefix_and_refuses_an_unsafe_one(store: Store) ->
     with pytest.raises(InvalidKey):
         store.make_folder("../escape")
     assert keys(store) == []  # a folder is not an object
+
+
+def test_open_streams_the_object_and_refuses_one_over_the_limit(store: Store) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 7)  # several blocks of the S3 spool
+    store.put("ACME/big.zip", data)
+    with store.open("ACME/big.zip") as handle:
+        assert handle.read(10) == data[:10]
+        handle.seek(0)
+        assert handle.read() == data
+    with store.open("ACME/big.zip", limit=len(data)) as handle:
+        assert len(handle.read()) == len(data)
+    with pytest.raises(ObjectTooLarge) as refused:
+        with store.open("ACME/big.zip", limit=len(data) - 1):
+            pytest.fail("an object over the limit must not be opened")
+    assert refused.value.size == len(data) and refused.value.limit == len(data) - 1
+    with pytest.raises(FileNotFoundError):
+        with store.open("ACME/missing.zip"):
+            pass
+    with pytest.raises(InvalidKey):
+        with store.open("../escape"):
+            pass
+
+
+def test_move_without_replace_keeps_the_existing_object(store: Store) -> None:
+    store.put("ACME/a", b"first")
+    store.put("ACME/b", b"second")
+    with pytest.raises(FileExistsError):
+        store.move("ACME/b", "ACME/a", replace=False)
+    assert store.get("ACME/a") == b"first" and store.get("ACME/b") == b"second"
+    store.move("ACME/b", "_processed/ACME/b", replace=False, durable=False)
+    store.sync()
+    assert keys(store) == ["ACME/a", "_processed/ACME/b"]
+
+
+def test_lazy_writes_are_there_after_sync(store: Store) -> None:
+    store.put_many([("ACME/x", b"1"), ("ACME/y", b"2")], durable=False)
+    assert store.put_if_absent("ACME/z", b"3", durable=False)
+    assert not store.put_if_absent("ACME/z", b"other", durable=False)
+    store.sync()
+    assert [store.get(k) for k in ("ACME/x", "ACME/y", "ACME/z")] == [b"1", b"2", b"3"]
+
+
+def test_a_local_open_never_reads_a_fifo_or_follows_a_symlink(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    store.put("ACME/real", b"secret elsewhere")
+    os.mkfifo(tmp_path / "root/ACME/pipe")  # no writer: a blocking open would hang
+    os.symlink(tmp_path / "root/ACME/real", tmp_path / "root/ACME/link")
+    for name in ("pipe", "link"):
+        with pytest.raises(FileNotFoundError):
+            with store.open(f"ACME/{name}"):
+                pytest.fail(f"{name} must not be opened")

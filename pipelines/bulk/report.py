@@ -1,0 +1,239 @@
+"""The end of a batch: its report (JSON + CSV) in the outbox, the archive file archived.
+
+Writing the report is read-only on the database: `settle_members` first applies the
+jobs a batch shares with another, still unfinished, and writes results the outbox
+lacks; `member_rows` then only reads. A report is built from the rows, so writing it
+again gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy import select as sa_select
+from sqlmodel import col, select
+
+from models import Batch, BatchStatus, Job, JobOutput
+from models.db import session_scope
+from models.tables import JOB
+from pipelines.archiving import StoredFile, archive
+from pipelines.batch_report import ReportWriter
+from pipelines.bulk.chunks import BulkEnv, run_chunk
+from pipelines.bulk.state import (
+    CLAIM_MARK,
+    FINAL,
+    BatchResult,
+    archive_name,
+    batch_result,
+    get_batch,
+    manifest_key,
+    report_keys,
+    set_status,
+    update_progress,
+)
+from pipelines.errors import public_message, public_reason
+from pipelines.layout import (
+    Disposition,
+    outbox_key,
+    parse_arrival_key,
+    parse_processing_key,
+)
+from pipelines.storage.base import Store
+
+log = logging.getLogger("airlock.bulk")
+
+_GROUP = 500  # members per lookup: ids per IN (...) list
+
+
+def finish_batch(env: BulkEnv, batch_id: int) -> BatchResult:
+    """Write the report (JSON + CSV), make sure every member's results are in the outbox,
+    archive the archive file and mark the batch reported. Safe to run again."""
+    batch = get_batch(env.engine, batch_id)
+    if batch.status in (BatchStatus.REPORTED, BatchStatus.REJECTED):
+        return batch_result(env.engine, batch_id, duplicate=True)
+    if batch.status != BatchStatus.COMPLETE:
+        _flipped, status = update_progress(env.engine, batch_id)
+        if status != BatchStatus.COMPLETE:
+            log.info("batch %s is not finished yet (%s)", batch_id, status)
+            return batch_result(env.engine, batch_id)
+        batch = get_batch(env.engine, batch_id)
+    settle_members(env, batch)
+    keys, members = write_report(env.outbox, batch, member_rows(env.engine, env.inbox, batch))
+    archive_source(env, batch, batch.source)
+    set_status(env.engine, batch_id, BatchStatus.COMPLETE, status=BatchStatus.REPORTED,
+               report_name=keys[0].split("/", 1)[1])
+    log.info("batch %s reported: %s", batch_id, keys[0])
+    result = batch_result(env.engine, batch_id)
+    result.members = members
+    return result
+
+
+def reject_batch(env: BulkEnv, batch_id: int, reason: str, message: str, *,
+                 source: str) -> BatchResult:
+    """Refuse a whole archive: record why, write the report, archive the file as rejected."""
+    set_status(env.engine, batch_id, BatchStatus.LOADING, status=BatchStatus.REJECTED,
+               reason=reason, message=message, finished_at=env.processor.clock())
+    batch = get_batch(env.engine, batch_id)
+    keys, _members = write_report(env.outbox, batch, [])
+    set_status(env.engine, batch_id, BatchStatus.REJECTED,
+               report_name=keys[0].split("/", 1)[1])
+    archive_source(env, batch, source)
+    return batch_result(env.engine, batch_id)
+
+
+def redeliver_report(env: BulkEnv, batch: Batch) -> list[str]:
+    """Write a finished batch's report again (same bytes: it is built from the rows)."""
+    if batch.status == BatchStatus.REJECTED:
+        return write_report(env.outbox, batch, [])[0]
+    if not env.inbox.exists(manifest_key(batch)):
+        log.warning("batch %s has no member list any more; report not rewritten", batch.id)
+        return []
+    return write_report(env.outbox, batch, member_rows(env.engine, env.inbox, batch))[0]
+
+
+def settle_members(env: BulkEnv, batch: Batch) -> None:
+    """Before the report: apply members whose job is still unfinished (shared with
+    another batch that has not got to it), and write results missing from the outbox."""
+    for _group, jobs in _member_groups(env.engine, env.inbox, batch):
+        unfinished = [job["id"] for job in jobs.values() if job["status"] not in FINAL]
+        if unfinished:
+            run_chunk(env, unfinished)
+        _fill_outbox(env, batch.tenant, [job["id"] for job in jobs.values()])
+
+
+def member_rows(engine: Engine, inbox: Store, batch: Batch) -> Iterator[dict[str, Any]]:
+    """One report row per member, in archive order, a group at a time (reads only)."""
+    for group, jobs in _member_groups(engine, inbox, batch):
+        names = _output_names(engine, [job["id"] for job in jobs.values()])
+        for member, sha in group:
+            job = jobs.get(sha)
+            if job is None:
+                yield {"member": member, "status": "missing", "reason": None,
+                       "message": None, "request_id": None, "results": []}
+                continue
+            # The customer's report: public reasons only (the job keeps the precise one).
+            reason = job["reason"]
+            yield {"member": member, "status": job["status"],
+                   "reason": public_reason(reason) if reason else None,
+                   "message": public_message(reason, job["message"]) if reason
+                   else job["message"], "request_id": job["request_id"],
+                   "results": [outbox_key(batch.tenant, name)
+                               for name in names.get(job["id"], [])]}
+
+
+def write_report(outbox: Store, batch: Batch, rows: Iterable[dict[str, Any]]
+                 ) -> tuple[list[str], int]:
+    """Stream `rows` into the report; its keys and how many member rows it has."""
+    json_key, csv_key = report_keys(batch)
+    header = {
+        "batch_id": batch.id, "tenant": batch.tenant, "archive": archive_name(batch.source),
+        "source": batch.source, "sha256": batch.sha256,
+        "status": BatchStatus.REJECTED if batch.status == BatchStatus.REJECTED
+        else BatchStatus.COMPLETE,
+        "reason": batch.reason, "message": batch.message,
+        "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
+    }
+    with ReportWriter() as writer:
+        for row in rows:
+            writer.add(row)
+        writer.publish(outbox, json_key, csv_key, header)
+        return [json_key, csv_key], writer.count
+
+
+def archive_source(env: BulkEnv, batch: Batch, key: str) -> str | None:
+    """Move the archive file out of the inbox (``_processed/`` or ``_rejected/`` with an
+    ``.error.json``); nothing for sources that are not inbox keys or are gone."""
+    parsed = parse_processing_key(key) or parse_arrival_key(key)
+    if parsed is None or not env.inbox.exists(key):
+        return None
+    source = StoredFile(key=key, area=parsed[0], name=CLAIM_MARK.sub("", parsed[1]),
+                        sha256=batch.sha256)
+    if batch.status != BatchStatus.REJECTED:
+        return archive(env.inbox, source, Disposition.PROCESSED)
+    report = {"status": BatchStatus.REJECTED, "reason": batch.reason,
+              "message": batch.message, "batch_id": batch.id, "tenant": batch.tenant,
+              "source": key, "sha256": batch.sha256, "results": list(report_keys(batch)),
+              "at": env.processor.clock().isoformat()}
+    return archive(env.inbox, source, Disposition.REJECTED, report)
+
+
+# --- the member list and the jobs behind it -----------------------------------------------
+
+
+_Group = tuple[list[tuple[str, str]], dict[str, dict[str, Any]]]
+
+
+def _member_groups(engine: Engine, inbox: Store, batch: Batch) -> Iterator[_Group]:
+    """The member list in groups of `_GROUP`, each with the jobs (by sha256) behind it."""
+    entries = _manifest_entries(inbox, batch)
+    if entries is None:
+        log.warning("batch %s has no member list; reporting its own jobs", batch.id)
+        entries = iter(_entries_from_jobs(engine, batch))
+    while group := list(itertools.islice(entries, _GROUP)):
+        yield group, _jobs_by_sha(engine, batch.tenant, {sha for _, sha in group})
+
+
+def _manifest_entries(inbox: Store, batch: Batch) -> Iterator[tuple[str, str]] | None:
+    """The member list, read a line at a time; None if there is none."""
+    key = manifest_key(batch)
+    if not inbox.exists(key):
+        return None
+    return _read_manifest(inbox, key)
+
+
+def _read_manifest(inbox: Store, key: str) -> Iterator[tuple[str, str]]:
+    with inbox.open(key) as lines:
+        for line in lines:
+            if line.strip():
+                entry = json.loads(line)
+                yield entry["member"], entry["sha256"]
+
+
+def _entries_from_jobs(engine: Engine, batch: Batch) -> list[tuple[str, str]]:
+    """Member list rebuilt from the jobs the batch created (shared members are missed)."""
+    with session_scope(engine) as session:
+        rows = session.exec(select(Job.source, Job.sha256).where(col(Job.batch_id) == batch.id)
+                            .order_by(col(Job.id))).all()
+    prefix = f"{batch.source}!"
+    return [(source.removeprefix(prefix), sha) for source, sha in rows]
+
+
+def _fill_outbox(env: BulkEnv, tenant: str, job_ids: list[int]) -> None:
+    """Write the results of `job_ids` that the outbox lacks."""
+    if not job_ids:
+        return
+    names = _output_names(env.engine, job_ids)
+    wanted = {outbox_key(tenant, name) for group in names.values() for name in group}
+    missing = wanted - env.outbox.which_exist(wanted)
+    if not missing:
+        return
+    with session_scope(env.engine) as session:
+        outputs = session.exec(select(JobOutput).where(col(JobOutput.job_id).in_(job_ids))).all()
+    env.outbox.put_many((key, output.content) for output in outputs
+                        if (key := outbox_key(tenant, output.name)) in missing)
+
+
+def _jobs_by_sha(engine: Engine, tenant: str, shas: set[str]) -> dict[str, dict[str, Any]]:
+    with session_scope(engine) as session:
+        rows = session.execute(sa_select(*(JOB.c[name] for name in (
+            "id", "sha256", "status", "reason", "message", "request_id")))
+            .where(JOB.c.tenant == tenant, JOB.c.sha256.in_(shas))).all()
+    return {row[1]: {"id": row[0], "status": row[2], "reason": row[3], "message": row[4],
+                     "request_id": row[5]} for row in rows}
+
+
+def _output_names(engine: Engine, job_ids: list[int]) -> dict[int, list[str]]:
+    names: dict[int, list[str]] = {}
+    if not job_ids:
+        return names
+    with session_scope(engine) as session:
+        for job_id, name in session.exec(select(JobOutput.job_id, JobOutput.name)
+                                         .where(col(JobOutput.job_id).in_(job_ids))
+                                         .order_by(col(JobOutput.id))):
+            names.setdefault(job_id, []).append(name)
+    return names

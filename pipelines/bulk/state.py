@@ -1,0 +1,148 @@
+"""A batch's rows: opening it, its progress, where it stands, and its names.
+
+Progress lives on rows, not in a chord, so a redelivered chunk cannot count twice:
+`finished` is derived from job statuses each time a chunk ends, and the caller that
+sees ``finished == total`` flips the status with a conditional UPDATE (``WHERE status
+= 'open'``) and so is the only one to trigger the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, col, select
+
+from models import Batch, BatchStatus, Job
+from models.db import is_postgres, session_scope
+from models.ledger import FINAL_STATUSES
+from models.types import utcnow
+from pipelines.layout import outbox_key, parse_arrival_key, parse_processing_key
+from pipelines.storage.base import check_key
+
+log = logging.getLogger("airlock.bulk")
+
+MANIFEST_AREA = "_batches"
+FINAL = [str(status) for status in FINAL_STATUSES]
+CLAIM_MARK = re.compile(r"\.claim-[0-9a-f]{12}$")
+_UNSAFE_CHARS = re.compile(r"[^\w.+-]")
+
+
+@dataclass
+class BatchResult:
+    """Where a batch stands; `counts` are the statuses of the jobs the batch created."""
+
+    batch_id: int
+    tenant: str
+    source: str
+    sha256: str
+    status: str
+    reason: str | None = None
+    message: str | None = None
+    total: int = 0
+    finished: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    members: int | None = None
+    report_keys: list[str] = field(default_factory=list)
+    duplicate: bool = False  # the archive was imported before; nothing applied again
+
+    @property
+    def accepted(self) -> bool:
+        return self.status != BatchStatus.REJECTED
+
+
+def open_batch(session: Session, *, tenant: str, source: str, sha256: str,
+               now: datetime) -> tuple[Batch, bool]:
+    """Insert-or-get the batch for (tenant, sha256); True if this call created it."""
+    insert = pg_insert if is_postgres(session.get_bind()) else sqlite_insert  # type: ignore[arg-type]
+    created = session.execute(insert(Batch).values(
+        tenant=tenant, source=source[:1024], sha256=sha256, total=0, finished=0,
+        status=BatchStatus.LOADING, created_at=now).on_conflict_do_nothing(
+        index_elements=["tenant", "sha256"])).rowcount == 1  # type: ignore[attr-defined]
+    batch = session.exec(select(Batch).where(Batch.tenant == tenant,
+                                             Batch.sha256 == sha256)).one()
+    return batch, created
+
+
+def get_batch(engine: Engine, batch_id: int) -> Batch:
+    with session_scope(engine) as session:
+        return session.exec(select(Batch).where(Batch.id == batch_id)).one()
+
+
+def update_progress(engine: Engine, batch_id: int, *, now: datetime | None = None
+                    ) -> tuple[bool, str]:
+    """Derive `finished` from job statuses; flip an all-done open batch to complete.
+
+    Returns (this call flipped it, the status now). Only one caller can flip: the
+    UPDATE is conditional on ``status = 'open'``.
+    """
+    done = (select(func.count()).select_from(Job)
+            .where(col(Job.batch_id) == batch_id, col(Job.status).in_(FINAL))
+            .scalar_subquery())
+    with session_scope(engine) as session:
+        session.execute(update(Batch).where(
+            col(Batch.id) == batch_id,
+            col(Batch.status).in_((BatchStatus.LOADING, BatchStatus.OPEN)))
+            .values(finished=done))
+        flipped = session.execute(
+            update(Batch).where(col(Batch.id) == batch_id,
+                                col(Batch.status) == BatchStatus.OPEN,
+                                col(Batch.total) == done)
+            .values(status=BatchStatus.COMPLETE, finished=Batch.total,
+                    finished_at=now or utcnow())
+        ).rowcount == 1  # type: ignore[attr-defined]
+        status = session.exec(select(Batch.status).where(Batch.id == batch_id)).one()
+    if flipped:
+        log.info("batch %s complete", batch_id)
+    return flipped, status
+
+
+def set_status(engine: Engine, batch_id: int, expected: BatchStatus | tuple[BatchStatus, ...],
+               **values: Any) -> bool:
+    """Move the batch on from `expected` (a conditional UPDATE); True if this call did."""
+    allowed = (expected,) if isinstance(expected, BatchStatus) else expected
+    with session_scope(engine) as session:
+        return session.execute(update(Batch).where(
+            col(Batch.id) == batch_id, col(Batch.status).in_(allowed))
+            .values(**values)).rowcount == 1  # type: ignore[attr-defined]
+
+
+def batch_result(engine: Engine, batch_id: int, *, duplicate: bool = False) -> BatchResult:
+    with session_scope(engine) as session:
+        batch = session.exec(select(Batch).where(Batch.id == batch_id)).one()
+        counts = {str(status): int(n) for status, n in session.exec(
+            select(Job.status, func.count()).where(col(Job.batch_id) == batch_id)
+            .group_by(Job.status))}
+    keys = list(report_keys(batch)) if batch.report_name else []
+    return BatchResult(batch_id=batch_id, tenant=batch.tenant, source=batch.source,
+                       sha256=batch.sha256, status=batch.status, reason=batch.reason,
+                       message=batch.message, total=batch.total, finished=batch.finished,
+                       counts=counts, report_keys=keys, duplicate=duplicate)
+
+
+def manifest_key(batch: Batch) -> str:
+    """``_batches/<tenant>/<batch id>.members.ndjson`` in the inbox store."""
+    return check_key(f"{MANIFEST_AREA}/{batch.tenant}/{batch.id}.members.ndjson")
+
+
+def report_keys(batch: Batch) -> tuple[str, str]:
+    """``<tenant>/batches/<archive name>.<sha12>.report.json`` and ``.csv``."""
+    base = f"batches/{archive_name(batch.source)[:150]}.{batch.sha256[:12]}.report"
+    return outbox_key(batch.tenant, base + ".json"), outbox_key(batch.tenant, base + ".csv")
+
+
+def archive_name(source: str) -> str:
+    """A file-name-safe base name of the archive, from the batch source."""
+    if source.startswith("cli:"):
+        name = source[4:]
+    else:
+        parsed = parse_processing_key(source) or parse_arrival_key(source)
+        name = CLAIM_MARK.sub("", parsed[1]) if parsed else source
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return _UNSAFE_CHARS.sub("_", base).lstrip(".") or "archive"
