@@ -90,7 +90,7 @@ class Intake:
                         durable=False)
         self.inbox.sync()  # the archive moves and error reports, all at once
         for arrival, outcome in handled:
-            _log(arrival, outcome)
+            log_outcome(arrival, outcome)
             if arrival is not None and self.on_outcome is not None:
                 self.on_outcome(arrival, outcome)
 
@@ -106,8 +106,9 @@ def _report(arrival: Arrival, outcome: Outcome, at: str) -> dict[str, object]:
     }
 
 
-def _log(arrival: Arrival | None, outcome: Outcome) -> None:
-    where = f"{arrival.area}/{arrival.name}" if arrival else f"{outcome.tenant} job"
-    log.info("%s -> %s%s%s (job %s)", where, outcome.status,
+def log_outcome(arrival: Arrival | None, outcome: Outcome) -> None:
+    """``ACME/x.req: job 12 rejected [no_seats] (applied)`` — once per file, every mode."""
+    where = f"{arrival.area}/{arrival.name}" if arrival else outcome.tenant
+    log.info("%s: job %s %s%s (%s)", where, outcome.job_id, outcome.status,
              f" [{outcome.reason}]" if outcome.reason else "",
-             " (duplicate)" if outcome.duplicate else "", outcome.job_id)
+             "duplicate" if outcome.duplicate else "applied")

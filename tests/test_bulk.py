@@ -204,7 +204,7 @@ def test_a_chunk_run_twice_does_not_count_twice(env: BulkParts, keyring, monkeyp
         ids = list(session.exec(select(Job.id).order_by(Job.id)))
     again = run_chunk(env, ids[:4], result.batch_id)  # a redelivered chunk
     assert all(o.duplicate for o in again.outcomes)
-    assert update_progress(env.engine, result.batch_id) == (False, "complete")
+    assert update_progress(env.engine, result.batch_id, now=NOW) == (False, "complete")
     state = bulk.batch_result(env.engine, result.batch_id)
     assert (state.total, state.finished) == (6, 6)
 
@@ -213,7 +213,7 @@ def test_progress_cannot_flip_before_every_member_is_registered(env: BulkParts) 
     with session_scope(env.engine) as session:
         batch = Batch(tenant="ACME", source="x", sha256="0" * 64, status="loading")
         session.add(batch)
-    assert update_progress(env.engine, batch.id) == (False, "loading")  # type: ignore[arg-type]
+    assert update_progress(env.engine, batch.id, now=NOW) == (False, "loading")  # type: ignore[arg-type]
 
 
 # --- refusals ------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
     assert "Traceback" not in output
-    assert output.count("-> done") == 3  # one log line per file
+    assert output.count(" done (applied)") == 3  # one log line per file
     assert _files(Path(settings.resolved_inbox), "_processing") == []
     runtime.close()
 

@@ -100,7 +100,8 @@ class CelerySink:
     def resume(self, batch_id: int) -> None:
         """The batch was registered before; its chunks are (or were) in the queue. Only a
         batch already complete gets its report published again."""
-        _flipped, status = bulk.update_progress(self.runtime.engine, batch_id)
+        _flipped, status = bulk.update_progress(self.runtime.engine, batch_id,
+                                                now=self.runtime.processor.clock())
         if status == BatchStatus.COMPLETE and self._recently.claim(("finish", batch_id)):
             enqueue_finish(self.app, batch_id)
 

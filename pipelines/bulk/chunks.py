@@ -16,7 +16,7 @@ from models.db import session_scope
 from models.tables import JOB
 from pipelines.bulk.state import update_progress
 from pipelines.handler import apply_jobs
-from pipelines.intake import deliver
+from pipelines.intake import deliver, log_outcome
 from pipelines.process import Outcome, Processor
 from pipelines.storage.base import Store
 
@@ -76,6 +76,8 @@ def run_chunk(env: BulkEnv, job_ids: Sequence[int], batch_id: int | None = None)
         flipped, status = update_progress(env.engine, bid, now=now)
         if flipped or status == BatchStatus.COMPLETE:
             finish.append(bid)
+    for outcome in applied.outcomes:
+        log_outcome(None, outcome)
     log.info("chunk of %d jobs (batch %s): %s", len(job_ids), batch_id,
              _summary(applied.outcomes, len(applied.failed)))
     applied.raise_first()

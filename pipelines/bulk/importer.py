@@ -217,7 +217,8 @@ class InlineSink:
         size = self.env.settings.chunk_size
         for start in range(0, len(pending), size):
             run_chunk(self.env, pending[start:start + size], batch_id)
-        _flipped, status = update_progress(self.env.engine, batch_id)
+        _flipped, status = update_progress(self.env.engine, batch_id,
+                                           now=self.env.processor.clock())
         if status == BatchStatus.COMPLETE:
             finish_batch(self.env, batch_id)
 

@@ -57,7 +57,8 @@ def finish_batch(env: BulkEnv, batch_id: int) -> BatchResult:
     if batch.status in (BatchStatus.REPORTED, BatchStatus.REJECTED):
         return batch_result(env.engine, batch_id, duplicate=True)
     if batch.status != BatchStatus.COMPLETE:
-        _flipped, status = update_progress(env.engine, batch_id)
+        _flipped, status = update_progress(env.engine, batch_id,
+                                           now=env.processor.clock())
         if status != BatchStatus.COMPLETE:
             log.info("batch %s is not finished yet (%s)", batch_id, status)
             return batch_result(env.engine, batch_id)

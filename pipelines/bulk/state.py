@@ -22,7 +22,6 @@ from sqlmodel import Session, col, select
 from models import Batch, BatchStatus, Job
 from models.db import is_postgres, session_scope
 from models.ledger import FINAL_STATUSES
-from models.types import utcnow
 from pipelines.layout import outbox_key, parse_arrival_key, parse_processing_key
 from pipelines.storage.base import check_key
 
@@ -75,8 +74,7 @@ def get_batch(engine: Engine, batch_id: int) -> Batch:
         return session.exec(select(Batch).where(Batch.id == batch_id)).one()
 
 
-def update_progress(engine: Engine, batch_id: int, *, now: datetime | None = None
-                    ) -> tuple[bool, str]:
+def update_progress(engine: Engine, batch_id: int, *, now: datetime) -> tuple[bool, str]:
     """Derive `finished` from job statuses; flip an all-done open batch to complete.
 
     Returns (this call flipped it, the status now). Only one caller can flip: the
@@ -95,7 +93,7 @@ def update_progress(engine: Engine, batch_id: int, *, now: datetime | None = Non
                                 col(Batch.status) == BatchStatus.OPEN,
                                 col(Batch.total) == done)
             .values(status=BatchStatus.COMPLETE, finished=Batch.total,
-                    finished_at=now or utcnow())
+                    finished_at=now)
         ).rowcount == 1  # type: ignore[attr-defined]
         status = session.exec(select(Batch.status).where(Batch.id == batch_id)).one()
     if flipped:
