@@ -38,6 +38,7 @@ class Settings(BaseSettings):
 
     max_file_bytes: int = Field(default=256 * 1024, gt=0)
     max_archive_members: int = Field(default=200_000, gt=0)
+    max_archive_bytes: int = Field(default=1024**3, gt=0, description="Largest bulk archive file")
     max_uncompressed_bytes: int = Field(default=2 * 1024**3, gt=0)
     max_compression_ratio: float = Field(default=200.0, gt=1)
 

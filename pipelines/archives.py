@@ -20,6 +20,7 @@ import io
 import json
 import re
 import stat
+import struct
 import tarfile
 import unicodedata
 import zipfile
@@ -37,6 +38,13 @@ ZIP, TAR, NDJSON = "zip", "tar", "ndjson"
 _SUFFIXES = ((".tar.gz", TAR), (".tgz", TAR), (".tar", TAR), (".zip", ZIP),
              (".ndjson", NDJSON), (".jsonl", NDJSON))
 MAX_NAME_BYTES = 512
+# zipfile reads the whole central directory, then holds one ZipInfo per entry: both are
+# bounded before it parses anything. 32 MiB is ~160 bytes an entry at the 200,000-member
+# cap (short names), or 512-byte names for 50,000 members; an entry's record is 46 bytes
+# plus its name, extra field and comment, allowed `_ZIP_ENTRY_SLACK` bytes beyond the name.
+MAX_CENTRAL_DIRECTORY_BYTES = 32 * 1024 * 1024
+_ZIP_ENTRY_FIXED = 46
+_ZIP_ENTRY_SLACK = 128
 RATIO_FLOOR = 4096  # below this many bytes a "ratio" says nothing and can harm nothing
 STREAM_RATIO_FLOOR = 1024 * 1024  # a whole-stream ratio is judged once this much came out
 _BLOCK = 64 * 1024
@@ -62,13 +70,21 @@ class ArchiveLimits:
     max_total_bytes: int
     max_member_bytes: int
     max_ratio: float
+    max_archive_bytes: int = 1024**3
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ArchiveLimits:
         return cls(max_members=settings.max_archive_members,
                    max_total_bytes=settings.max_uncompressed_bytes,
                    max_member_bytes=settings.max_file_bytes,
-                   max_ratio=settings.max_compression_ratio)
+                   max_ratio=settings.max_compression_ratio,
+                   max_archive_bytes=settings.max_archive_bytes)
+
+    def check_size(self, size: int) -> None:
+        """`ArchiveError` if an archive file of `size` bytes is over its own limit."""
+        if size > self.max_archive_bytes:
+            raise _too_large(f"The archive is {size} bytes "
+                             f"(at most {self.max_archive_bytes}).")
 
 
 class ArchiveError(Exception):
@@ -190,6 +206,7 @@ class _Budget:
 
 def read_members(fileobj: IO[bytes], fmt: str, limits: ArchiveLimits) -> Iterator[Member]:
     """Every file member of the archive in `fileobj` (seekable, read from its start)."""
+    limits.check_size(fileobj.seek(0, io.SEEK_END))
     fileobj.seek(0)
     budget = _Budget(limits)
     if fmt == ZIP:
@@ -215,13 +232,28 @@ def iter_entries(fileobj: IO[bytes], fmt: str, limits: ArchiveLimits
 # --- zip ---------------------------------------------------------------------------------
 
 
-def _zip_declared_entries(fileobj: IO[bytes]) -> int | None:
-    """The entry count in the end-of-central-directory record, read before parsing it."""
+def _zip_check_end(fileobj: IO[bytes], limits: ArchiveLimits) -> None:
+    """Check the end-of-central-directory record before zipfile parses the directory:
+    the entry count against the member cap, and the directory's size against the cap
+    and against what that many entries can take (a count that under-states the entries
+    would let zipfile build far more ZipInfo objects than the cap allows)."""
     try:
         end = zipfile._EndRecData(fileobj)  # type: ignore[attr-defined]  # stable helper
-    except (OSError, ValueError, AttributeError):
-        return None
-    return None if not end else int(end[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
+    except (OSError, ValueError, AttributeError, struct.error):
+        end = None
+    if not end:
+        raise _unsupported("It is not a readable zip archive (no end of central directory).")
+    entries = int(end[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
+    size = int(end[zipfile._ECD_SIZE])  # type: ignore[attr-defined]
+    if entries > limits.max_members:
+        raise _too_large(f"It has more than {limits.max_members} members.")
+    if size > MAX_CENTRAL_DIRECTORY_BYTES:
+        raise _too_large(f"Its central directory is {size} bytes "
+                         f"(at most {MAX_CENTRAL_DIRECTORY_BYTES}).")
+    most = entries * (_ZIP_ENTRY_FIXED + MAX_NAME_BYTES + _ZIP_ENTRY_SLACK)
+    if size > most or size < entries * _ZIP_ENTRY_FIXED:
+        raise _unsafe(f"Its central directory ({size} bytes) does not match the "
+                      f"{entries} entries its end record declares.")
 
 
 def _zip_member_type(info: zipfile.ZipInfo) -> str:
@@ -239,9 +271,7 @@ def _zip_member_type(info: zipfile.ZipInfo) -> str:
 
 def _zip_members(fileobj: IO[bytes], budget: _Budget) -> Iterator[Member]:
     """Check the whole central directory now; the returned iterator reads the data."""
-    declared = _zip_declared_entries(fileobj)
-    if declared is not None and declared > budget.limits.max_members:
-        raise _too_large(f"It has more than {budget.limits.max_members} members.")
+    _zip_check_end(fileobj, budget.limits)
     try:
         archive = zipfile.ZipFile(fileobj)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:

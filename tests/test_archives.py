@@ -12,6 +12,7 @@ import zipfile
 
 import pytest
 
+from pipelines import archives
 from pipelines.archives import (
     NDJSON,
     TAR,
@@ -252,3 +253,65 @@ def test_error_message_is_a_sentence_with_the_detail() -> None:
     error = refused(make_zip([("../x", b"1")]), ZIP)
     assert error.message.startswith("The archive has unsafe members")
     assert "'..'" in error.message
+
+
+def _with_entry_count(data: bytes, entries: int) -> bytes:
+    """The zip with its end-of-central-directory record claiming `entries` entries."""
+    patched = bytearray(data)
+    end = patched.rfind(b"PK\x05\x06")
+    struct.pack_into("<HH", patched, end + 8, entries, entries)
+    return bytes(patched)
+
+
+def _central_directory_size(data: bytes) -> int:
+    end = data.rfind(b"PK\x05\x06")
+    return int(struct.unpack_from("<I", data, end + 12)[0])
+
+
+def test_zip_whose_end_record_understates_its_entries_is_refused_before_parsing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """2,000 entries behind an end record that says 3: zipfile would build all 2,000
+    ZipInfo objects (at scale: a 100 MB directory, a gigabyte of them) before any
+    member count could be checked."""
+    honest = make_zip([(f"d/{i:05d}.req", b"x") for i in range(2000)])
+    lying = _with_entry_count(honest, 3)
+    parsed: list[object] = []
+    real_init = zipfile.ZipFile.__init__
+
+    def spy(self: zipfile.ZipFile, *args: object, **kwargs: object) -> None:
+        parsed.append(args)
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", spy)
+    error = refused(lying, ZIP, ArchiveLimits(10_000, 10**7, 1000, 1e9))
+    assert error.reason == "unsafe_archive" and "central directory" in error.message
+    assert parsed == []  # refused from the end record: the directory was never parsed
+
+
+def test_zip_whose_end_record_overstates_its_entries_is_refused() -> None:
+    honest = make_zip([(f"{i}.req", b"x") for i in range(3)])
+    assert refused(_with_entry_count(honest, 50), ZIP).reason == "unsafe_archive"
+    assert refused(_with_entry_count(honest, 101), ZIP).reason == "archive_too_large"
+
+
+def test_zip_central_directory_over_its_cap_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_zip([(f"{i:03d}-{'n' * 100}.req", b"x") for i in range(50)])
+    size = _central_directory_size(data)
+    monkeypatch.setattr(archives, "MAX_CENTRAL_DIRECTORY_BYTES", size - 1)
+    error = refused(data, ZIP)
+    assert error.reason == "archive_too_large" and str(size) in error.message
+    monkeypatch.setattr(archives, "MAX_CENTRAL_DIRECTORY_BYTES", size)
+    assert len(members(data, ZIP)) == 50
+
+
+@pytest.mark.parametrize("fmt", [ZIP, TAR, NDJSON])
+def test_an_archive_file_over_its_own_limit_is_refused_from_its_size(fmt: str) -> None:
+    files = [(f"{i}.req", "x" * 100) for i in range(20)]
+    data = (make_zip([(n, d.encode()) for n, d in files]) if fmt == ZIP else
+            make_tar([(n, d.encode()) for n, d in files]) if fmt == TAR else
+            make_ndjson(files))
+    limits = ArchiveLimits(100, 10**7, 1000, 1e9, max_archive_bytes=len(data) - 1)
+    error = refused(data, fmt, limits)
+    assert error.reason == "archive_too_large" and str(len(data)) in error.message
+    ok = ArchiveLimits(100, 10**7, 1000, 1e9, max_archive_bytes=len(data))
+    assert len(members(data, fmt, ok)) == 20
