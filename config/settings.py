@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.logging import LogFormat
+
 
 class SettingsError(Exception):
     """A setting is malformed; the message names it and says what is expected."""
@@ -35,6 +37,7 @@ class Settings(BaseSettings):
     # Permissions of the result and archive files a local store writes, as an octal
     # string ("640", "0600"); folders it creates are 0750.
     file_mode: int = Field(default=0o640, description="Octal mode of stored files")
+    log_format: LogFormat = Field(default=LogFormat.TEXT, description="text or json")
 
     max_file_bytes: int = Field(default=256 * 1024, gt=0)
     max_archive_members: int = Field(default=200_000, gt=0)

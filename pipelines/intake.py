@@ -111,4 +111,6 @@ def log_outcome(arrival: Arrival | None, outcome: Outcome) -> None:
     where = f"{arrival.area}/{arrival.name}" if arrival else outcome.tenant
     log.info("%s: job %s %s%s (%s)", where, outcome.job_id, outcome.status,
              f" [{outcome.reason}]" if outcome.reason else "",
-             "duplicate" if outcome.duplicate else "applied")
+             "duplicate" if outcome.duplicate else "applied",
+             extra={"customer": outcome.tenant, "job": outcome.job_id,
+                    "request_id": outcome.request_id, "reason": outcome.reason})
