@@ -169,6 +169,11 @@ class Store(Protocol):
         """Remove the object; deleting a missing object is not an error."""
         ...
 
+    def remove_stale_temp(self, older_than: float) -> int:
+        """Remove this store's own temp files (writes a killed process left half-done)
+        untouched for `older_than` seconds; how many. Nothing to do on S3."""
+        ...
+
     def make_folder(self, prefix: str) -> None:
         """Make the folder `prefix` exist where folders are real, so a customer can be
         shown where to drop files; on S3 a prefix exists with its first object."""

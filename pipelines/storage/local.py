@@ -10,6 +10,7 @@ import re
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -368,6 +369,27 @@ class LocalStore:
         return found
 
     # --- removing and renaming --------------------------------------------------------
+
+    def remove_stale_temp(self, older_than: float) -> int:
+        """Remove our ``.<name>.airlock-<hex>.tmp`` files not modified for `older_than`
+        seconds (a SIGKILL between write and rename leaves one); other files, and temp
+        files a live writer may still be filling, are left alone."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+            for name in filenames:
+                if not _is_own_temp(name):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
 
     def delete(self, key: str) -> None:
         """Remove the file; a missing file is fine."""

@@ -376,6 +376,10 @@ class S3Store:
 
     # --- removing and renaming --------------------------------------------------------
 
+    def remove_stale_temp(self, older_than: float) -> int:
+        """Nothing to do: a PutObject is never seen half-written."""
+        return 0
+
     def make_folder(self, prefix: str) -> None:
         """Nothing to do: a prefix exists with its first object."""
         check_key(prefix)

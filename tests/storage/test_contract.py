@@ -469,3 +469,25 @@ def test_a_local_open_never_reads_a_fifo_or_follows_a_symlink(tmp_path: Path) ->
         with pytest.raises(FileNotFoundError):
             with store.open(f"ACME/{name}"):
                 pytest.fail(f"{name} must not be opened")
+
+
+def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    store.put("ACME/done.lic", b"kept")
+    folder = tmp_path / "root/ACME/deep"
+    folder.mkdir(parents=True)
+    stale = folder / ".x.lic.airlock-0123456789abcdef.tmp"
+    fresh = folder / ".y.lic.airlock-fedcba9876543210.tmp"
+    foreign = folder / ".upload.tmp"  # not ours: a customer's in-flight upload
+    for path in (stale, fresh, foreign):
+        path.write_bytes(b"half")
+    old = time.time() - 600
+    for path in (stale, foreign):
+        os.utime(path, (old, old))
+    assert store.remove_stale_temp(older_than=300) == 1
+    assert not stale.exists() and fresh.exists() and foreign.exists()
+    assert store.get("ACME/done.lic") == b"kept"
+
+
+def test_s3_has_no_temp_files_to_remove(make_store: StoreFactory) -> None:
+    assert make_store().remove_stale_temp(older_than=0) == 0
