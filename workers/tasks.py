@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 import kombu.exceptions
 import redis.exceptions
@@ -34,8 +35,8 @@ from pipelines.intake import Intake
 from pipelines.layout import Arrival, parse_arrival_key, parse_processing_key
 from pipelines.process import Outcome
 from pipelines.storage.base import TransientStorageError
-from workers.celery_app import FINISH_BATCH, NOOP, PROCESS_CHUNK, PROCESS_FILES, RuntimeHolder
 from workers.runtime import Runtime
+from workers.task_names import FINISH_BATCH, NOOP, PROCESS_CHUNK, PROCESS_FILES
 
 log = logging.getLogger("airlock.tasks")
 
@@ -93,17 +94,20 @@ def run_process_files(runtime: Runtime,
         arrival = _inbox_arrival(intake, source or row.source, row.sha256, row.size)
         if arrival is not None:
             handled.append((arrival, outcome))
-    intake.archive_many(handled)
-    _log_each(outcomes)
+    intake.archive_many(handled)  # logs each file it archives
+    archived = {outcome.job_id for _, outcome in handled}
+    _log_each([outcome for outcome in outcomes if outcome.job_id not in archived])
     applied.raise_first()
     return outcomes
 
 
 def _log_each(outcomes: Sequence[Outcome]) -> None:
+    """One line per finished job with no file archived here (an archive member, a file
+    another delivery archived): the same shape as the intake's line for a file."""
     for outcome in outcomes:
-        log.info("job %s %s%s%s", outcome.job_id, outcome.status,
+        log.info("%s/job %s -> %s%s%s", outcome.tenant, outcome.job_id, outcome.status,
                  f" [{outcome.reason}]" if outcome.reason else "",
-                 " (duplicate)" if outcome.duplicate else " (applied)")
+                 " (duplicate)" if outcome.duplicate else "")
 
 
 def _inbox_arrival(intake: Intake, key: str, sha256: str, size: int) -> Arrival | None:
@@ -139,7 +143,13 @@ def _summary(outcomes: list[Outcome]) -> str:
 # --- the Celery wrappers ---------------------------------------------------------------------
 
 
-def register_tasks(app: Celery, holder: RuntimeHolder) -> None:
+class RuntimeSource(Protocol):
+    """Where a task gets the collaborators of its process (`celery_app.RuntimeHolder`)."""
+
+    def get(self) -> Runtime: ...
+
+
+def register_tasks(app: Celery, holder: RuntimeSource) -> None:
     """Define the tasks on `app`; each gets its collaborators from `holder`."""
     backoff_max = max(5, min(300, app.conf.broker_transport_options["visibility_timeout"] // 2))
     options = {

@@ -106,7 +106,10 @@ def test_a_task_delivered_twice_is_a_no_op(deployment: Deployment) -> None:
     enqueue_files(dep.app, [(job.id, "ACME/slow-usage.deact")])  # redelivered while running
 
     def log_count(what: str) -> int:
-        return len(re.findall(rf"job {job.id} done \({what}\)", worker.log()))
+        """Lines for this file or job (whichever copy archived it), applied or duplicate."""
+        suffix = r" \(duplicate\)" if what == "duplicate" else ""
+        return len(re.findall(rf"ACME/(?:slow-usage\.deact|job {job.id}) -> done{suffix}$",
+                              worker.log(), re.M))
 
     wait_for(lambda: log_count("applied") == 1 and log_count("duplicate") == 1, timeout=60,
              what="both copies of the task to run")
