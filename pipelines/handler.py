@@ -4,10 +4,10 @@ Every mode comes here once its files are job rows: the embedded runner, the Cele
 task for inbox files and the one for bulk chunks. The attempt is counted in its own
 commit before the work, so a file that kills its process is still counted; the chunk
 is applied in one transaction; a chunk that raised, or that holds a file tried before,
-is applied one file at a time, least-tried first, each try counted on its own (a chunk
-that raised was counted already: one attempt per file per call). A file
-that keeps failing is left pending (the core quarantines it after `max_attempts`
-without opening it) while the others of its chunk are applied.
+is applied one file at a time, least-tried first, each try counted on its own (after
+a chunk that raised, whose count stands: one attempt per file per call). A file that
+keeps failing is left pending (the core quarantines it after `max_attempts` without
+opening it) while the others of its chunk are applied.
 """
 
 from __future__ import annotations

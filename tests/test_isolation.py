@@ -71,6 +71,21 @@ def _claimed(intake: Intake, area: str, name: str, data: bytes) -> Arrival:
                    sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
+def _message(runtime: Runtime, files: list[tuple[str, bytes]]
+             ) -> tuple[list[Arrival], list[Any], list[tuple[int, str | None]]]:
+    """The files claimed and registered as the watcher does: (arrivals, jobs, the
+    ``process_files`` items)."""
+    intake = runtime.intake()
+    arrivals = [_claimed(intake, area, f"f{i}.req", data) for i, (area, data) in
+                enumerate(files)]
+    with session_scope(runtime.engine) as session:
+        jobs = register(session, [Submission(tenant=a.area, data=a.data, source=a.key)
+                                  for a in arrivals], now=NOW, count_attempt=False)
+    items: list[tuple[int, str | None]] = [(job.id, a.key)
+                                           for job, a in zip(jobs, arrivals, strict=True)]
+    return arrivals, jobs, items
+
+
 def _until_it_ends(deliver: Any) -> Any:
     """Redeliver (as the broker does) until the failing file stops failing: it must be
     quarantined within its attempts."""
@@ -109,13 +124,7 @@ def test_embedded_pass(runtime: Runtime) -> None:
 
 def test_celery_inbox_message(runtime: Runtime) -> None:
     acme, beta, files = _files(runtime.keyring, runtime.engine)
-    intake = runtime.intake()
-    arrivals = [_claimed(intake, area, f"f{i}.req", data) for i, (area, data) in
-                enumerate(files)]
-    with session_scope(runtime.engine) as session:
-        jobs = register(session, [Submission(tenant=a.area, data=a.data, source=a.key)
-                                  for a in arrivals], now=NOW, count_attempt=False)
-    items = [(job.id, a.key) for job, a in zip(jobs, arrivals, strict=True)]
+    _arrivals, _jobs, items = _message(runtime, files)
     with pytest.raises(ZeroDivisionError):  # the message is retried for the failing file
         run_process_files(runtime, items)
     assert license_info(runtime.engine, beta)["active_devices"] == 2
@@ -132,13 +141,7 @@ def test_celery_inbox_message_logs_each_file_once(runtime: Runtime,
     none until it is quarantined; a copy of the message whose files are archived
     already logs each job once."""
     _acme, _beta, files = _files(runtime.keyring, runtime.engine)
-    intake = runtime.intake()
-    arrivals = [_claimed(intake, area, f"f{i}.req", data) for i, (area, data) in
-                enumerate(files)]
-    with session_scope(runtime.engine) as session:
-        jobs = register(session, [Submission(tenant=a.area, data=a.data, source=a.key)
-                                  for a in arrivals], now=NOW, count_attempt=False)
-    items = [(job.id, a.key) for job, a in zip(jobs, arrivals, strict=True)]
+    arrivals, jobs, items = _message(runtime, files)
 
     def lines() -> list[str]:
         found = [r.getMessage() for r in caplog.records
