@@ -18,7 +18,8 @@ from tests.factories import add_license, license_info
 from tests.test_archives import make_zip
 
 pytestmark = pytest.mark.postgres
-APPLIED = re.compile(r"job (\d+) done \(applied\)")
+# A worker's line for a job it applied: the inbox file it archived, or the job itself.
+APPLIED = re.compile(r"ACME/(?:job (\d+)|(\S+)) -> done$", re.M)
 
 
 @pytest.fixture
@@ -55,7 +56,9 @@ def test_two_workers_share_the_work_and_lose_no_update(pg_deployment: Deployment
 
     jobs = {job.id for job in dep.jobs()} - activations
     assert len(jobs) == 60
-    applied = [{int(n) for n in APPLIED.findall(w.log())} for w in workers]
+    by_file = {job.source: job.id for job in dep.jobs()}
+    applied = [{int(job_id) if job_id else by_file[f"ACME/{name}"]
+                for job_id, name in APPLIED.findall(w.log())} for w in workers]
     assert applied[0] and applied[1], "both workers should have taken work"
     assert not applied[0] & applied[1], "a job was applied by both workers"
     assert applied[0] | applied[1] == jobs
