@@ -4,9 +4,10 @@ Every mode comes here once its files are job rows: the embedded runner, the Cele
 task for inbox files and the one for bulk chunks. The attempt is counted in its own
 commit before the work, so a file that kills its process is still counted; the chunk
 is applied in one transaction; a chunk that raised, or that holds a file tried before,
-is applied one file at a time, least-tried first, each try counted on its own. A file
-that keeps failing is left pending (the core quarantines it after `max_attempts`
-without opening it) while the others of its chunk are applied.
+is applied one file at a time, least-tried first, each try counted on its own (after
+a chunk that raised, whose count stands: one attempt per file per call). A file that
+keeps failing is left pending (the core quarantines it after `max_attempts` without
+opening it) while the others of its chunk are applied.
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ def apply_jobs(engine: Engine, processor: Processor, job_ids: Sequence[int]) -> 
     if not order:
         return Applied()
     tries = _attempts(engine, order)
+    counted: set[int] = set()  # this call's attempt is counted once per file
     if not any(tries.values()):
         count_attempts(engine, order, processor.clock())
+        counted.update(order)
         try:
             return Applied(outcomes=process_jobs(order, engine=engine, processor=processor))
         except Exception as exc:  # noqa: BLE001 - isolated below, one file at a time
@@ -68,7 +71,7 @@ def apply_jobs(engine: Engine, processor: Processor, job_ids: Sequence[int]) -> 
     applied = Applied()
     by_job: dict[int, Outcome] = {}
     for job_id in sorted(order, key=lambda j: (tries.get(j, 0), j)):
-        if job_id in tries:  # unfinished: this try is counted on its own
+        if job_id in tries and job_id not in counted:  # counted on its own, before it
             count_attempts(engine, [job_id], processor.clock())
         try:
             (by_job[job_id],) = process_jobs([job_id], engine=engine, processor=processor)

@@ -9,6 +9,7 @@ with a report, once its attempts are used up.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,21 @@ def _claimed(intake: Intake, area: str, name: str, data: bytes) -> Arrival:
                    sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
+def _message(runtime: Runtime, files: list[tuple[str, bytes]]
+             ) -> tuple[list[Arrival], list[Any], list[tuple[int, str | None]]]:
+    """The files claimed and registered as the watcher does: (arrivals, jobs, the
+    ``process_files`` items)."""
+    intake = runtime.intake()
+    arrivals = [_claimed(intake, area, f"f{i}.req", data) for i, (area, data) in
+                enumerate(files)]
+    with session_scope(runtime.engine) as session:
+        jobs = register(session, [Submission(tenant=a.area, data=a.data, source=a.key)
+                                  for a in arrivals], now=NOW, count_attempt=False)
+    items: list[tuple[int, str | None]] = [(job.id, a.key)
+                                           for job, a in zip(jobs, arrivals, strict=True)]
+    return arrivals, jobs, items
+
+
 def _until_it_ends(deliver: Any) -> Any:
     """Redeliver (as the broker does) until the failing file stops failing: it must be
     quarantined within its attempts."""
@@ -108,13 +124,7 @@ def test_embedded_pass(runtime: Runtime) -> None:
 
 def test_celery_inbox_message(runtime: Runtime) -> None:
     acme, beta, files = _files(runtime.keyring, runtime.engine)
-    intake = runtime.intake()
-    arrivals = [_claimed(intake, area, f"f{i}.req", data) for i, (area, data) in
-                enumerate(files)]
-    with session_scope(runtime.engine) as session:
-        jobs = register(session, [Submission(tenant=a.area, data=a.data, source=a.key)
-                                  for a in arrivals], now=NOW, count_attempt=False)
-    items = [(job.id, a.key) for job, a in zip(jobs, arrivals, strict=True)]
+    _arrivals, _jobs, items = _message(runtime, files)
     with pytest.raises(ZeroDivisionError):  # the message is retried for the failing file
         run_process_files(runtime, items)
     assert license_info(runtime.engine, beta)["active_devices"] == 2
@@ -123,6 +133,43 @@ def test_celery_inbox_message(runtime: Runtime) -> None:
     assert [o.status for o in outcomes if not o.duplicate] == ["quarantined"]
     assert license_info(runtime.engine, beta)["active_devices"] == 2
     _quarantined_with_report(runtime)
+
+
+def test_celery_inbox_message_logs_each_file_once(runtime: Runtime,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """One line per finished file: the valid files once when archived, the failing one
+    none until it is quarantined; a copy of the message whose files are archived
+    already logs each job once."""
+    _acme, _beta, files = _files(runtime.keyring, runtime.engine)
+    arrivals, jobs, items = _message(runtime, files)
+
+    def lines() -> list[str]:
+        found = [r.getMessage() for r in caplog.records
+                 if r.name in ("airlock.intake", "airlock.tasks") and ": job " in r.getMessage()]
+        caplog.clear()
+        return found
+
+    caplog.set_level(logging.INFO, logger="airlock")
+    with pytest.raises(ZeroDivisionError):
+        run_process_files(runtime, items)
+    assert sorted(lines()) == sorted(f"{a.area}/{a.name}: job {job.id} done (applied)"
+                                     for a, job in zip(arrivals[1:], jobs[1:], strict=True))
+    again = [f"{a.area}: job {job.id} done (duplicate)"
+             for a, job in zip(arrivals[1:], jobs[1:], strict=True)]
+    for _ in range(MAX_ATTEMPTS):  # redelivered: each valid file once per delivery
+        try:
+            run_process_files(runtime, items)
+        except ZeroDivisionError:
+            assert sorted(lines()) == sorted(again)
+            continue
+        assert sorted(lines()) == sorted([f"ACME/f0.req: job {jobs[0].id} quarantined [poison] "
+                                          "(applied)", *again])
+        break
+    else:
+        pytest.fail("the failing file was not quarantined after its attempts")
+    run_process_files(runtime, items)  # a copy of the message, every file archived
+    assert sorted(lines()) == sorted([f"ACME: job {jobs[0].id} quarantined [poison] (duplicate)",
+                                      *again])
 
 
 def test_celery_bulk_chunk(runtime: Runtime) -> None:

@@ -23,16 +23,18 @@ from kombu import Queue
 
 from config.settings import Settings, load_settings
 from workers.runtime import Runtime, build_runtime
+from workers.task_names import (  # noqa: F401 - re-exported for the publishers
+    BULK,
+    FINISH_BATCH,
+    INTERACTIVE,
+    NOOP,
+    PROCESS_CHUNK,
+    PROCESS_FILES,
+    ROUTES,
+)
+from workers.tasks import register_tasks
 
 log = logging.getLogger("airlock.celery")
-
-INTERACTIVE, BULK = "interactive", "bulk"
-PROCESS_FILES = "airlock.process_files"
-PROCESS_CHUNK = "airlock.process_chunk"
-FINISH_BATCH = "airlock.finish_batch"
-NOOP = "airlock.noop"  # the benchmark's baseline: Celery's own cost per task
-ROUTES = {PROCESS_FILES: {"queue": INTERACTIVE}, PROCESS_CHUNK: {"queue": BULK},
-          FINISH_BATCH: {"queue": BULK}, NOOP: {"queue": INTERACTIVE}}
 
 
 def visibility_timeout(settings: Settings) -> int:
@@ -144,8 +146,6 @@ def make_celery(settings: Settings) -> Celery:
     if settings.broker_url is None:
         raise ValueError("no broker configured (AIRLOCK_BROKER_URL): embedded mode runs "
                          "without Celery")
-    from workers.tasks import register_tasks
-
     app = Celery("airlock", set_as_current=False)
     app.conf.update(celery_config(settings))
     holder = RuntimeHolder(settings)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 import kombu.exceptions
 import redis.exceptions
@@ -34,8 +35,8 @@ from pipelines.intake import Intake
 from pipelines.layout import Arrival, parse_arrival_key, parse_processing_key
 from pipelines.process import Outcome
 from pipelines.storage.base import TransientStorageError
-from workers.celery_app import FINISH_BATCH, NOOP, PROCESS_CHUNK, PROCESS_FILES, RuntimeHolder
 from workers.runtime import Runtime
+from workers.task_names import FINISH_BATCH, NOOP, PROCESS_CHUNK, PROCESS_FILES
 
 log = logging.getLogger("airlock.tasks")
 
@@ -115,7 +116,13 @@ def run_chunk(runtime: Runtime, job_ids: list[int], batch_id: int | None,
 # --- the Celery wrappers ---------------------------------------------------------------------
 
 
-def register_tasks(app: Celery, holder: RuntimeHolder) -> None:
+class RuntimeSource(Protocol):
+    """Where a task gets the collaborators of its process (`celery_app.RuntimeHolder`)."""
+
+    def get(self) -> Runtime: ...
+
+
+def register_tasks(app: Celery, holder: RuntimeSource) -> None:
     """Define the tasks on `app`; each gets its collaborators from `holder`."""
     backoff_max = max(5, min(300, app.conf.broker_transport_options["visibility_timeout"] // 2))
     options = {

@@ -191,6 +191,15 @@ class Worker:
         self.proc = None
 
 
+def write_like_an_upload(path: os.PathLike[str], data: bytes) -> None:
+    """Write under a temporary name, then rename (as SFTP and mail integrations do)."""
+    target = os.fspath(path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target + ".part", "wb") as handle:
+        handle.write(data)
+    os.rename(target + ".part", target)
+
+
 def cli_command(*args: str) -> list[str]:
     """The ``airlock`` command line (with this module's commands registered) as argv."""
     return [sys.executable, "-m", "tests.distributed.cli_entry", *args]

@@ -1,10 +1,13 @@
-"""Test-only fault injection, loaded into a worker with ``--include tests.distributed.faults``.
+"""Test-only fault injection, loaded into a worker with ``--include tests.distributed.faults``
+(or into ``airlock run`` / ``watch`` through `tests.distributed.faulty_cli`).
 
-It wraps processing stages in this worker process only; production code has no hooks.
+It wraps processing stages in this process only; production code has no hooks.
 Configured through environment variables read at import:
 
 * ``FAULTS_CRASH_MARKER``: a file whose bytes contain it kills the pool process
   (``os._exit(1)``) as soon as it is verified, like a parser crash or an OOM kill.
+* ``FAULTS_RAISE_HARDWARE_ID``: applying a request for that hardware id raises
+  `RuntimeError` (a bug one file triggers), every time, inside the chunk's transaction.
 * ``FAULTS_APPLY_DELAY``: seconds every job sleeps inside its transaction, so a test
   can act while work is in flight.
 * ``FAULTS_SLOW_SOURCE`` / ``FAULTS_SLOW_SECONDS``: jobs whose source contains the
@@ -25,6 +28,7 @@ import pipelines.bulk as bulk
 import pipelines.process as process
 
 _CRASH = os.environ.get("FAULTS_CRASH_MARKER", "").encode()
+_RAISE_HARDWARE_ID = os.environ.get("FAULTS_RAISE_HARDWARE_ID", "")
 _DELAY = float(os.environ.get("FAULTS_APPLY_DELAY", "0") or 0)
 _SLOW_SOURCE = os.environ.get("FAULTS_SLOW_SOURCE", "")
 _SLOW_SECONDS = float(os.environ.get("FAULTS_SLOW_SECONDS", "0") or 0)
@@ -44,6 +48,8 @@ def verify(data: bytes, **kwargs: Any) -> Any:
 
 
 def apply(state: Any, envelope: Any, **kwargs: Any) -> Any:
+    if _RAISE_HARDWARE_ID and envelope.payload.get("hardware_id") == _RAISE_HARDWARE_ID:
+        raise RuntimeError(f"injected fault: hardware id {_RAISE_HARDWARE_ID}")
     if _DELAY:
         time.sleep(_DELAY)
     job = kwargs.get("job")

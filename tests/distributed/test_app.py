@@ -81,6 +81,20 @@ def test_module_app_reads_settings_only_when_asked(tmp_path: Path) -> None:
     assert done.stdout.split() == ["redis://127.0.0.1:1/7", "42"]
 
 
+@pytest.mark.parametrize("modules", [("workers.tasks", "workers.celery_app"),
+                                     ("workers.celery_app", "workers.tasks")])
+def test_tasks_and_app_import_in_either_order(modules: tuple[str, str]) -> None:
+    """No import cycle: each imports in a fresh interpreter, and the tasks never pull in
+    the app (both take the task names from `workers.task_names`)."""
+    first, second = modules
+    code = (f"import sys, {first}; loaded = 'workers.celery_app' in sys.modules; "
+            f"import {second}; print(loaded, {second}.__name__)")
+    done = subprocess.run([sys.executable, "-c", code], env=airlock_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(first == "workers.celery_app"), second]
+
+
 def test_runtime_is_built_per_process(tmp_path: Path, monkeypatch) -> None:
     built: list[int] = []
 

@@ -4,27 +4,17 @@ a poison file."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 
 import pytest
 
 from models.ledger import FINAL_STATUSES
-from tests.distributed.cluster import Worker, cli_command, wait_for
+from tests.distributed.cluster import Worker, cli_command, wait_for, write_like_an_upload
 from tests.distributed.conftest import Deployment
 from tests.factories import WireDevice, add_license, license_info
 from tests.test_archives import make_tar, make_zip
 from workers.dispatch import enqueue_chunk, enqueue_files
-
-
-def _write_like_an_upload(path: os.PathLike[str], data: bytes) -> None:
-    """Write under a temporary name, then rename (as SFTP and mail integrations do)."""
-    target = os.fspath(path)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    with open(target + ".part", "wb") as handle:
-        handle.write(data)
-    os.rename(target + ".part", target)
 
 
 def test_files_flow_through_the_broker_end_to_end(deployment: Deployment) -> None:
@@ -44,12 +34,12 @@ def test_files_flow_through_the_broker_end_to_end(deployment: Deployment) -> Non
 
     inbox = dep.root / "inbox"
     for i in range(3):
-        _write_like_an_upload(inbox / "ACME" / f"dev-{i}.req",
+        write_like_an_upload(inbox / "ACME" / f"dev-{i}.req",
                               WireDevice(dep.keyring, f"HW-{i}").activation(license_key=key))
-    _write_like_an_upload(inbox / "ACME" / "junk.req", b"not an airlock file")
+    write_like_an_upload(inbox / "ACME" / "junk.req", b"not an airlock file")
     members = [(f"bulk/{i}.req", WireDevice(dep.keyring, f"HW-B{i}").activation(
         license_key=key)) for i in range(5)]
-    _write_like_an_upload(inbox / "ACME" / "bulk.zip", make_zip(members))
+    write_like_an_upload(inbox / "ACME" / "bulk.zip", make_zip(members))
 
     expected = [inbox / "_processed/ACME" / f"dev-{i}.req" for i in range(3)]
     expected += [inbox / "_processed/ACME/bulk.zip", inbox / "_rejected/ACME/junk.req"]
