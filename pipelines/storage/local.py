@@ -240,7 +240,10 @@ class LocalStore:
     def sync(self) -> None:
         """Flush everything written under the root (data and folder entries) to disk:
         ``syncfs`` of the store's file system where available, else ``os.sync``."""
-        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fd = os.open(self.root, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # nothing was ever written here
         try:
             if _SYNCFS is None or _SYNCFS(fd) != 0:
                 os.sync()
