@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from models.db import session_scope
+from pipelines import metrics
 from pipelines.archiving import archive
 from pipelines.handler import Applied, apply_jobs
 from pipelines.layout import Arrival, Disposition, outbox_key
@@ -107,7 +108,9 @@ def _report(arrival: Arrival, outcome: Outcome, at: str) -> dict[str, object]:
 
 
 def log_outcome(arrival: Arrival | None, outcome: Outcome) -> None:
-    """``ACME/x.req: job 12 rejected [no_seats] (applied)`` — once per file, every mode."""
+    """Count the file in the metrics and log its one line, in every mode:
+    ``ACME/x.req: job 12 rejected [no_seats_left] (applied)``."""
+    metrics.record_outcome(outcome)
     where = f"{arrival.area}/{arrival.name}" if arrival else outcome.tenant
     log.info("%s: job %s %s%s (%s)", where, outcome.job_id, outcome.status,
              f" [{outcome.reason}]" if outcome.reason else "",

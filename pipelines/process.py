@@ -70,6 +70,8 @@ class Outcome:
     request_id: str | None = None
     outputs: list[tuple[str, bytes]] = field(default_factory=list)
     duplicate: bool = False  # the effects were applied by an earlier delivery
+    registered_at: datetime | None = None
+    finished_at: datetime | None = None
 
     @property
     def accepted(self) -> bool:
@@ -302,7 +304,7 @@ _JOB = JOB
 # No payload: the verification pass before the transaction has read it already.
 _JOB_COLUMNS = [_JOB.c[name] for name in ("id", "tenant", "source", "sha256", "status",
                                           "attempts", "kind", "request_id", "reason",
-                                          "public_reason", "message")]
+                                          "public_reason", "message", "created_at")]
 
 
 def _lock_jobs(conn: Connection, job_ids: list[int]) -> list[Any]:
@@ -364,7 +366,7 @@ def _done(job: Any, envelope: Envelope, outputs: list[tuple[str, bytes]],
     log.debug("job %s %s %s done", job.id, job.tenant, envelope.kind)
     return Outcome(job_id=job.id, tenant=job.tenant, status=JobStatus.DONE,
                    kind=envelope.kind, request_id=envelope.request_id, outputs=list(outputs),
-                   duplicate=duplicate)
+                   duplicate=duplicate, registered_at=job.created_at, finished_at=now)
 
 
 def _rejected(job: Any, rejection: Rejection, envelope: Envelope | None,
@@ -385,4 +387,5 @@ def _rejected(job: Any, rejection: Rejection, envelope: Envelope | None,
     log.debug("job %s %s rejected: %s", job.id, job.tenant, rejection.reason)
     return Outcome(job_id=job.id, tenant=job.tenant, status=status, reason=rejection.reason,
                    message=rejection.message, public_reason=rejection.public_reason,
-                   kind=kind, request_id=request_id, outputs=outputs)
+                   kind=kind, request_id=request_id, outputs=outputs,
+                   registered_at=job.created_at, finished_at=now)
