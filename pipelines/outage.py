@@ -104,6 +104,12 @@ class Retries(Generic[K]):
         for key in [k for k in self._due if k not in keep]:
             self.forget(key)
 
+    def hurry(self) -> None:
+        """Make every item due now (what they waited for is back)."""
+        now = self._clock()
+        for key in self._due:
+            self._due[key] = min(self._due[key], now)
+
     def is_waiting(self, key: K) -> bool:
         """True while `key` failed and its next try is not due yet."""
         return self._due.get(key, float("-inf")) > self._clock()
@@ -162,10 +168,14 @@ class Outage:
                               type(error).__name__, first_line(error))
         return dependency
 
-    def recovered(self, *dependencies: Dependency) -> None:
-        """A step that needs `dependencies` (all of them if none are named) succeeded."""
+    def recovered(self, *dependencies: Dependency) -> bool:
+        """A step that needs `dependencies` (all of them if none are named) succeeded;
+        True if one of them was down until now."""
         now = self._clock()
+        back = False
         for dependency in dependencies or tuple(self._down):
             since = self._down.pop(dependency, None)
             if since is not None:
+                back = True
                 self._log.warning("%s reachable again after %.0f s", dependency, now - since)
+        return back

@@ -118,7 +118,8 @@ class S3Source:
         except Exception as exc:  # noqa: BLE001 - retried with backoff, logged once
             self._outage.failed(exc, where, first=self._retries.failed(key) == 1)
             return _Outcome.RETRY
-        self._outage.recovered()
+        if self._outage.recovered():
+            self._retries.hurry()  # the objects that waited for it go on this poll
         if left:  # the handler logged why; the core quarantines it in the end
             self._retries.failed(key)
             return _Outcome.RETRY

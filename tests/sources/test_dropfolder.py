@@ -604,3 +604,18 @@ def test_settle_rule_open_holds_and_close_completes_early():
     tracker.note_open("A/y")  # its close event was lost: the hold runs out
     clock.sleep(31)
     assert tracker.due("A/y", (1, 1, 2)) == 1033.2
+
+
+# --- the factory ----------------------------------------------------------------------------
+
+
+def test_a_folder_inbox_gets_a_drop_folder_source_from_the_settings(tmp_path):
+    from config.settings import Settings
+    from pipelines.sources import make_source as source_for
+    from pipelines.storage.local import LocalStore
+
+    settings = Settings(home=tmp_path, settle_seconds=0.7, scan_interval_seconds=3)
+    source = source_for(settings, LocalStore(tmp_path / "inbox"), Recorder(tmp_path))
+    assert isinstance(source, DropFolderSource)
+    assert (source.root, source.settle_seconds, source.scan_interval) == (
+        tmp_path / "inbox", 0.7, 3)

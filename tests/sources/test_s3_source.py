@@ -435,6 +435,17 @@ def test_run_survives_listing_failures(store: S3Store) -> None:
     assert len(calls) >= 6  # at least one full retry budget, and the loop kept going
 
 
+def test_an_s3_inbox_gets_the_poller_from_the_settings(store: S3Store) -> None:
+    from config.settings import Settings
+    from pipelines.sources import make_source
+
+    settings = Settings(inbox=f"s3://{store.bucket}/{store.prefix}", scan_interval_seconds=3)
+    poller = make_source(settings, store, Recorder())
+    assert isinstance(poller, S3Source)
+    assert (poller.store, poller.poll_interval, poller.notifications_enabled) == (store, 3,
+                                                                                  False)
+
+
 def test_notifications_need_client_and_queue(store: S3Store) -> None:
     with pytest.raises(ValueError):
         S3Source(store, on_batch=Recorder(), poll_interval=1, queue_url="http://q")

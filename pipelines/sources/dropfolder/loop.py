@@ -279,7 +279,8 @@ class DropFolderSource:
                 self._retries.forget(one.arrival.key)
         first = min((self._retries.failed(key) for key in failed_keys), default=0) == 1
         if error is None:
-            self._outage.recovered()
+            if self._outage.recovered():
+                self._retries.hurry()  # the files that waited for it go now, not at 30 s
             if failed:  # the handler logged why; the core quarantines it in the end
                 log.log(logging.INFO if first else logging.DEBUG,
                         "%s not finished; it is tried again", _names(failed))
