@@ -135,9 +135,6 @@ class Watcher:
         self._recently = _Recently(repeat_after, clock)
         self.sink = CelerySink(app, runtime, self._recently)
 
-    def on_arrival(self, arrival: Arrival) -> None:
-        self.on_batch([arrival])
-
     def on_batch(self, arrivals: list[Arrival]) -> list[Arrival]:
         """Files are registered in one commit, then published a few dozen to a message;
         archives become batches (after the files, so a large archive does not hold them

@@ -27,7 +27,6 @@ class EmbeddedRunner:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.intake = runtime.intake()
-        self.handled = 0
         self.source: Source = make_source(runtime.settings, runtime.inbox, self._on_batch)
 
     def _on_batch(self, arrivals: list[Arrival]) -> list[Arrival]:
@@ -39,7 +38,6 @@ class EmbeddedRunner:
             if is_bulk(arrival):  # archives expand into their own batch of jobs
                 handle_archive(self.runtime, arrival)
         left = self.runtime.inbox.which_exist([a.key for a in arrivals])
-        self.handled += len(arrivals) - len(left)
         return [a for a in arrivals if a.key in left]
 
     def run(self, stop: threading.Event) -> None:
