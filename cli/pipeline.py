@@ -110,7 +110,8 @@ def run(
     results = run_embedded(settings, stop, processes=processes, drain=drain,
                            timeout=timeout or None, log_level=log_level)
     if drain and not all(results):
-        fail("the inbox did not drain before the timeout", reason="timeout")
+        fail("the inbox did not drain: the timeout passed, or files are left whose "
+             "hand-over failed (they are tried again by the next run)", reason="timeout")
 
 
 @outbox_app.command("list")

@@ -1,12 +1,14 @@
 """The enqueue side of distributed mode: job rows are committed first, then published.
 
-`Watcher.on_arrival` is the callback the inbox sources (drop folder, S3 poller) call:
+`Watcher.on_batch` is the callback the inbox sources (drop folder, S3 poller) call:
 single files become job rows and ``process_files`` messages of up to
 `FILES_PER_TASK` files each; a bulk archive becomes a batch, chunks of job rows and one
 ``process_chunk`` message per chunk. Publishing
 happens only after the commit that created the rows, so no message names a row that
 does not exist. A file the source hands over again (the S3 poller does so until the
 worker archives it) finds its row and is not published twice within `repeat_after`.
+A broker that cannot be reached raises `pipelines.outage.Unreachable`: the source
+tries the files again with backoff, and the rows it finds then are published.
 
 `requeue_stale` is the safety net for lost messages (a broker that lost its data, a
 task that ran out of retries): unfinished work untouched for a while is published
@@ -21,10 +23,10 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select as sa_select
 from sqlalchemy import update
 
@@ -35,6 +37,8 @@ from models.types import utcnow
 from pipelines import bulk
 from pipelines.layout import Arrival
 from pipelines.ledger import Submission, register
+from pipelines.outage import Dependency, Outage, Unreachable
+from pipelines.sources import make_source
 from workers.celery_app import FINISH_BATCH, PROCESS_CHUNK, PROCESS_FILES
 from workers.runtime import Runtime
 
@@ -44,21 +48,31 @@ log = logging.getLogger("airlock.dispatch")
 FILES_PER_TASK = 100  # enough to make a message's overhead small, few enough to spread
 
 
+def _publish(app: Celery, task: str, args: list[Any],
+             kwargs: dict[str, Any] | None = None) -> None:
+    """Send one message; `Unreachable` when the broker cannot take it (after the
+    publish retries Celery makes)."""
+    try:
+        app.send_task(task, args=args, kwargs=kwargs)
+    except BrokerError as exc:
+        raise Unreachable(Dependency.BROKER, exc) from exc
+
+
 def enqueue_files(app: Celery, items: list[tuple[int, str | None]]) -> None:
     """Publish ``process_files`` for committed job rows, `FILES_PER_TASK` to a message
     (each item: job id, and the inbox key to archive or None)."""
     for start in range(0, len(items), FILES_PER_TASK):
-        app.send_task(PROCESS_FILES, args=[items[start:start + FILES_PER_TASK]])
+        _publish(app, PROCESS_FILES, [items[start:start + FILES_PER_TASK]])
 
 
 def enqueue_chunk(app: Celery, job_ids: list[int], batch_id: int | None) -> None:
     """Publish ``process_chunk`` for committed job rows of one batch."""
-    app.send_task(PROCESS_CHUNK, args=[sorted(job_ids)], kwargs={"batch_id": batch_id})
+    _publish(app, PROCESS_CHUNK, [sorted(job_ids)], {"batch_id": batch_id})
 
 
 def enqueue_finish(app: Celery, batch_id: int) -> None:
     """Publish ``finish_batch`` (idempotent: a reported batch ignores it)."""
-    app.send_task(FINISH_BATCH, args=[batch_id])
+    _publish(app, FINISH_BATCH, [batch_id])
 
 
 class _Recently:
@@ -81,6 +95,12 @@ class _Recently:
                 return False
             self._seen[key] = now
             return True
+
+    def forget(self, keys: list[Hashable]) -> None:
+        """`keys` were not published after all (the broker refused them)."""
+        with self._lock:
+            for key in keys:
+                self._seen.pop(key, None)
 
 
 class CelerySink:
@@ -107,7 +127,7 @@ class CelerySink:
 
 
 class Watcher:
-    """`on_arrival` for distributed mode: register (commit), then publish."""
+    """`on_batch` for distributed mode: register (commit), then publish."""
 
     def __init__(self, runtime: Runtime, app: Celery, *, repeat_after: float = 300.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -116,19 +136,17 @@ class Watcher:
         self._recently = _Recently(repeat_after, clock)
         self.sink = CelerySink(app, runtime, self._recently)
 
-    def on_arrival(self, arrival: Arrival) -> None:
-        self.on_batch([arrival])
-
-    def on_batch(self, arrivals: list[Arrival]) -> None:
+    def on_batch(self, arrivals: list[Arrival]) -> list[Arrival]:
         """Files are registered in one commit, then published a few dozen to a message;
         archives become batches (after the files, so a large archive does not hold them
-        back)."""
+        back). Every file is taken (a worker archives it later): none comes back."""
         self.submit_many([a for a in arrivals if not bulk.is_bulk(a)])
         for arrival in arrivals:
             if bulk.is_bulk(arrival):
                 result = bulk.handle_archive(self.runtime, arrival, sink=self.sink)
                 log.info("%s/%s: batch %s %s", arrival.area, arrival.name, result.batch_id,
                          result.status)
+        return []
 
     def submit(self, arrival: Arrival) -> int:
         """Register one file as a job (no attempt counted: the worker counts) and publish."""
@@ -141,13 +159,18 @@ class Watcher:
         with session_scope(self.runtime.engine) as session:
             jobs = register(session, [Submission(tenant=a.area, data=a.data, source=a.key)
                                       for a in arrivals], now=now, count_attempt=False)
-        items: list[tuple[int, str | None]] = []
+        fresh: list[tuple[Arrival, int]] = []
         for arrival, job in zip(arrivals, jobs, strict=True):
             assert job.id is not None
             if self._recently.claim((job.id, arrival.key)):
-                items.append((job.id, arrival.key))
-                log.info("%s/%s -> job %s queued", arrival.area, arrival.name, job.id)
-        enqueue_files(self.app, items)
+                fresh.append((arrival, job.id))
+        try:
+            enqueue_files(self.app, [(job_id, arrival.key) for arrival, job_id in fresh])
+        except Unreachable:
+            self._recently.forget([(job_id, arrival.key) for arrival, job_id in fresh])
+            raise
+        for arrival, job_id in fresh:
+            log.info("%s/%s -> job %s queued", arrival.area, arrival.name, job_id)
         return [job.id for job in jobs]  # type: ignore[misc]
 
 
@@ -205,48 +228,31 @@ def requeue_stale(runtime: Runtime, app: Celery, *, older_than: timedelta,
     return result
 
 
-def make_source(runtime: Runtime, watcher: Watcher) -> Any:
-    """The inbox source embedded mode uses too: an S3 poller or a drop-folder watcher
-    (which hands over a pass's ready files together)."""
-    settings = runtime.settings
-    location = settings.resolved_inbox
-    if location.startswith("s3://"):
-        from pipelines.sources.s3poller import S3Source
-        from pipelines.sources.sqs import make_sqs_client
-
-        sqs = make_sqs_client(settings) if settings.sqs_queue_url else None
-        return S3Source(runtime.inbox, on_arrival=watcher.on_arrival,  # type: ignore[arg-type]
-                        poll_interval=settings.scan_interval_seconds, sqs_client=sqs,
-                        queue_url=settings.sqs_queue_url)
-    from pipelines.sources.dropfolder import DropFolderSource
-
-    return DropFolderSource(Path(location), on_batch=watcher.on_batch, batch_size=200,
-                            settle_seconds=settings.settle_seconds,
-                            scan_interval=settings.scan_interval_seconds, hand_off=True)
-
-
 def watch(runtime: Runtime, app: Celery, stop: threading.Event, *,
           requeue_after: float = 900.0, sweep_every: float = 60.0) -> None:
     """Feed the inbox to the broker until `stop`; sweep for lost work every `sweep_every`."""
     watcher = Watcher(runtime, app, repeat_after=min(requeue_after, 300.0))
-    source = make_source(runtime, watcher)
+    source = make_source(runtime.settings, runtime.inbox, watcher.on_batch)
+    outage = Outage(log)
 
     def sweeper() -> None:
+        failures = 0
         while not stop.wait(sweep_every):
             try:
                 requeue_stale(runtime, app, older_than=timedelta(seconds=requeue_after))
-            except Exception:  # noqa: BLE001 - the next sweep tries again
-                log.exception("sweeping for stale work failed")
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                failures += 1
+                outage.failed(exc, "the sweep for stale work", first=failures == 1)
+                continue
+            failures = 0
+            outage.recovered()
 
     thread = threading.Thread(target=sweeper, name="airlock-sweeper", daemon=True)
     thread.start()
     log.info("watching %s (distributed mode, broker %s)", runtime.settings.resolved_inbox,
              app.conf.broker_url.split("@")[-1])
     try:
-        if hasattr(source, "run_until"):
-            source.run_until(stop)
-        else:
-            source.run(stop)
+        source.run(stop)
     finally:
         stop.set()
         thread.join(5)

@@ -7,82 +7,47 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 from typing import Any
 
 from config.logging import setup_logging
 from config.settings import Settings
 from pipelines.bulk import handle_archive, is_bulk
 from pipelines.layout import Arrival
+from pipelines.sources import Source, make_source
 from workers.runtime import Runtime, build_runtime
 
 log = logging.getLogger("airlock.run")
 
+DRAIN_TIMEOUT = 3600.0  # `airlock run --drain` without --timeout
+
 
 class EmbeddedRunner:
-    """Picks the source for the configured inbox (folder or s3://) and feeds the intake."""
+    """Feeds the configured inbox's source (folder or s3://) to the intake."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.intake = runtime.intake()
-        self.handled = 0
-        self.source = self._make_source()
+        self.source: Source = make_source(runtime.settings, runtime.inbox, self._on_batch)
 
-    def _on_arrival(self, arrival: Arrival) -> None:
-        if is_bulk(arrival):
-            handle_archive(self.runtime, arrival)
-        else:
-            self.intake.handle(arrival)
-        self.handled += 1
-
-    def _on_batch(self, arrivals: list[Arrival]) -> None:
+    def _on_batch(self, arrivals: list[Arrival]) -> list[Arrival]:
+        """Handle a batch; the arrivals not finished (still in the inbox) come back."""
         # A whole pass's ready files in two transactions and one outbox sync: per-file
         # commits and fsyncs, not the work itself, were what bounded throughput.
         self.intake.handle_many([a for a in arrivals if not is_bulk(a)])
         for arrival in arrivals:
             if is_bulk(arrival):  # archives expand into their own batch of jobs
                 handle_archive(self.runtime, arrival)
-        self.handled += len(arrivals)
-
-    def _make_source(self):  # type: ignore[no-untyped-def]
-        settings = self.runtime.settings
-        location = settings.resolved_inbox
-        if location.startswith("s3://"):
-            from pipelines.sources.s3poller import S3Source
-            from pipelines.storage.s3 import make_sqs_client
-
-            sqs = make_sqs_client(settings) if settings.sqs_queue_url else None
-            return S3Source(self.runtime.inbox, on_arrival=self._on_arrival,  # type: ignore[arg-type]
-                            poll_interval=settings.scan_interval_seconds, sqs_client=sqs,
-                            queue_url=settings.sqs_queue_url)
-        from pathlib import Path
-
-        from pipelines.sources.dropfolder import DropFolderSource
-
-        return DropFolderSource(Path(location), on_batch=self._on_batch, batch_size=200,
-                                settle_seconds=settings.settle_seconds,
-                                scan_interval=settings.scan_interval_seconds)
+        left = self.runtime.inbox.which_exist([a.key for a in arrivals])
+        return [a for a in arrivals if a.key in left]
 
     def run(self, stop: threading.Event) -> None:
         log.info("watching %s (embedded mode)", self.runtime.settings.resolved_inbox)
-        if hasattr(self.source, "run_until"):
-            self.source.run_until(stop)
-        else:
-            self.source.run(stop)
+        self.source.run(stop)
 
     def drain(self, stop: threading.Event, timeout: float | None = None) -> bool:
-        """Process until the inbox has nothing left (or stop/timeout). True if drained."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if hasattr(self.source, "recover"):
-            self.source.recover()
-        while not stop.is_set():
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            if hasattr(self.source, "drain"):
-                return bool(self.source.drain(timeout=timeout if timeout else 3600.0))
-            if self.source.poll_once() == 0:
-                return True
-        return False
+        """Process until the inbox has nothing left (True), or stop, timeout, or only
+        files whose hand-over failed are left (False)."""
+        return self.source.drain(timeout if timeout else DRAIN_TIMEOUT, stop)
 
 
 def run_embedded(settings: Settings, stop: threading.Event, *, processes: int = 1,

@@ -1,11 +1,14 @@
 """Deliver files dropped into an ``s3://`` inbox to a callback.
 
 The poller is the authority: every `poll_interval` it lists the tenant and operator
-areas and hands every arrival still present to `on_arrival`. The callback processes
-and archives (copy + delete) the object once its own job has committed, so an
-object still present on the next poll is simply handed over again and the caller's
-ledger (a unique row) drops the duplicate. S3 event notifications through SQS only
-make delivery quicker; they may be late, duplicated or missing.
+areas and hands every arrival still present to `on_batch`, one object at a time. The
+callback processes and archives (copy + delete) the object once its own job has
+committed, so an object still present on the next poll is simply handed over again
+and the caller's ledger (a unique row) drops the duplicate. An object whose
+hand-over failed is tried again on a later poll, with the backoff of
+`pipelines.outage`; while the callback's dependency is down only those retries run.
+S3 event notifications through SQS only make delivery quicker; they may be late,
+duplicated or missing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipelines.layout import Arrival, is_area, make_arrival, parse_arrival_key
+from pipelines.layout import is_area, make_arrival, parse_arrival_key
+from pipelines.outage import Backoff, Dependency, Outage, Retries
+from pipelines.sources.base import OnBatch
 from pipelines.sources.sqs import created_keys
 from pipelines.storage.base import ObjectInfo, TransientStorageError
 from pipelines.storage.s3 import S3Store, translate
@@ -34,6 +39,7 @@ class _Outcome(enum.Enum):
     DELIVERED = "delivered"
     SKIPPED = "skipped"  # not an arrival, gone already, or too young: nothing to retry
     RETRY = "retry"  # a transient failure or a failing callback: try again later
+    WAITING = "waiting"  # failed before, its retry is not due yet
 
 
 class S3Source:
@@ -41,25 +47,26 @@ class S3Source:
 
     `min_age` (seconds) leaves objects younger than that for a later poll.
     `notification_wait` caps an SQS long poll inside `run`, bounding how long a stop
-    request can wait.
+    request can wait. `backoff` spaces the retries of failed hand-overs.
     """
 
     def __init__(
         self,
         store: S3Store,
         *,
-        on_arrival: Callable[[Arrival], None],
+        on_batch: OnBatch,
         poll_interval: float,
         sqs_client: Any = None,
         queue_url: str | None = None,
         min_age: float = 0,
         notification_wait: int = 2,
         clock: Callable[[], float] = time.time,
+        backoff: Backoff | None = None,
     ) -> None:
         if (sqs_client is None) != (queue_url is None):
             raise ValueError("notifications need both sqs_client and queue_url")
         self.store = store
-        self.on_arrival = on_arrival
+        self.on_batch = on_batch
         self.poll_interval = poll_interval
         self.sqs_client = sqs_client
         self.queue_url = queue_url
@@ -67,6 +74,9 @@ class S3Source:
         self.notification_wait = max(0, min(int(notification_wait), 20))
         self._clock = clock
         self._stop: threading.Event | None = None
+        self._retries: Retries[str] = Retries(backoff, clock=clock)
+        self._outage = Outage(log, clock=clock)
+        self._step_failures = 0
 
     @property
     def notifications_enabled(self) -> bool:
@@ -79,9 +89,11 @@ class S3Source:
     # --- one object ---------------------------------------------------------------------
 
     def _handle(self, key: str, info: ObjectInfo | None = None) -> _Outcome:
-        """Read inbox `key` and hand it to `on_arrival`; never raises."""
+        """Read inbox `key` and hand it to `on_batch`; never raises."""
         if parse_arrival_key(key) is None:
             return _Outcome.SKIPPED
+        if self._retries.is_waiting(key):
+            return _Outcome.WAITING
         where = f"{self.store.location}/{key}"
         try:
             if self.min_age > 0:
@@ -91,18 +103,27 @@ class S3Source:
             data = self.store.get(key)
         except FileNotFoundError:
             log.debug("%s is gone (archived by someone else)", where)
+            self._retries.forget(key)
             return _Outcome.SKIPPED
         except TransientStorageError as exc:
+            self._retries.failed(key)
             log.warning("reading %s failed for now, will retry: %s", where, exc)
             return _Outcome.RETRY
         except Exception:
+            self._retries.failed(key)
             log.exception("reading %s failed, will retry", where)
             return _Outcome.RETRY
         try:
-            self.on_arrival(make_arrival(key, data))
-        except Exception:
-            log.exception("handling %s failed; it stays in the inbox for the next poll", where)
+            left = self.on_batch([make_arrival(key, data)])
+        except Exception as exc:  # noqa: BLE001 - retried with backoff, logged once
+            self._outage.failed(exc, where, first=self._retries.failed(key) == 1)
             return _Outcome.RETRY
+        if self._outage.recovered():
+            self._retries.hurry()  # the objects that waited for it go on this poll
+        if left:  # the handler logged why; the core quarantines it in the end
+            self._retries.failed(key)
+            return _Outcome.RETRY
+        self._retries.forget(key)
         return _Outcome.DELIVERED
 
     # --- polling ------------------------------------------------------------------------
@@ -115,16 +136,50 @@ class S3Source:
         """List every arrival and hand each over once; the number delivered.
 
         Reserved areas (``_processed/`` and friends) are never listed. Listing errors
-        propagate; a failure on one object is logged and retried on the next poll.
+        propagate; a failure on one object is logged and retried on a later poll.
         """
         delivered = 0
-        for area in self.areas():
+        listed: list[str] = []
+        areas = self.areas()
+        self._outage.recovered(Dependency.STORAGE)
+        for area in areas:
             for info in self.store.list(f"{area}/"):
                 if self._stopping():
                     return delivered
+                listed.append(info.key)
+                if self._holding_back() and info.key not in self._retries:
+                    continue  # the dependency is down: only the retries find out when
                 if self._handle(info.key, info) is _Outcome.DELIVERED:
                     delivered += 1
+        self._retries.keep_only(listed)  # the others were archived by someone else
         return delivered
+
+    def _holding_back(self) -> bool:
+        return self._outage.down and len(self._retries) > 0
+
+    # --- the Source protocol --------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Nothing to do: objects are never claimed, so every poll hands over again
+        whatever a dead or failed run left in the inbox."""
+        return 0
+
+    def drain(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Poll until a poll hands nothing over: True if nothing waits for a retry
+        then. False after `timeout` seconds, on `stop`, or when a dependency is down."""
+        deadline = time.monotonic() + timeout
+        self._stop = stop
+        try:
+            while True:
+                delivered = self.poll_once()
+                if self._outage.down:
+                    return False
+                if delivered == 0:
+                    return len(self._retries) == 0
+                if time.monotonic() >= deadline or self._stopping():
+                    return False
+        finally:
+            self._stop = None
 
     # --- notifications ------------------------------------------------------------------
 
@@ -215,11 +270,12 @@ class S3Source:
     def _guarded(self, step: Callable[[], int], what: str) -> None:
         try:
             step()
-        except TransientStorageError as exc:
-            log.warning("%s %s failed for now: %s", what, self.store.location, exc)
+        except Exception as exc:  # noqa: BLE001 - the loop goes on; logged once
+            self._step_failures += 1
+            self._outage.failed(exc, f"{what} {self.store.location}",
+                                first=self._step_failures == 1)
             if self._stop is not None:
                 self._stop.wait(min(1.0, self.poll_interval))
-        except Exception:
-            log.exception("%s %s failed", what, self.store.location)
-            if self._stop is not None:
-                self._stop.wait(min(1.0, self.poll_interval))
+            return
+        self._step_failures = 0
+        self._outage.recovered(Dependency.STORAGE)

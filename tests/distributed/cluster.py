@@ -1,4 +1,5 @@
-"""Real processes for distributed tests: a private Redis server and Celery workers.
+"""Real processes for distributed tests: a private Redis server, a throwaway PostgreSQL
+cluster and Celery workers.
 
 Every test gets its own Redis server on a free port (so stopping or restarting it
 touches nobody else), its own database and its own inbox/outbox folders. Workers
@@ -8,12 +9,14 @@ pool processes, and they receive their settings only through ``AIRLOCK_*`` varia
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,6 +105,84 @@ class RedisServer:
                 "unacked": int(client.hlen("unacked"))}
         finally:
             client.close()
+
+
+def postgres_binary(name: str) -> str | None:
+    """A PostgreSQL server program: on PATH, or where Debian installs it."""
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    installed = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return installed[-1] if installed else None
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of the test's own (``initdb`` + ``pg_ctl``) on a free port,
+    which the test stops and starts again; trust authentication on loopback only.
+
+    The folder is made outside pytest's tmp folder: the server runs as ``postgres``
+    (it refuses root), which must be able to reach it.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="airlock-pg-"))
+        self.data = self.folder / "data"
+        self.running = False
+
+    def _run(self, *argv: str) -> None:
+        if os.geteuid() == 0:  # the server refuses to run as root
+            argv = ("runuser", "-u", "postgres", "--", *argv)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stdout}{result.stderr}")
+
+    def _binary(self, name: str) -> str:
+        binary = postgres_binary(name)
+        if binary is None:
+            service_unavailable(f"PostgreSQL server ({name})", FileNotFoundError(
+                "not on PATH nor in /usr/lib/postgresql/*/bin"))
+        assert binary is not None
+        return binary
+
+    def init(self) -> PostgresCluster:
+        initdb = self._binary("initdb")
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._run(initdb, "-A", "trust", "-U", "postgres", "-D", str(self.data))
+        self.start()
+        return self
+
+    def start(self) -> None:
+        self._run(self._binary("pg_ctl"), "-D", str(self.data), "-l",
+                  str(self.folder / "server.log"), "-w", "-o",
+                  f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1", "start")
+        self.running = True
+
+    def stop(self) -> None:
+        """A fast shutdown: open connections are cut, as when a server goes away."""
+        self._run(self._binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self.running = False
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """An empty database; its URL."""
+        from sqlalchemy import create_engine, text
+
+        admin = create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            admin.dispose()
+        return self.url(name)
+
+    def close(self) -> None:
+        if self.running:
+            self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def airlock_env(**settings: Any) -> dict[str, str]:

@@ -97,7 +97,7 @@ class Deployment:
     def drop(self, key: str, data: bytes) -> None:
         """A file arrives in the inbox and the watcher hands it over."""
         self.runtime.inbox.put(key, data)
-        self.watcher.on_arrival(make_arrival(key, data))
+        self.watcher.on_batch([make_arrival(key, data)])
 
     def sweep_in_background(self, older_than: float, every: float = 1.0) -> None:
         """What ``airlock watch`` runs beside the source: publish again work nobody

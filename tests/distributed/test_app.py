@@ -158,15 +158,15 @@ def test_watcher_commits_rows_then_publishes_once(publishing: Any) -> None:
     data = WireDevice(ring, "HW").activation(license_key=key)
     arrival = make_arrival("ACME/a.req", data)
     job_id = watcher.submit(arrival)
-    watcher.on_arrival(arrival)  # the S3 poller hands it over again: not published again
+    watcher.on_batch([arrival])  # the S3 poller hands it over again: not published again
     assert app.sent == [(PROCESS_FILES, [[(job_id, "ACME/a.req")]], {})]
     clock[0] = 61
-    watcher.on_arrival(arrival)
+    watcher.on_batch([arrival])
     assert len(app.sent) == 2
 
     files = [(f"m{i}.req", WireDevice(ring, f"M{i}").activation(license_key=key))
              for i in range(7)]
-    watcher.on_arrival(make_arrival("ACME/b.zip", make_zip(files)))
+    watcher.on_batch([make_arrival("ACME/b.zip", make_zip(files))])
     chunks = [s for s in app.sent if s[0] == PROCESS_CHUNK]
     assert [len(args[0]) for _, args, _ in chunks] == [3, 3, 1]
     assert all(kwargs["batch_id"] == 1 for _, _, kwargs in chunks)
@@ -177,11 +177,11 @@ def test_sweep_publishes_work_nobody_touched(publishing: Any) -> None:
     runtime, app, ring = publishing
     watcher = Watcher(runtime, app)  # type: ignore[arg-type]
     key = add_license(runtime.engine, max_activations=10)
-    watcher.on_arrival(make_arrival("ACME/a.req", WireDevice(ring, "HW").activation(
-        license_key=key)))
-    watcher.on_arrival(make_arrival("ACME/b.zip", make_zip([
+    watcher.on_batch([make_arrival("ACME/a.req", WireDevice(ring, "HW").activation(
+        license_key=key))])
+    watcher.on_batch([make_arrival("ACME/b.zip", make_zip([
         (f"m{i}.req", WireDevice(ring, f"M{i}").activation(license_key=key))
-        for i in range(4)])))
+        for i in range(4)]))])
     app.sent.clear()
     assert requeue_stale(runtime, app, older_than=timedelta(hours=1)).jobs == 0  # type: ignore[arg-type]
     swept = requeue_stale(runtime, app, older_than=timedelta(0),  # type: ignore[arg-type]

@@ -1,4 +1,8 @@
-"""The drop-folder source with real writers: threads and processes writing real files."""
+"""The drop-folder source with real writers: threads and processes writing real files.
+
+Every test drives what production runs: `run(stop)` (with the observer) in a thread,
+or `drain` (scans only), with the clock and sleep injected where time must not pass.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 from watchdog.observers import Observer
 
 from pipelines.layout import Arrival
+from pipelines.outage import Backoff
 from pipelines.sources import dropfolder
-from pipelines.sources.dropfolder import DropFolderSource
+from pipelines.sources.dropfolder import DropFolderSource, fs
 from pipelines.sources.settle import SettleTracker
 
 try:
@@ -50,15 +56,20 @@ class FakeClock:
 
 
 class Recorder:
-    """on_arrival for tests: archives ``_processing/...`` into ``_processed/...`` and
-    records (area, name, sha256)."""
+    """on_batch for tests: archives each ``_processing/...`` file into ``_processed/...``
+    and records (area, name, sha256); every file is taken."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.seen: list[tuple[str, str, str]] = []
         self._cond = threading.Condition()
 
-    def __call__(self, arrival: Arrival) -> None:
+    def __call__(self, arrivals: list[Arrival]) -> list[Arrival]:
+        for arrival in arrivals:
+            self.one(arrival)
+        return []
+
+    def one(self, arrival: Arrival) -> None:
         assert arrival.key.startswith(f"_processing/{arrival.area}/")
         assert arrival.sha256 == sha(arrival.data) and arrival.size == len(arrival.data)
         target = self.root / "_processed" / arrival.area / arrival.name
@@ -83,21 +94,61 @@ def root(tmp_path: Path) -> Path:
     return inbox
 
 
+class Running:
+    """`source.run(stop)` in a thread, as `airlock run` and `airlock watch` run it."""
+
+    def __init__(self, source: DropFolderSource) -> None:
+        self.source = source
+        self.event = threading.Event()
+        self.thread = threading.Thread(target=source.run, args=(self.event,), daemon=True)
+        self.thread.start()
+        # Events count from when the area folders are watched (the writers below rely
+        # on the observer seeing their open and close).
+        stop_at = time.monotonic() + WAIT
+        while not source._watches.watched and time.monotonic() < stop_at:
+            time.sleep(0.005)
+
+    def stop(self, timeout: float = WAIT) -> bool:
+        """Set the stop event; True once the loop has returned."""
+        self.event.set()
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
 @pytest.fixture
 def make_source(root: Path) -> Iterator[Callable[..., DropFolderSource]]:
-    """Builds sources on `root`; every one is stopped (threads joined) at teardown."""
-    made: list[DropFolderSource] = []
+    """Builds sources on `root`."""
 
-    def factory(on_arrival: Callable[[Arrival], None], **kwargs: object) -> DropFolderSource:
+    def factory(on_batch: Callable[[list[Arrival]], list[Arrival]], **kwargs: object
+                ) -> DropFolderSource:
         kwargs.setdefault("settle_seconds", 0.3)
         kwargs.setdefault("scan_interval", 0.1)
-        source = DropFolderSource(root, on_arrival=on_arrival, **kwargs)  # type: ignore[arg-type]
-        made.append(source)
-        return source
+        return DropFolderSource(root, on_batch=on_batch, **kwargs)  # type: ignore[arg-type]
 
     yield factory
-    for source in made:
-        assert source.stop(timeout=10)
+
+
+@pytest.fixture
+def run() -> Iterator[Callable[[DropFolderSource], Running]]:
+    """Runs sources in threads; every one is stopped (thread joined) at teardown."""
+    started: list[Running] = []
+
+    def start(source: DropFolderSource) -> Running:
+        started.append(Running(source))
+        return started[-1]
+
+    yield start
+    for running in started:
+        assert running.stop(timeout=10)
+
+
+def one_at_a_time(handle: Callable[[Arrival], object]) -> Callable[[list[Arrival]],
+                                                                  list[Arrival]]:
+    """An on_batch calling `handle` per file; those it returns True for are not finished."""
+    def on_batch(arrivals: list[Arrival]) -> list[Arrival]:
+        return [a for a in arrivals if handle(a) is True]
+
+    return on_batch
 
 
 def write_slowly(path: Path, chunks: list[bytes], pause: float) -> None:
@@ -121,19 +172,19 @@ def files_under(folder: Path) -> list[str]:
 # --- completeness ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["observer", "scan_once"])
-def test_slow_chunked_writer_is_handed_over_only_when_complete(root, make_source, mode):
+@pytest.mark.parametrize("mode", ["run", "drain"])
+def test_slow_chunked_writer_is_handed_over_only_when_complete(root, make_source, run, mode):
     recorder = Recorder(root)
     source = make_source(recorder, settle_seconds=0.4)
     chunks = [os.urandom(4096) for _ in range(12)]
-    if mode == "observer":
-        source.start()
+    if mode == "run":
+        run(source)
     writer = in_thread(write_slowly, root / "ACME" / "big.req", chunks, 0.05)
-    if mode == "scan_once":
+    if mode == "drain":  # scans alone: the file must stay unchanged for settle_seconds
         stop_at = time.monotonic() + WAIT
-        while not recorder.seen and time.monotonic() < stop_at:
-            source.scan_once()
-            time.sleep(0.02)
+        while not (root / "ACME" / "big.req").exists() and time.monotonic() < stop_at:
+            time.sleep(0.01)
+        assert source.drain(timeout=WAIT)
     seen = recorder.wait_for(1)
     writer.join()
     assert source.drain(timeout=WAIT)
@@ -142,10 +193,10 @@ def test_slow_chunked_writer_is_handed_over_only_when_complete(root, make_source
 
 
 @needs_inotify
-def test_writer_pausing_longer_than_settle_with_the_file_open_is_waited_for(root, make_source):
+def test_writer_pausing_longer_than_settle_with_the_file_open_is_waited_for(root, make_source,
+                                                                           run):
     recorder = Recorder(root)
-    source = make_source(recorder, settle_seconds=0.2)
-    source.start()
+    run(make_source(recorder, settle_seconds=0.2))
     chunks = [b"head-" * 1000, b"tail-" * 1000]
     writer = in_thread(write_slowly, root / "ACME" / "paused.req", chunks, 1.0)
     writer.join()
@@ -154,34 +205,33 @@ def test_writer_pausing_longer_than_settle_with_the_file_open_is_waited_for(root
 
 
 @needs_inotify
-def test_close_after_write_completes_a_file_before_settle_seconds(root, make_source):
+def test_close_after_write_completes_a_file_before_settle_seconds(root, make_source, run):
     recorder = Recorder(root)
-    source = make_source(recorder, settle_seconds=3600, close_grace=0.05)
-    source.start()
+    run(make_source(recorder, settle_seconds=3600, close_grace=0.05))
     write_slowly(root / "ACME" / "quick.req", [b"a" * 100, b"b" * 100], 0.02)
     assert recorder.wait_for(1) == [("ACME", "quick.req", sha(b"a" * 100 + b"b" * 100))]
 
 
-def test_a_file_changed_while_being_claimed_is_put_back(root, make_source, monkeypatch):
+def test_a_file_changed_while_being_claimed_is_put_back(root, make_source, monkeypatch,
+                                                         caplog):
     clock = FakeClock()
     recorder = Recorder(root)
     source = make_source(recorder, clock=clock, sleep=clock.sleep)
     target = root / "ACME" / "late.req"
     target.write_bytes(b"first half ")
-    assert source.scan_once() == 0
-    clock.sleep(1)
-    real_rename = dropfolder.rename_noreplace
+    real_rename = fs.rename_noreplace
 
     def writer_still_busy(src: str, dst: str) -> None:
-        monkeypatch.setattr(dropfolder, "rename_noreplace", real_rename)
+        monkeypatch.setattr(fs, "rename_noreplace", real_rename)
         with open(src, "ab") as handle:  # the writer appends just as the claim happens
             handle.write(b"second half")
         real_rename(src, dst)
 
-    monkeypatch.setattr(dropfolder, "rename_noreplace", writer_still_busy)
-    assert source.scan_once() == 0
-    assert target.read_bytes() == b"first half second half"
-    assert source.drain(timeout=5)
+    monkeypatch.setattr(fs, "rename_noreplace", writer_still_busy)
+    with caplog.at_level(logging.WARNING, logger=dropfolder.__name__):
+        assert source.drain(timeout=5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "ACME/late.req changed while being claimed; put back to settle again"]
     assert recorder.seen == [("ACME", "late.req", sha(b"first half second half"))]
 
 
@@ -189,10 +239,10 @@ def test_a_file_changed_while_being_claimed_is_put_back(root, make_source, monke
 
 
 def test_part_file_renamed_and_file_moved_in_are_each_handed_over_once(root, tmp_path,
-                                                                       make_source):
+                                                                       make_source, run):
     recorder = Recorder(root)
     source = make_source(recorder)
-    source.start()
+    running = run(source)
     part = root / "ACME" / "upload.req.part"
     write_slowly(part, [b"p" * 5000, b"q" * 5000], 0.05)
     time.sleep(0.5)  # longer than settle: a .part name is never taken, however quiet
@@ -203,7 +253,7 @@ def test_part_file_renamed_and_file_moved_in_are_each_handed_over_once(root, tmp
     (outside / "moved.req").write_bytes(b"moved in")
     os.rename(outside / "moved.req", root / "ACME" / "moved.req")
     recorder.wait_for(2)
-    assert source.stop(timeout=10)
+    assert running.stop(timeout=10)
     assert source.drain(timeout=5)
     assert sorted(recorder.seen) == [
         ("ACME", "moved.req", sha(b"moved in")),
@@ -214,17 +264,17 @@ def test_part_file_renamed_and_file_moved_in_are_each_handed_over_once(root, tmp
 
 @needs_inotify
 def test_customer_folders_created_or_replaced_after_start_are_watched(root, tmp_path,
-                                                                     make_source):
+                                                                     make_source, run):
     recorder = Recorder(root)
     # settle_seconds and scan_interval are an hour: only a close event brings a file in
     source = make_source(recorder, settle_seconds=3600, close_grace=0.05, scan_interval=3600)
-    source.start()
+    run(source)
     folder = root / "NEWCO"
 
     def wait_until_watched() -> None:
         stop_at = time.monotonic() + WAIT
         while time.monotonic() < stop_at:
-            watched = source._watches.get(str(folder))
+            watched = source._watches.watched.get(str(folder))
             if watched and folder.exists() and watched[1] == folder.stat().st_ino:
                 return
             time.sleep(0.01)
@@ -241,7 +291,7 @@ def test_customer_folders_created_or_replaced_after_start_are_watched(root, tmp_
     wait_until_watched()
     (folder / "second.req").write_bytes(b"folder replaced")
     assert recorder.wait_for(2)[1] == ("NEWCO", "second.req", sha(b"folder replaced"))
-    assert not any("_process" in path for path in source._watches)
+    assert not any("_process" in path for path in source._watches.watched)
 
 
 def test_same_content_under_two_names_gives_two_arrivals(root, make_source, caplog):
@@ -299,25 +349,18 @@ def test_backlog_of_5000_files_is_handed_over_after_start(root, make_source):
         expected[(area, name)] = sha(data)
 
     started = time.perf_counter()
-    assert source.scan_once() == 0  # first sight: not settled yet
-    observed = time.perf_counter() - started
-    clock.sleep(source.settle_seconds)
-    started = time.perf_counter()
-    assert source.scan_once() == 5000
-    claimed = time.perf_counter() - started
-    print(f"\n5000-file backlog: observe scan {observed:.3f} s, "
-          f"claim + hand-over scan {claimed:.3f} s")
+    assert source.drain(timeout=5)  # first sight, settled by the fake clock, handed over
+    print(f"\n5000-file backlog: drained in {time.perf_counter() - started:.3f} s")
 
     assert {(a, n): s for a, n, s in recorder.seen} == expected
     for area in areas:
         names = [n for a, n, _ in recorder.seen if a == area]
         assert names == sorted(names)
-    assert source.drain(timeout=5)
     assert files_under(root / "_processing") == []
     assert len(files_under(root / "_processed")) == 5000
 
 
-def test_scan_once_alone_processes_everything_without_the_observer(root, make_source):
+def test_drain_alone_processes_everything_without_the_observer(root, make_source):
     recorder = Recorder(root)
     source = make_source(recorder, settle_seconds=0.1)
     (root / "BETA").mkdir()
@@ -325,25 +368,21 @@ def test_scan_once_alone_processes_everything_without_the_observer(root, make_so
                for i in range(20) for area in ("ACME", "BETA")]
     for writer in writers:
         writer.join()
-    stop_at = time.monotonic() + WAIT
-    while len(recorder.seen) < 40 and time.monotonic() < stop_at:
-        source.scan_once()
-        time.sleep(0.02)
-    assert source._observer is None
+    assert source.drain(timeout=WAIT)
+    assert source._watches.watched == {}
     assert len(recorder.seen) == 40
     assert {s for _, _, s in recorder.seen} == {sha(b"x" * 100 + b"y")}
 
 
-def test_two_sources_on_one_folder_never_hand_over_the_same_file(root, make_source):
+def test_two_sources_on_one_folder_never_hand_over_the_same_file(root, make_source, run):
     recorder = Recorder(root)
     first, second = make_source(recorder, settle_seconds=0.1), make_source(recorder,
                                                                           settle_seconds=0.1)
-    first.start()
-    second.start(watch=False)
+    running = [run(first), run(second)]
     for i in range(300):
         (root / "ACME" / f"{i:03d}.req").write_bytes(b"%d" % i)
     recorder.wait_for(300)
-    assert first.stop(timeout=10) and second.stop(timeout=10)
+    assert all(r.stop(timeout=10) for r in running)
     assert first.drain(timeout=5)
     assert sorted(n for _, n, _ in recorder.seen) == [f"{i:03d}.req" for i in range(300)]
 
@@ -358,13 +397,13 @@ CRASHING_WORKER = textwrap.dedent("""
 
     root, flag = Path(sys.argv[1]), Path(sys.argv[2])
 
-    def on_arrival(arrival):
-        flag.write_text(arrival.key)
+    def on_batch(arrivals):
+        flag.write_text(arrivals[0].key)
         while True:  # stuck mid-file until killed
             time.sleep(1)
 
-    DropFolderSource(root, on_arrival=on_arrival, settle_seconds=0.05,
-                     scan_interval=0.05).run_until(threading.Event(), watch=False)
+    DropFolderSource(root, on_batch=on_batch, settle_seconds=0.05,
+                     scan_interval=0.05).run(threading.Event())
 """)
 
 
@@ -394,109 +433,146 @@ def test_a_process_killed_mid_file_loses_nothing(root, tmp_path, make_source):
     assert files_under(root / "_processing") == []
 
 
-def test_a_failing_callback_leaves_the_file_for_recovery(root, make_source, caplog):
-    clock = FakeClock()
+def database_down() -> OperationalError:
+    return OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+
+def test_a_failed_hand_over_is_retried_while_running_and_logged_once(root, make_source,
+                                                                      run, caplog):
     recorder = Recorder(root)
-    calls: list[str] = []
+    failures: list[str] = []
+    late = root / "ACME" / "late.req"
 
-    def flaky(arrival: Arrival) -> None:
-        calls.append(arrival.key)
-        if len(calls) == 1:
-            raise RuntimeError("database is down")
-        recorder(arrival)
+    def database_comes_back(arrivals: list[Arrival]) -> list[Arrival]:
+        if len(failures) < 3:
+            failures.append(",".join(a.name for a in arrivals))
+            if len(failures) == 1:
+                late.write_bytes(b"dropped during the outage")
+            raise database_down()
+        return recorder(arrivals)
 
-    source = make_source(flaky, clock=clock, sleep=clock.sleep)
+    source = make_source(database_comes_back, settle_seconds=0.05,
+                         backoff=Backoff(first=0.2))
     (root / "ACME" / "x.req").write_bytes(b"payload")
-    with caplog.at_level(logging.ERROR, logger=dropfolder.__name__):
-        assert source.scan_once() == 0
-        clock.sleep(1)
-        assert source.scan_once() == 1
-    assert any("x.req" in r.getMessage() for r in caplog.records)
-    assert files_under(root / "_processing") == ["ACME/x.req"]
-    assert source.recover() == 1
-    assert recorder.seen == [("ACME", "x.req", sha(b"payload"))]
+    with caplog.at_level(logging.DEBUG, logger=dropfolder.__name__):
+        run(source)
+        recorder.wait_for(2)
+    assert failures == ["x.req"] * 3  # while it was down, new files waited unclaimed
+    assert recorder.seen == [("ACME", "x.req", sha(b"payload")),
+                             ("ACME", "late.req", sha(b"dropped during the outage"))]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings[0] == "database unreachable: connection refused; retrying"
+    assert len(warnings) == 2 and warnings[1].startswith("database reachable again after ")
+    assert not any(r.exc_info for r in caplog.records)
     assert files_under(root / "_processing") == []
 
 
-def test_the_loop_retries_failed_files_every_retry_interval(root, make_source):
+def test_a_file_returned_as_not_finished_is_tried_again(root, make_source, run):
     recorder = Recorder(root)
-    failures = [RuntimeError("database is down")] * 2
+    tries: list[str] = []
 
-    def flaky(arrival: Arrival) -> None:
-        if failures:
-            raise failures.pop()
-        recorder(arrival)
+    def fails_twice(arrival: Arrival) -> bool:
+        tries.append(arrival.key)
+        if len(tries) <= 2:
+            return True  # left in _processing/ (its job failed and stays pending)
+        recorder.one(arrival)
+        return False
 
-    source = make_source(flaky, settle_seconds=0.05, retry_interval=0.1)
+    source = make_source(one_at_a_time(fails_twice), settle_seconds=0.05,
+                         backoff=Backoff(first=0.05))
     (root / "ACME" / "x.req").write_bytes(b"payload")
-    source.start(watch=False)
+    run(source)
     assert recorder.wait_for(1) == [("ACME", "x.req", sha(b"payload"))]
+    assert tries == ["_processing/ACME/x.req"] * 3
 
 
-def test_drain_reports_a_timeout_when_the_inbox_cannot_empty(root, make_source):
+def test_drain_ends_promptly_when_only_failed_files_are_left(root, make_source):
+    clock = FakeClock()
+    recorder = Recorder(root)
+    tries: list[str] = []
+
+    def quarantined_on_the_third_try(arrival: Arrival) -> bool:
+        tries.append(arrival.key)
+        if len(tries) < 3:
+            return True
+        recorder.one(arrival)  # its attempts ran out: the core archived it
+        return False
+
+    source = make_source(one_at_a_time(quarantined_on_the_third_try), clock=clock,
+                         sleep=clock.sleep)
+    (root / "ACME" / "x.req").write_bytes(b"payload")
+    started = clock()
+    assert source.drain(timeout=3600) is False
+    assert clock() - started < 3600  # it did not wait for the timeout
+    assert files_under(root / "_processing") == ["ACME/x.req"]
+    assert source.drain(timeout=3600) is False  # the next run takes it again
+    assert source.drain(timeout=3600) is True
+    assert tries == ["_processing/ACME/x.req"] * 3
+    assert files_under(root / "_processing") == []
+
+
+def test_drain_ends_when_a_dependency_is_down(root, make_source):
     clock = FakeClock()
 
-    def always_fails(arrival: Arrival) -> None:
-        raise RuntimeError("no")
+    def down(arrivals: list[Arrival]) -> list[Arrival]:
+        raise database_down()
 
-    source = make_source(always_fails, clock=clock, sleep=clock.sleep)
-    (root / "ACME" / "x.req").write_bytes(b"payload")
-    assert source.drain(timeout=5) is False
-    assert files_under(root / "_processing") == ["ACME/x.req"]
+    source = make_source(down, clock=clock, sleep=clock.sleep)
+    for name in ("a.req", "b.req"):
+        (root / "ACME" / name).write_bytes(name.encode())
+    assert source.drain(timeout=3600) is False
+    assert files_under(root / "_processing") == ["ACME/a.req", "ACME/b.req"]
 
 
 def test_a_name_still_in_hand_is_claimed_under_a_unique_name(root, make_source):
     clock = FakeClock()
     recorder = Recorder(root)
-    source = make_source(recorder, clock=clock, sleep=clock.sleep)
-    (root / "_processing" / "ACME").mkdir(parents=True)
-    (root / "_processing" / "ACME" / "x.req").write_bytes(b"older")
-    (root / "ACME" / "x.req").write_bytes(b"newer")
     arrivals: list[Arrival] = []
-    source._on_arrival = lambda a: (arrivals.append(a), recorder(a))  # type: ignore[assignment]
-    assert source.scan_once() == 0
-    clock.sleep(1)
-    assert source.scan_once() == 1
+    source = make_source(one_at_a_time(lambda a: (arrivals.append(a), recorder.one(a))),
+                         clock=clock, sleep=clock.sleep)
+    older = root / "_processing" / "ACME" / "x.req"
+    older.parent.mkdir(parents=True)
+    older.write_bytes(b"older")
+    (root / "ACME" / "x.req").write_bytes(b"newer")
+    in_hand = fs.hold(str(older))  # another source is processing the older file
+    assert in_hand is not None
+    try:
+        assert source.drain(timeout=1) is False  # the older one is still in hand
+    finally:
+        os.close(in_hand)
     assert arrivals[0].name == "x.req" and arrivals[0].data == b"newer"
     assert arrivals[0].key.startswith("_processing/ACME/x.req.claim-")
-    assert (root / "_processing" / "ACME" / "x.req").read_bytes() == b"older"
+    assert older.read_bytes() == b"older"
     assert source.recover() == 1
     assert [(a.name, a.data) for a in arrivals] == [("x.req", b"newer"), ("x.req", b"older")]
 
 
-def test_stop_finishes_the_file_in_hand_and_takes_no_more(root, make_source):
+def test_stop_finishes_the_file_in_hand_and_takes_no_more(root, make_source, run):
     recorder = Recorder(root)
     entered, release = threading.Event(), threading.Event()
 
     def slow(arrival: Arrival) -> None:
         entered.set()
         release.wait(WAIT)
-        recorder(arrival)
+        recorder.one(arrival)
 
     for name in ("a.req", "b.req", "c.req"):
         (root / "ACME" / name).write_bytes(name.encode())
-    source = make_source(slow, settle_seconds=0.05)
-    source.start(watch=False)
+    running = run(make_source(one_at_a_time(slow), settle_seconds=0.05, batch_size=1))
     assert entered.wait(WAIT)
-    stopping = in_thread(lambda: source.stop(timeout=WAIT))
-    time.sleep(0.1)
+    running.event.set()
     release.set()
-    stopping.join()
-    assert source._thread is None
+    assert running.stop()
     assert recorder.seen == [("ACME", "a.req", sha(b"a.req"))]
     assert files_under(root / "ACME") == ["b.req", "c.req"]
 
 
-def test_run_until_returns_when_the_event_is_set(root, make_source):
+def test_run_returns_when_the_event_is_set(root, make_source, run):
     recorder = Recorder(root)
-    source = make_source(recorder, settle_seconds=0.05)
-    stop = threading.Event()
-    runner = in_thread(source.run_until, stop)
+    running = run(make_source(recorder, settle_seconds=0.05))
     (root / "ACME" / "x.req").write_bytes(b"x")
     recorder.wait_for(1)
-    stop.set()
-    runner.join(WAIT)
-    assert not runner.is_alive()
+    assert running.stop()
     assert recorder.seen == [("ACME", "x.req", sha(b"x"))]
 
 
@@ -528,3 +604,18 @@ def test_settle_rule_open_holds_and_close_completes_early():
     tracker.note_open("A/y")  # its close event was lost: the hold runs out
     clock.sleep(31)
     assert tracker.due("A/y", (1, 1, 2)) == 1033.2
+
+
+# --- the factory ----------------------------------------------------------------------------
+
+
+def test_a_folder_inbox_gets_a_drop_folder_source_from_the_settings(tmp_path):
+    from config.settings import Settings
+    from pipelines.sources import make_source as source_for
+    from pipelines.storage.local import LocalStore
+
+    settings = Settings(home=tmp_path, settle_seconds=0.7, scan_interval_seconds=3)
+    source = source_for(settings, LocalStore(tmp_path / "inbox"), Recorder(tmp_path))
+    assert isinstance(source, DropFolderSource)
+    assert (source.root, source.settle_seconds, source.scan_interval) == (
+        tmp_path / "inbox", 0.7, 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from pipelines.layout import Arrival, archive_key
+from pipelines.outage import Backoff
 from pipelines.sources.s3poller import S3Source
 from pipelines.sources.sqs import created_keys, make_sqs_client
 from pipelines.storage import S3Store
@@ -26,14 +28,25 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
              b"<Message>Please reduce your request rate.</Message></Error>")
 
 
+def each(handle: Any) -> Any:
+    """An on_batch calling `handle` per arrival; every arrival is taken."""
+    def on_batch(arrivals: list[Arrival]) -> list[Arrival]:
+        for arrival in arrivals:
+            handle(arrival)
+        return []
+
+    return on_batch
+
+
 class Recorder:
-    """An on_arrival that records every hand-over."""
+    """An on_batch that records every hand-over."""
 
     def __init__(self) -> None:
         self.arrivals: list[Arrival] = []
 
-    def __call__(self, arrival: Arrival) -> None:
-        self.arrivals.append(arrival)
+    def __call__(self, arrivals: list[Arrival]) -> list[Arrival]:
+        self.arrivals.extend(arrivals)
+        return []
 
     @property
     def keys(self) -> list[str]:
@@ -41,7 +54,7 @@ class Recorder:
 
 
 class Ledger:
-    """An on_arrival doing what the real one does: claim a unique row, then archive.
+    """An on_batch (per arrival) doing what the real one does: claim a unique row, then archive.
 
     A second hand-over of the same object (duplicate notification, or a poll before
     the archive) finds the claim taken and has no further effect.
@@ -76,9 +89,9 @@ def upload(store: S3Store, key: str, data: bytes | None = None) -> bytes:
     return data
 
 
-def source(store: S3Store, on_arrival: Any, **kwargs: Any) -> S3Source:
+def source(store: S3Store, on_batch: Any, **kwargs: Any) -> S3Source:
     kwargs.setdefault("poll_interval", 0.05)
-    return S3Source(store, on_arrival=on_arrival, **kwargs)
+    return S3Source(store, on_batch=on_batch, **kwargs)
 
 
 # --- polling ------------------------------------------------------------------------------
@@ -138,7 +151,7 @@ def test_archived_objects_are_not_handed_over_again(store: S3Store) -> None:
     def process_and_archive(arrival: Arrival) -> None:
         store.move(arrival.key, archive_key("processed", arrival.area, arrival.name))
 
-    poller = source(store, process_and_archive)
+    poller = source(store, each(process_and_archive))
     assert poller.poll_once() == 1
     assert poller.poll_once() == 0
     assert [i.key for i in store.list()] == ["_processed/ACME/a.req"]
@@ -191,7 +204,7 @@ def test_a_lasting_503_leaves_the_object_for_the_next_poll(
     fault = SlowDown(times=6)  # outlasts the first read's retry budget (1 + 5)
     store.client.meta.events.register("before-send.s3.GetObject", fault)
     seen = Recorder()
-    poller = source(store, seen)
+    poller = source(store, seen, backoff=Backoff(first=0))  # retried on the very next poll
     assert poller.poll_once() == 1  # BETA still delivered; ACME neither lost nor rejected
     assert seen.keys == ["BETA/b.req"]
     assert "will retry" in caplog.text
@@ -220,13 +233,61 @@ def test_a_failing_callback_does_not_stop_the_poll(store: S3Store) -> None:
     upload(store, "ACME/b.req")
     seen = Recorder()
 
-    def flaky(arrival: Arrival) -> None:
-        if arrival.name == "a.req":
-            raise RuntimeError("database hiccup")
-        seen(arrival)
+    def flaky(arrivals: list[Arrival]) -> list[Arrival]:
+        if arrivals[0].name == "a.req":
+            raise RuntimeError("a bug")
+        return seen(arrivals)
 
     assert source(store, flaky).poll_once() == 1
     assert seen.keys == ["ACME/b.req"]
+
+
+def test_a_failed_hand_over_waits_for_its_backoff_then_is_retried(store: S3Store) -> None:
+    upload(store, "ACME/a.req")
+    now = [1000.0]
+    seen = Recorder()
+    tries: list[str] = []
+
+    def not_finished_once(arrivals: list[Arrival]) -> list[Arrival]:
+        tries.append(arrivals[0].key)
+        return arrivals if len(tries) == 1 else seen(arrivals)
+
+    poller = source(store, not_finished_once, clock=lambda: now[0])
+    assert poller.poll_once() == 0
+    assert poller.poll_once() == 0  # its retry is not due yet
+    now[0] += Backoff().first
+    assert poller.poll_once() == 1
+    assert tries == ["ACME/a.req"] * 2 and seen.keys == ["ACME/a.req"]
+
+
+def test_while_the_callback_dependency_is_down_only_retries_run(
+        store: S3Store, caplog: pytest.LogCaptureFixture) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    for name in ("a", "b", "c"):
+        upload(store, f"ACME/{name}.req")
+    now = [1000.0]
+    down = [True]
+    tries: list[str] = []
+
+    def database(arrivals: list[Arrival]) -> list[Arrival]:
+        tries.append(arrivals[0].name)
+        if down[0]:
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+        store.move(arrivals[0].key, archive_key("processed", "ACME", arrivals[0].name))
+        return []
+
+    poller = source(store, database, clock=lambda: now[0])
+    assert poller.poll_once() == 0
+    assert tries == ["a.req"]  # b and c wait: they would fail the same way
+    assert poller.drain(timeout=60) is False  # nothing can be handed over now
+    down[0] = False
+    now[0] += Backoff().first
+    assert poller.drain(timeout=60) is True
+    assert tries == ["a.req", "a.req", "b.req", "c.req"]
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines[0] == "database unreachable: refused; retrying"
+    assert lines[1].startswith("database reachable again after ") and len(lines) == 2
 
 
 # --- notifications ------------------------------------------------------------------------
@@ -275,7 +336,7 @@ def test_duplicates_reach_the_callback_but_have_one_effect(store: S3Store,
                  if "Records" in json.loads(m["Body"])]
     sqs.send_message(QueueUrl=url, MessageBody=message["Body"])  # a duplicate notification
     ledger = Ledger(store)
-    poller = source(store, ledger, sqs_client=sqs, queue_url=url)
+    poller = source(store, each(ledger), sqs_client=sqs, queue_url=url)
     poller.poll_once()
     sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"],
                                   VisibilityTimeout=0)
@@ -343,9 +404,9 @@ def test_stop_finishes_the_object_in_hand_then_returns(store: S3Store) -> None:
     stop = threading.Event()
     seen = Recorder()
 
-    def stop_after_first(arrival: Arrival) -> None:
-        seen(arrival)
+    def stop_after_first(arrivals: list[Arrival]) -> list[Arrival]:
         stop.set()
+        return seen(arrivals)
 
     poller = source(store, stop_after_first, poll_interval=60)
     thread = threading.Thread(target=poller.run, args=(stop,))
@@ -374,9 +435,20 @@ def test_run_survives_listing_failures(store: S3Store) -> None:
     assert len(calls) >= 6  # at least one full retry budget, and the loop kept going
 
 
+def test_an_s3_inbox_gets_the_poller_from_the_settings(store: S3Store) -> None:
+    from config.settings import Settings
+    from pipelines.sources import make_source
+
+    settings = Settings(inbox=f"s3://{store.bucket}/{store.prefix}", scan_interval_seconds=3)
+    poller = make_source(settings, store, Recorder())
+    assert isinstance(poller, S3Source)
+    assert (poller.store, poller.poll_interval, poller.notifications_enabled) == (store, 3,
+                                                                                  False)
+
+
 def test_notifications_need_client_and_queue(store: S3Store) -> None:
     with pytest.raises(ValueError):
-        S3Source(store, on_arrival=Recorder(), poll_interval=1, queue_url="http://q")
+        S3Source(store, on_batch=Recorder(), poll_interval=1, queue_url="http://q")
 
 
 # --- message parsing ----------------------------------------------------------------------

@@ -1,0 +1,69 @@
+"""File-system primitives of the drop folder: keys and paths, holding a file, renames."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pipelines.sources.settle import Signature
+from pipelines.storage.local import rename_noreplace
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: claims still exclusive, no lock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["Root", "hold", "rename_noreplace", "same_file", "signature"]
+
+
+@dataclass(frozen=True, slots=True)
+class Root:
+    """The inbox folder: turns inbox keys (``ACME/a.req``) into paths and back."""
+
+    path: str
+
+    def of(self, key: str) -> str:
+        return f"{self.path}{os.sep}{key.replace('/', os.sep)}"
+
+    def key(self, path: str) -> str | None:
+        prefix = self.path + os.sep
+        if not path.startswith(prefix):
+            return None
+        return path[len(prefix):].replace(os.sep, "/")
+
+
+def hold(path: str) -> int | None:
+    """Open and lock `path`; the descriptor, or None if it is gone or held by another.
+
+    The lock (``flock``) is released by the kernel if the process dies, so a file
+    in hand is never handed over twice and a file left by a dead process is free.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        mine, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+        if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+            return fd
+    except (BlockingIOError, FileNotFoundError):
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def same_file(held: os.stat_result, path: str) -> bool:
+    """True while `path` is still the file `held` was taken from."""
+    try:
+        return os.path.samestat(held, os.stat(path, follow_symlinks=False))
+    except OSError:
+        return False
+
+
+def signature(st: os.stat_result) -> Signature:
+    return st.st_size, st.st_mtime_ns, st.st_ino

@@ -1,0 +1,289 @@
+"""The drop-folder source: scans, claims and hands over, and retries what failed."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Container, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.layout import parse_arrival_key, parse_processing_key
+from pipelines.outage import Backoff, Outage, Retries
+from pipelines.sources.base import OnBatch
+from pipelines.sources.dropfolder import fs
+from pipelines.sources.dropfolder.claims import Claims, Held
+from pipelines.sources.dropfolder.fs import Root
+from pipelines.sources.dropfolder.observer import Signals, Watches
+from pipelines.sources.dropfolder.tree import Tree, WarnOnce
+from pipelines.sources.settle import SettleTracker, Signature
+
+log = logging.getLogger(__name__)
+
+Stopping = Callable[[], bool]
+STOP_CHECK = 0.25  # seconds: how soon the loop notices its stop event
+
+
+def _never() -> bool:
+    return False
+
+
+def _round_robin(groups: dict[str, list[tuple[str, str, Signature]]]
+                 ) -> Iterator[tuple[str, str, str, Signature]]:
+    """(area, name, key, signature) in name order per area, areas taking turns."""
+    ordered = [[(area, *item) for item in sorted(groups[area])] for area in sorted(groups)]
+    for batch in itertools.zip_longest(*ordered):
+        yield from (item for item in batch if item is not None)
+
+
+def _names(held: list[Held]) -> str:
+    keys = [h.arrival.key for h in held]
+    return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+@dataclass(frozen=True, slots=True)
+class _PassResult:
+    claimed: int
+    pending: int  # seen in the arrival folders and not claimed
+    next_due: float
+
+
+class DropFolderSource:
+    """Watches a drop-folder inbox and hands complete files to `on_batch`, up to
+    `batch_size` at a time (see the package for how a file travels).
+
+    `settle_seconds`: how long a file must stay unchanged (and free of write events)
+    before it is taken. `scan_interval`: seconds between full reconciling scans.
+    `close_grace` (default ``settle_seconds / 4``) and `open_hold` (default
+    ``max(60, 10 * settle_seconds)``) tune the event rules, see
+    `pipelines.sources.settle`. `backoff` spaces the retries of failed hand-overs.
+    `clock` (seconds, monotonic) and `sleep` (used by `drain`) are the time it runs on.
+    """
+
+    def __init__(self, root: Path, *, on_batch: OnBatch, batch_size: int = 200,
+                 settle_seconds: float, scan_interval: float,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 close_grace: float | None = None, open_hold: float | None = None,
+                 backoff: Backoff | None = None) -> None:
+        if scan_interval <= 0:
+            raise ValueError("scan_interval must be > 0")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.root = Path(root).absolute()
+        self.settle_seconds = settle_seconds
+        self.scan_interval = scan_interval
+        self._on_batch = on_batch
+        self._batch_size = batch_size
+        self._clock = clock
+        self._sleep = sleep
+        self._tracker = SettleTracker(settle_seconds, close_grace=close_grace,
+                                      open_hold=open_hold, clock=clock)
+        where = Root(str(self.root))
+        self._warn = WarnOnce()
+        self._tree = Tree(where, self._warn)
+        self._signals = Signals(where, self._tracker)
+        self._watches = Watches(where, self._signals, self._warn)
+        self._claims = Claims(where, self._tracker)
+        self._retries: Retries[str] = Retries(backoff, clock=clock)
+        self._outage = Outage(log, clock=clock)
+        self._pass_lock = threading.Lock()
+
+    # --- the Source protocol -----------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Recover, then scan, claim and hand over until `stop` is set; the files in
+        hand are finished first. A failed hand-over is retried with backoff."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._watches.start(self._tree.arrival_areas(), self.scan_interval)
+        try:
+            self._loop(stop)
+        finally:
+            self._watches.stop(5.0)
+
+    def recover(self) -> int:
+        """Hand over again the files in ``_processing/`` that no live holder has locked
+        (left by a dead process, or whose hand-over failed); how many were taken."""
+        return self._recover(_never)
+
+    def drain(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Recover, then scan until the arrival folders and ``_processing/`` are empty
+        (True). False once `timeout` seconds (by `clock`) pass, on `stop`, or as soon
+        as the files left are only ones whose hand-over failed here (they wait for a
+        retry, which a running source makes; `recover` takes them next time)."""
+        stopping = stop.is_set if stop is not None else _never
+        deadline = self._clock() + timeout
+        self._recover(stopping)
+        while True:
+            result = self._pass(full=True, stopping=stopping)
+            if self._outage.down:
+                return False  # a dependency is gone: nothing more can be handed over now
+            if result.pending == 0:
+                self._recover(stopping, skip=self._retries)  # released by other sources
+                left = self._tree.processing_keys()
+                if not left:
+                    return True
+                if all(key in self._retries for key in left):
+                    return False
+            now = self._clock()
+            if now >= deadline or stopping():
+                return False
+            self._sleep(max(0.005, min(result.next_due - now, self.scan_interval,
+                                       deadline - now)))
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _loop(self, stop: threading.Event) -> None:
+        try:
+            self._recover(stop.is_set)
+        except Exception:
+            log.exception("recovering the files in %s/_processing failed", self.root)
+        min_gap = min(0.05, self.scan_interval)
+        next_full = float("-inf")
+        while not stop.is_set():
+            full = self._clock() >= next_full or self._signals.take_full_request()
+            try:
+                # While a dependency is down only the retries run (they find out when
+                # it is back); new files wait in the arrival folders, unclaimed.
+                result = self._pass(full=full, stopping=stop.is_set,
+                                    claim=not (self._outage.down and len(self._retries)))
+                self._retry_due(stop.is_set)
+            except Exception:
+                log.exception("scanning %s failed", self.root)
+                result = _PassResult(0, 0, float("inf"))
+            now = self._clock()
+            if full:
+                next_full = now + self.scan_interval
+            wait = min(next_full, result.next_due, self._retries.next_due(),
+                       now + STOP_CHECK) - now
+            if stop.wait(min_gap):
+                break
+            self._signals.wake.wait(max(0.0, wait - min_gap))
+            self._signals.wake.clear()
+
+    def _pass(self, *, full: bool, stopping: Stopping, claim: bool = True) -> _PassResult:
+        """Observe the candidates (all of them, or those events pointed at and those
+        still settling), then claim and hand over the ones that are due."""
+        with self._pass_lock:
+            if full:
+                areas = self._tree.arrival_areas()
+                self._watches.sync(areas)
+                candidates = self._tree.arrivals(areas)
+            else:
+                candidates = self._rechecked()
+            ready: dict[str, list[tuple[str, str, Signature]]] = {}
+            next_due = float("inf")
+            seen: list[str] = []
+            for key, st in candidates:
+                parsed = parse_arrival_key(key)
+                if parsed is None:
+                    self._warn(key, "ignoring %s: not a valid arrival name")
+                    continue
+                seen.append(key)
+                due = self._tracker.due(key, fs.signature(st))
+                if due <= self._clock():
+                    ready.setdefault(parsed[0], []).append((parsed[1], key,
+                                                            fs.signature(st)))
+                else:
+                    next_due = min(next_due, due)
+            if full:
+                self._tracker.prune(seen)
+            claimed = 0
+            held: list[Held] = []
+            for area, name, key, signature in _round_robin(ready) if claim else ():
+                if stopping():
+                    break
+                one = self._claims.claim(area, name, key, signature)
+                if one is not None:
+                    claimed += 1
+                    held.append(one)
+                    if len(held) >= self._batch_size:
+                        self._deliver(held)
+                        held = []
+            self._deliver(held)  # claimed files are always handed over
+            return _PassResult(claimed, len(seen) - claimed, next_due)
+
+    def _rechecked(self) -> Iterator[tuple[str, os.stat_result]]:
+        keys = self._signals.take_woken().union(self._tracker.pending())
+        for key, st in self._tree.recheck(keys):
+            if st is None:
+                self._tracker.forget(key)
+            else:
+                yield key, st
+
+    def _recover(self, stopping: Stopping, skip: Container[str] = ()) -> int:
+        with self._pass_lock:
+            held: list[Held] = []
+            taken = 0
+            for key, _entry in self._tree.files(self._tree.processing_areas()):
+                if stopping():
+                    break
+                if key in skip:
+                    continue
+                if parse_processing_key(key) is None:
+                    self._warn(key, "ignoring %s: not a valid processing name")
+                    continue
+                one = self._claims.take(key)
+                if one is not None:
+                    held.append(one)
+                    if len(held) >= self._batch_size:
+                        taken += self._deliver(held)
+                        held = []
+            return taken + self._deliver(held)
+
+    def _retry_due(self, stopping: Stopping) -> int:
+        """Hand over again the files whose failed hand-over is due for another try."""
+        with self._pass_lock:
+            held: list[Held] = []
+            taken = 0
+            for key in self._retries.due():
+                if stopping():
+                    break
+                one = self._claims.take(key, retry=True)
+                if one is None:  # archived meanwhile, or another source has it now
+                    self._retries.forget(key)
+                    continue
+                held.append(one)
+                if len(held) >= self._batch_size:
+                    taken += self._deliver(held)
+                    held = []
+            return taken + self._deliver(held)
+
+    # --- handing over ----------------------------------------------------------------------
+
+    def _deliver(self, batch: list[Held]) -> int:
+        """Pass held files to the callback, then release them; how many it took.
+
+        The locks stay taken until the callback returns, so no other source hands over
+        a file while it is being processed here. A file the callback returned as not
+        finished, or every file still here when it raised, is scheduled for a retry.
+        """
+        if not batch:
+            return 0
+        error: Exception | None = None
+        try:
+            try:
+                left = {a.key for a in self._on_batch([h.arrival for h in batch])}
+            except Exception as exc:  # noqa: BLE001 - retried with backoff, logged below
+                error, left = exc, {h.arrival.key for h in batch}
+            failed = [h for h in batch if h.arrival.key in left and h.still_there()]
+        finally:
+            for one in batch:
+                one.release()
+        failed_keys = {h.arrival.key for h in failed}
+        for one in batch:
+            if one.arrival.key not in failed_keys:
+                self._retries.forget(one.arrival.key)
+        first = min((self._retries.failed(key) for key in failed_keys), default=0) == 1
+        if error is None:
+            if self._outage.recovered():
+                self._retries.hurry()  # the files that waited for it go now, not at 30 s
+            if failed:  # the handler logged why; the core quarantines it in the end
+                log.log(logging.INFO if first else logging.DEBUG,
+                        "%s not finished; it is tried again", _names(failed))
+        else:
+            self._outage.failed(error, _names(failed or batch), first=first or not failed)
+        return len(batch) - len(failed)
