@@ -41,6 +41,9 @@ class RejectReason(StrEnum):
     REPLAY = "replay"
     EXPIRED_REQUEST = "expired_request"
     POISON = "poison"
+    NOT_A_FILE = "not_a_file"
+    UNREADABLE = "unreadable"
+    BAD_NAME = "bad_name"
     UNSUPPORTED_ARCHIVE = "unsupported_archive"
     UNSAFE_ARCHIVE = "unsafe_archive"
     ARCHIVE_TOO_LARGE = "archive_too_large"
@@ -104,6 +107,13 @@ MESSAGES: dict[RejectReason, str] = {
     RejectReason.EXPIRED_REQUEST: "The vendor request has expired; ask the vendor for a new one.",
     RejectReason.POISON:
         "The file failed processing repeatedly and was quarantined for inspection.",
+    RejectReason.NOT_A_FILE:
+        "The entry is not a regular file (a link, pipe, socket or device) and was quarantined "
+        "unopened.",
+    RejectReason.UNREADABLE: "The file could not be read and was quarantined for inspection.",
+    RejectReason.BAD_NAME:
+        "The file name is not valid UTF-8, holds control characters or is too long; rename the "
+        "file and send it again.",
     RejectReason.UNSUPPORTED_ARCHIVE: "The archive type is not supported.",
     RejectReason.UNSAFE_ARCHIVE:
         "The archive has unsafe members (absolute paths, '..', links) and was refused.",
@@ -118,6 +128,10 @@ PUBLIC_REASONS: dict[RejectReason, RejectReason] = {
     RejectReason.WRONG_DEVICE_KEY: RejectReason.UNKNOWN_DEVICE,
     RejectReason.LOCKED_OUT: RejectReason.BAD_CREDENTIALS,
 }
+
+# Refusals that quarantine the file (for the vendor to look at) instead of rejecting it.
+QUARANTINE_REASONS = frozenset({RejectReason.POISON, RejectReason.NOT_A_FILE,
+                                RejectReason.UNREADABLE})
 
 # Refusals whose cause the vendor can remove: the same file sent again is evaluated again.
 FIXABLE_REASONS = frozenset({

@@ -57,8 +57,7 @@ class Intake:
         """Register the claimed `arrivals` as jobs, apply them, deliver and archive the
         ones that finished. A file that failed stays in ``_processing/`` for the next
         try (its error is in `Applied.failed`); the others go on."""
-        return self._handle([(Submission(tenant=a.area, data=a.data, source=a.key), a)
-                             for a in arrivals])
+        return self._handle([(_submission(a), a) for a in arrivals])
 
     def handle_submissions(self, submissions: Sequence[Submission]) -> Applied:
         """`handle_many` for files that are not in the inbox (nothing to archive)."""
@@ -96,12 +95,22 @@ class Intake:
                 self.on_outcome(arrival, outcome)
 
 
+def _submission(arrival: Arrival) -> Submission:
+    if arrival.refusal is None:
+        return Submission(tenant=arrival.area, data=arrival.data, source=arrival.key)
+    return Submission(tenant=arrival.area, data=b"", source=arrival.key,
+                      refusal=arrival.refusal, digest=arrival.sha256, size=arrival.size)
+
+
 def _report(arrival: Arrival, outcome: Outcome, at: str) -> dict[str, object]:
     """The ``.error.json`` beside a refused or quarantined file (for the vendor)."""
     return {
         "status": outcome.status, "reason": outcome.reason, "message": outcome.message,
         "job_id": outcome.job_id, "request_id": outcome.request_id,
-        "tenant": arrival.area, "source": arrival.key, "sha256": arrival.sha256,
+        "tenant": arrival.area, "source": arrival.key, "size": arrival.size,
+        # an entry refused unread has no content hash: its digest names the entry
+        ("identity" if arrival.refusal else "sha256"): arrival.sha256,
+        **({"detail": arrival.detail} if arrival.detail else {}),
         "results": [outbox_key(arrival.area, name) for name, _ in outcome.outputs],
         "at": at,
     }

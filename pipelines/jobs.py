@@ -222,7 +222,16 @@ def _retry_one(env: BulkEnv, job_id: int, actor: str) -> Retried:
         return Retried(job_id, RetryResult.NOT_RETRYABLE, why, job["status"])
     source = None if job["batch_id"] is not None else locate_source(env.inbox, job)
     now = env.processor.clock()
-    if not _reopen(env.engine, job, now, actor):
+    unread = _unread(env.engine, job_id)
+    if unread and source is not None and (origin := _origin(job["source"])) is not None:
+        # Refused before it was read (not a regular file, unreadable): nothing of it is
+        # stored to apply again. The entry goes back and arrives anew, as a new job.
+        target = _back_to_inbox(env.inbox, source, origin[0], origin[1], job["sha256"])
+        _audit_retry(env.engine, job, now, actor)
+        return Retried(job_id, RetryResult.REQUEUED,
+                       f"{source} is back in the inbox as {target}, a new arrival",
+                       job["status"], {"from": source, "to": target})
+    if unread or not _reopen(env.engine, job, now, actor):
         return Retried(job_id, RetryResult.NOT_RETRYABLE, "it changed meanwhile")
     if job["batch_id"] is not None:
         return _retry_member(env, job)
@@ -245,10 +254,23 @@ def _reopen(engine: Engine, job: dict[str, Any], now: datetime, actor: str) -> b
             message=None, finished_at=None, updated_at=now)).rowcount == 1  # type: ignore[attr-defined]
         if reopened:
             session.execute(delete(OUTPUT).where(OUTPUT.c.job_id == job["id"]))
-            session.execute(insert(AUDIT).values(
-                at=now, tenant=job["tenant"], actor=actor, action="job.retry",
-                job_id=job["id"], detail={"status": job["status"], "reason": job["reason"]}))
+    if reopened:
+        _audit_retry(engine, job, now, actor)
     return reopened
+
+
+def _audit_retry(engine: Engine, job: dict[str, Any], now: datetime, actor: str) -> None:
+    with session_scope(engine) as session:
+        session.execute(insert(AUDIT).values(
+            at=now, tenant=job["tenant"], actor=actor, action="job.retry", job_id=job["id"],
+            detail={"status": job["status"], "reason": job["reason"]}))
+
+
+def _unread(engine: Engine, job_id: int) -> bool:
+    """True for a job registered without its content (refused before reading)."""
+    with reading(engine) as conn:
+        return bool(conn.execute(select(JOB.c.payload.is_(None)).where(
+            JOB.c.id == job_id)).scalar_one())
 
 
 def _retry_member(env: BulkEnv, job: dict[str, Any]) -> Retried:

@@ -71,6 +71,20 @@ class Arrival:
     data: bytes = field(repr=False)
     sha256: str
     size: int
+    # Refused before its content was read (too large, not a regular file, a bad name,
+    # unreadable): `data` is empty and `sha256` an identity of the entry, not of content.
+    refusal: str | None = None
+    detail: str | None = None  # for the report: e.g. the original name, escaped
+
+    @classmethod
+    def refused(cls, *, area: str, name: str, key: str, reason: str, size: int,
+                identity: str, detail: str | None = None) -> Arrival:
+        """An arrival refused from what was seen of it (`identity`: e.g. its inode,
+        size and mtime), so handing it over again finds the same job."""
+        digest = hashlib.sha256(f"unread\0{key}\0{identity}".encode("utf-8",
+                                                                     "backslashreplace"))
+        return cls(area=area, name=name, key=key, data=b"", sha256=digest.hexdigest(),
+                   size=size, refusal=reason, detail=detail)
 
 
 def make_arrival(key: str, data: bytes) -> Arrival:

@@ -28,10 +28,13 @@ class Submission:
     data: bytes
     source: str = ""
     batch_id: int | None = None
+    refusal: str | None = None  # refused before reading: no content, `digest` names it
+    digest: str | None = None
+    size: int | None = None
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+        return self.digest or hashlib.sha256(self.data).hexdigest()
 
 
 _JOB, _OUTPUT = JOB, OUTPUT
@@ -51,9 +54,13 @@ def register(session: Session, submissions: Sequence[Submission], *, now: dateti
     if not submissions:
         return []
     conn = session.connection()
+    # A file refused before it was read is registered with its refusal as the reason
+    # and no payload: the core turns it into its rejection without opening anything.
     rows = [{"tenant": s.tenant, "sha256": s.sha256, "source": s.source[:1024],
-             "size": len(s.data), "payload": s.data, "batch_id": s.batch_id,
-             "status": "pending", "attempts": 0, "created_at": now, "updated_at": now}
+             "size": s.size if s.size is not None else len(s.data),
+             "payload": None if s.refusal else s.data, "reason": s.refusal,
+             "batch_id": s.batch_id, "status": JobStatus.PENDING, "attempts": 0,
+             "created_at": now, "updated_at": now}
             for s in submissions]
     dialect_insert = pg_insert if is_postgres(conn.engine) else sqlite_insert
     # executemany of one cached statement: a multi-row VALUES is compiled anew each time.

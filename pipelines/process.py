@@ -27,7 +27,7 @@ from models.db import is_postgres, reading, session_scope
 from models.ledger import FINAL_STATUSES
 from models.tables import EVALUATION, JOB
 from models.types import utcnow
-from pipelines.errors import Rejection, RejectReason
+from pipelines.errors import QUARANTINE_REASONS, Rejection, RejectReason
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import OPERATOR
 from pipelines.ledger import Submission, register
@@ -200,12 +200,12 @@ def _verify_open_jobs(engine: Engine, job_ids: list[int], processor: Processor,
     signatures and password hashes are the slow part, and on SQLite another process
     writes meanwhile. Files past `max_attempts` are not opened at all (one may be what
     crashed us)."""
-    query = select(_JOB.c.id, _JOB.c.tenant, _JOB.c.payload).where(
+    query = select(_JOB.c.id, _JOB.c.tenant, _JOB.c.payload, _JOB.c.reason).where(
         _JOB.c.id.in_(job_ids), _JOB.c.status == JobStatus.PENDING,
         _JOB.c.attempts <= processor.max_attempts)
     with reading(engine) as conn:
         payloads = conn.execute(query).all()
-        return {row.id: _verify(conn, row.payload, processor, row.tenant, now)
+        return {row.id: _verify(conn, row.payload, processor, row.tenant, now, row.reason)
                 for row in payloads}
 
 
@@ -238,7 +238,7 @@ def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
             if job.id not in verified:  # pending again since the verification pass
                 payload = conn.execute(select(_JOB.c.payload).where(_JOB.c.id == job.id))
                 verified[job.id] = _verify(conn, payload.scalar_one(), processor, job.tenant,
-                                           now)
+                                           now, job.reason)
             todo.append((job, verified[job.id]))
     envelopes = [(job.tenant, v[0]) for job, v in todo if not isinstance(v, Rejection)]
     rules = [(RULES[e.kind], e.payload) for _, e in envelopes]
@@ -248,7 +248,10 @@ def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
                            if e.request_id is not None])
     for job, result in todo:
         if isinstance(result, Rejection):
-            outcomes[job.id] = _rejected(job, result, None, processor, finished, now)
+            status = (JobStatus.QUARANTINED if result.reason in QUARANTINE_REASONS
+                      else JobStatus.REJECTED)
+            outcomes[job.id] = _rejected(job, result, None, processor, finished, now,
+                                         status=status)
             continue
         envelope, credentials = result
         state.begin_job()
@@ -267,7 +270,11 @@ def _run_chunk(conn: Connection, job_ids: list[int], processor: Processor,
 
 
 def _verify(conn: Connection, payload: bytes | None, processor: Processor,
-            tenant: str, now: datetime) -> Verified:
+            tenant: str, now: datetime, refusal: str | None = None) -> Verified:
+    """The verified envelope and credentials, or the rejection; a file registered
+    with a refusal and no payload (refused before it was read) is just that."""
+    if payload is None and refusal:
+        return Rejection(refusal)
     try:
         envelope = verify(payload or b"", processor=processor, tenant=tenant, now=now)
         return envelope, check_credentials(conn, envelope, tenant)

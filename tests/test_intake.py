@@ -127,3 +127,40 @@ def test_two_archivers_racing_for_one_name_never_replace_each_other(
     assert first_report["source"] == first.key
     assert json.loads((rejected / f"{others[0].name}.error.json").read_text())[
         "source"] == second.key
+
+
+@pytest.mark.parametrize(("reason", "status", "folder"), [
+    ("too_large", "rejected", "_rejected"), ("not_a_file", "quarantined", "_quarantine"),
+    ("bad_name", "rejected", "_rejected")])
+def test_an_entry_refused_unread_is_registered_without_content_and_reported(
+        intake: Intake, tmp_path: Path, reason: str, status: str, folder: str) -> None:
+    """What a source hands over for an entry it must not open: no content is stored,
+    the size and an identity are; the customer gets a rejection report, the entry is
+    archived with an error report, and handing it over again changes nothing."""
+    from sqlalchemy import select
+
+    from airlock_sdk.envelope import open_envelope
+    from models.db import reading
+    from models.tables import JOB
+
+    key = processing_key("ACME", "huge.req")
+    intake.inbox.put(key, b"\0" * 1000)  # stands for what was seen only through stat
+    arrival = Arrival.refused(area="ACME", name="huge.req", key=key, reason=reason,
+                              size=300 * 1024 * 1024, identity="inode 42 mtime 7",
+                              detail="original name 'huge\\udcff.req'")
+    outcome = intake.handle(arrival)
+    assert (outcome.status, outcome.reason) == (status, reason)
+    with reading(intake.engine) as conn:
+        [row] = conn.execute(select(JOB.c.payload, JOB.c.size, JOB.c.sha256, JOB.c.status))
+    assert row.payload is None and row.size == 300 * 1024 * 1024
+    assert row.sha256 == arrival.sha256 != hashlib.sha256(b"\0" * 1000).hexdigest()
+    [rejection] = [p for p in files_under(tmp_path / "outbox") if p.endswith(".rejection")]
+    signed = open_envelope((tmp_path / "outbox" / rejection).read_bytes(),
+                           resolve_verify_key=intake.processor.keyring.any_verify_key)
+    assert signed.payload["reason"] == reason
+    report = json.loads((tmp_path / "inbox" / folder / "ACME/huge.req.error.json").read_text())
+    assert report["reason"] == reason and report["identity"] == arrival.sha256
+    assert "sha256" not in report and report["detail"] == "original name 'huge\\udcff.req'"
+    assert report["size"] == 300 * 1024 * 1024
+    again = intake.handle(arrival)  # the same entry handed over again
+    assert again.duplicate and again.status == status
