@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from config.settings import Settings
 
 CONNECT_TIMEOUT = 3.0
+VERSION_TABLE = "alembic_version"  # where Alembic records the revision
 _SECRET_PARAMS = {"password", "passwd", "secret", "token"}
 _HOW_TO_MIGRATE = "run 'airlock db upgrade' (or 'airlock init')"
 
@@ -28,6 +29,7 @@ class Unready(StrEnum):
     DATABASE = "database"  # unreachable, or not a database
     SCHEMA = "schema"  # reachable, but not migrated to this version's head
     BROKER = "broker"
+    KEYS = "no_keys"  # the vendor keyring ('airlock init' makes it)
     STORE = "store"  # an inbox, outbox or bucket
     INPUT = "input"  # a file given on the command line
 
@@ -49,10 +51,12 @@ def redact(url: str) -> str:
     if at and ":" in userinfo:
         netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
     query = parts.query
-    if query:
+    if any(k.lower() in _SECRET_PARAMS for k, _ in parse_qsl(query)):
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs],
                           safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # urlunsplit would rewrite an empty host (sqlite:///x to sqlite:/x)
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
@@ -72,13 +76,24 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_pipeline(settings: Settings, *, broker: bool, inbox_must_exist: bool) -> None:
-    """What a pipeline process needs: the inbox and outbox, a current database and,
-    with `broker`, the broker."""
+    """What a pipeline process needs: the inbox and outbox, a current database, the
+    vendor keys and, with `broker`, the broker."""
     check_store(settings.resolved_inbox, settings, what="inbox", must_exist=inbox_must_exist)
     check_store(settings.resolved_outbox, settings, what="outbox", must_exist=False)
     check_database(settings)
+    check_keys(settings)
     if broker:
         check_broker(settings)
+
+
+def check_keys(settings: Settings) -> None:
+    """The vendor keyring loads."""
+    from pipelines.keyring import KeyringError, load_keyring
+
+    try:
+        load_keyring(settings.resolved_keys_dir)
+    except KeyringError as exc:
+        raise NotReady(Unready.KEYS, str(exc)) from None
 
 
 # --- the database ---------------------------------------------------------------------
@@ -112,9 +127,9 @@ def check_database(settings: Settings, *, migrated: bool = True) -> None:
 
 
 def _reach(url: str) -> str | None:
-    """Connect once (short timeout, no pool) and read the Alembic revision."""
-    from alembic.runtime.migration import MigrationContext
-    from sqlalchemy import create_engine
+    """Connect once (short timeout, no pool) and read the Alembic revision (directly:
+    Alembic's MigrationContext logs at INFO, noise before every command)."""
+    from sqlalchemy import create_engine, inspect
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
     from sqlalchemy.pool import NullPool
@@ -129,7 +144,10 @@ def _reach(url: str) -> str | None:
                        f"{_scrubbed(_first_line(exc), url)}") from None
     try:
         with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            if not inspect(connection).has_table(VERSION_TABLE):
+                return None
+            return connection.exec_driver_sql(
+                f"SELECT version_num FROM {VERSION_TABLE}").scalar()
     except SQLAlchemyError as exc:
         reason = _first_line(getattr(exc, "orig", None) or exc)
         raise NotReady(Unready.DATABASE, f"cannot reach the database at {redact(url)}: "
@@ -203,7 +221,7 @@ def _local_path(location: str) -> Path:
 def _check_folder(path: Path, *, what: str, must_exist: bool) -> None:
     try:
         mode = path.stat().st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a file on the way
         if must_exist:
             raise NotReady(Unready.STORE, f"the {what} folder {path} does not exist; "
                            "'airlock init' creates it and 'airlock customer add' a "
