@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
+from cli.checks import NotReady
 from config.settings import Settings
 from models.db import make_engine, session_scope
 from pipelines.catalog import CatalogError
@@ -32,8 +33,20 @@ def settings_of(ctx: typer.Context) -> Settings:
 
 def fail(message: str, *, reason: str | None = None, code: int = 1) -> NoReturn:
     prefix = f"[{reason}] " if reason else ""
-    err_console.print("[bold red]error:[/] " + escape(prefix + message), highlight=False)
+    # soft_wrap: one line however long (a URL, a path), as scripts and logs expect
+    err_console.print("[bold red]error:[/] " + escape(prefix + message), highlight=False,
+                      soft_wrap=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def preflight(code: int = 1) -> Iterator[None]:
+    """Around a command's start-up checks: a missing dependency is one line and exit
+    `code`."""
+    try:
+        yield
+    except NotReady as exc:
+        fail(exc.message, reason=exc.reason, code=code)
 
 
 def engine_of(ctx: typer.Context) -> Engine:

@@ -16,7 +16,8 @@ from typing import IO, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.common import emit, err_console, fail, settings_of
+from cli.checks import check_input, check_pipeline
+from cli.common import emit, err_console, fail, preflight, settings_of
 from config.logging import setup_logging
 from config.settings import Settings
 from models import BatchStatus
@@ -61,6 +62,8 @@ def watch(
 
     settings = settings_of(ctx)
     _need_broker(settings)
+    with preflight():
+        check_pipeline(settings, broker=True, inbox_must_exist=True)
     setup_logging(log_level)
     runtime = build_runtime(settings)
     stop = threading.Event()
@@ -89,6 +92,9 @@ def worker(
     _need_broker(settings)
     if pool not in ("prefork", "solo", "threads"):
         fail("--pool must be prefork, solo or threads", code=2)
+    with preflight():
+        # The watcher makes the claimed files' folders; a worker only reads them.
+        check_pipeline(settings, broker=True, inbox_must_exist=False)
     argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}", f"--pool={pool}",
             f"--loglevel={loglevel}"]
     if hostname:
@@ -109,8 +115,12 @@ def import_archive(
     if not CODE.fullmatch(customer):
         fail(f"{customer!r} is not a customer code", code=2)
     settings = settings_of(ctx)
-    if not archive.startswith("s3://") and not Path(archive).is_file():
-        fail(f"{archive}: no such file", code=2)
+    if not archive.startswith("s3://"):
+        with preflight(code=2):
+            check_input(Path(archive))  # a FIFO would block the open below
+    with preflight():
+        # Member lists go to the inbox, reports to the outbox: both are made on demand.
+        check_pipeline(settings, broker=not settings.embedded, inbox_must_exist=False)
     runtime = build_runtime(settings)
     try:
         with _open_archive(archive, settings) as (name, handle):

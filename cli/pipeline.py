@@ -10,7 +10,8 @@ from typing import Any
 
 import typer
 
-from cli.common import emit, engine_of, fail, keyring_of, settings_of
+from cli.checks import check_database, check_pipeline, check_store, read_input
+from cli.common import emit, engine_of, fail, keyring_of, preflight, settings_of
 from models.db import session_scope
 from models.types import utcnow
 from pipelines import catalog
@@ -48,7 +49,7 @@ def _outcome_row(name: str, outcome: Outcome, keys: list[str]) -> dict[str, Any]
 
 def process_files(
     ctx: typer.Context,
-    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    files: list[Path] = typer.Argument(..., help="Request files (regular files)"),
     customer: str | None = typer.Option(None, "--customer", help="Tenant the files came from"),
     operator: bool = typer.Option(False, "--operator", help="Vendor-issued files"),
     outbox: Path | None = typer.Option(None, "--outbox", help="Folder for results"),
@@ -58,21 +59,26 @@ def process_files(
     if bool(customer) == operator:
         fail("give exactly one of --customer CODE or --operator", code=2)
     settings = settings_of(ctx)
+    with preflight():
+        check_store(str(outbox) if outbox else settings.resolved_outbox, settings,
+                    what="outbox", must_exist=False)
+        check_database(settings)
+        inputs = [(path, read_input(path)) for path in files]  # all, before any is processed
     store: Store = (LocalStore(outbox, file_mode=settings.file_mode) if outbox
                     else open_store(settings.resolved_outbox, settings))
     area = customer or OPERATOR
     processor = _processor(ctx)
     intake = Intake(engine=engine_of(ctx), processor=processor, inbox=store, outbox=store)
     applied = intake.handle_submissions([
-        Submission(tenant=area, data=path.read_bytes(), source=f"cli:{path.name}")
-        for path in files])
+        Submission(tenant=area, data=data, source=f"cli:{path.name}")
+        for path, data in inputs])
     if applied.failed:
         job_id, error = applied.failed[0]
         fail(f"job {job_id} could not be processed ({type(error).__name__}: {error}); "
              "run the command again", reason="failed")
     rows = [_outcome_row(path.name, outcome,
                          [outbox_key(area, name) for name, _ in outcome.outputs])
-            for path, outcome in zip(files, applied.outcomes, strict=True)]
+            for (path, _), outcome in zip(inputs, applied.outcomes, strict=True)]
     emit(rows, as_json=as_json, columns=["file", "status", "reason", "results"],
          title="Outcomes")
     if any(row["status"] != "done" for row in rows):
@@ -99,6 +105,8 @@ def run(
     if processes > 1 and settings.resolved_inbox.startswith("s3://"):
         fail("--processes above 1 needs a drop-folder inbox: S3 objects are not claimed, "
              "so every process would read every object", reason="bad_option")
+    with preflight():
+        check_pipeline(settings, broker=False, inbox_must_exist=True)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -114,6 +122,14 @@ def run(
              "hand-over failed (they are tried again by the next run)", reason="timeout")
 
 
+def _outbox_store(ctx: typer.Context) -> Store:
+    """The outbox, which must exist: reading a mistyped one would list nothing."""
+    settings = settings_of(ctx)
+    with preflight():
+        check_store(settings.resolved_outbox, settings, what="outbox", must_exist=True)
+    return open_store(settings.resolved_outbox, settings)
+
+
 @outbox_app.command("list")
 def outbox_list(
     ctx: typer.Context,
@@ -122,8 +138,7 @@ def outbox_list(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List results in the outbox (newest last)."""
-    settings = settings_of(ctx)
-    store = open_store(settings.resolved_outbox, settings)
+    store = _outbox_store(ctx)
     floor = since.replace(tzinfo=since.tzinfo or UTC) if since else None
     prefix = f"{customer}/" if customer else ""
     rows = [{"key": info.key, "size": info.size, "modified": info.modified.isoformat()}
@@ -139,8 +154,7 @@ def outbox_get(
     out: Path | None = typer.Option(None, "--out", help="Folder to save into; stdout if unset"),
 ) -> None:
     """Fetch results by key (as listed by 'outbox list')."""
-    settings = settings_of(ctx)
-    store = open_store(settings.resolved_outbox, settings)
+    store = _outbox_store(ctx)
     for key in keys:
         try:
             data = store.get(key)

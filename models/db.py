@@ -115,10 +115,13 @@ def is_postgres(engine: Engine) -> bool:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create every table directly (tests); production uses the migrations."""
+    """Create every table directly (tests), stamped with the migrations' head so the
+    start-up checks see a current schema; production uses the migrations."""
     import models  # noqa: F401  (registers the tables)
+    from models.migrate import stamp_head
 
     SQLModel.metadata.create_all(engine)
+    stamp_head(engine)
 
 
 @contextmanager

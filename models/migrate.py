@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -32,3 +38,32 @@ def current_revision(database_url: str) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
+
+
+@cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory(str(MIGRATIONS_DIR))
+
+
+def head_revision() -> str | None:
+    """The revision the migrations end at: what a current database records."""
+    return _scripts().get_current_head()
+
+
+def known_revision(revision: str) -> bool:
+    """Whether `revision` is one of these migrations (not one of a newer airlock)."""
+    from alembic.util import CommandError
+
+    try:
+        return _scripts().get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def stamp_head(engine: Engine) -> None:
+    """Record the head revision without running the migrations: for a schema made from
+    the models (`create_schema`), which the migrations at head match (a test holds it)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.begin() as connection:
+        MigrationContext.configure(connection).stamp(_scripts(), "head")

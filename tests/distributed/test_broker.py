@@ -22,6 +22,9 @@ def test_files_flow_through_the_broker_end_to_end(deployment: Deployment) -> Non
     the inbox folder, results in the outbox; then ``airlock import`` with a broker."""
     dep = deployment
     key = add_license(dep.engine, max_activations=50)
+    # What 'airlock init' makes: watch and worker refuse to start without them.
+    _ = dep.keyring
+    (dep.root / "inbox").mkdir()
     env = dep.env()
     worker = Worker(env=env, log_path=dep.root / "cli-worker.log", name="cliw",
                     command=cli_command("worker", "--concurrency", "1",
