@@ -99,7 +99,7 @@ def _register_optional() -> None:
     import importlib
 
     for module, name in (("cli.device", "device"), ("cli.pipeline", None), ("cli.demo", None),
-                         ("cli.distributed", None), ("cli.bench", None)):
+                         ("cli.distributed", None), ("cli.ops", None), ("cli.bench", None)):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
