@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from cli.checks import NotReady
+from config.logging import LogFormat
 from config.settings import Settings
 from models.db import make_engine, session_scope
 from pipelines.catalog import CatalogError
@@ -47,6 +48,24 @@ def preflight(code: int = 1) -> Iterator[None]:
         yield
     except NotReady as exc:
         fail(exc.message, reason=exc.reason, code=code)
+
+
+LOG_FORMAT_HELP = "text (default) or json: one object per line (also AIRLOCK_LOG_FORMAT)"
+METRICS_PORT_HELP = "Serve Prometheus /metrics on this port (also AIRLOCK_METRICS_PORT)"
+
+
+def observed(settings: Settings, *, log_format: str | None,
+             metrics_port: int | None) -> Settings:
+    """`settings` with the --log-format and --metrics-port given on the command line."""
+    update: dict[str, Any] = {}
+    if log_format is not None:
+        try:
+            update["log_format"] = LogFormat(log_format)
+        except ValueError:
+            fail(f"--log-format {log_format!r}: text or json", reason="bad_option", code=2)
+    if metrics_port is not None:
+        update["metrics_port"] = metrics_port
+    return settings.model_copy(update=update) if update else settings
 
 
 def engine_of(ctx: typer.Context) -> Engine:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -17,7 +18,16 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.checks import check_input, check_pipeline
-from cli.common import emit, err_console, fail, preflight, settings_of
+from cli.common import (
+    LOG_FORMAT_HELP,
+    METRICS_PORT_HELP,
+    emit,
+    err_console,
+    fail,
+    observed,
+    preflight,
+    settings_of,
+)
 from config.logging import setup_logging
 from config.settings import Settings
 from models import BatchStatus
@@ -55,23 +65,30 @@ def watch(
                                         help="Publish again work untouched for N seconds"),
     sweep_every: float = typer.Option(60.0, "--sweep-every", help="Seconds between sweeps"),
     log_level: str = typer.Option("INFO", "--log-level"),
+    log_format: str | None = typer.Option(None, "--log-format", help=LOG_FORMAT_HELP),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
+                                            help=METRICS_PORT_HELP),
 ) -> None:
     """Watch the inbox and queue each file (or archive chunk) for the workers."""
     from workers.celery_app import make_celery
     from workers.dispatch import watch as run_watch
+    from workers.runtime import serve_metrics
 
-    settings = settings_of(ctx)
+    settings = observed(settings_of(ctx), log_format=log_format, metrics_port=metrics_port)
     _need_broker(settings)
     with preflight():
         check_pipeline(settings, broker=True, inbox_must_exist=True)
-    setup_logging(log_level)
+    setup_logging(log_level, settings.log_format)
     runtime = build_runtime(settings)
+    server = serve_metrics(runtime)
     stop = threading.Event()
     _stop_on_signals(stop)
     try:
         run_watch(runtime, make_celery(settings), stop, requeue_after=requeue_after,
                   sweep_every=sweep_every)
     finally:
+        if server is not None:
+            server.shutdown()
         runtime.close()
 
 
@@ -84,11 +101,19 @@ def worker(
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
     hostname: str | None = typer.Option(None, "--hostname", "-n",
                                         help="Node name, e.g. worker1@%h"),
+    log_format: str | None = typer.Option(None, "--log-format", help=LOG_FORMAT_HELP),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
+                                            help=METRICS_PORT_HELP),
 ) -> None:
     """Start a Celery worker that processes queued files."""
-    from workers.celery_app import make_celery
+    from celery.signals import setup_logging as celery_setup_logging
+    from celery.signals import worker_process_shutdown
 
-    settings = settings_of(ctx)
+    from pipelines import metrics
+    from workers.celery_app import make_celery
+    from workers.runtime import serve_metrics
+
+    settings = observed(settings_of(ctx), log_format=log_format, metrics_port=metrics_port)
     _need_broker(settings)
     if pool not in ("prefork", "solo", "threads"):
         fail("--pool must be prefork, solo or threads", code=2)
@@ -99,7 +124,27 @@ def worker(
             f"--loglevel={loglevel}"]
     if hostname:
         argv.append(f"--hostname={hostname}")
-    make_celery(settings).worker_main(argv)
+
+    @celery_setup_logging.connect(weak=False)
+    def _our_logging(**_: Any) -> None:  # a receiver here: Celery leaves logging to us
+        setup_logging(loglevel.upper(), settings.log_format)
+
+    app = make_celery(settings)
+    server = None
+    if settings.metrics_port is not None:
+        # before the pool forks: its processes count into files this one adds up
+        metrics.use_directory(settings.home / "metrics")
+
+        @worker_process_shutdown.connect(weak=False)
+        def _counted_out(pid: int | None = None, **_: Any) -> None:
+            metrics.process_exited(pid or os.getpid())
+
+        server = serve_metrics(app.airlock_runtime.get())  # type: ignore[attr-defined]
+    try:
+        app.worker_main(argv)
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 def import_archive(

@@ -11,7 +11,17 @@ from typing import Any
 import typer
 
 from cli.checks import check_database, check_pipeline, check_store, read_input
-from cli.common import emit, engine_of, fail, keyring_of, preflight, settings_of
+from cli.common import (
+    LOG_FORMAT_HELP,
+    METRICS_PORT_HELP,
+    emit,
+    engine_of,
+    fail,
+    keyring_of,
+    observed,
+    preflight,
+    settings_of,
+)
 from models.db import session_scope
 from models.types import utcnow
 from pipelines import catalog
@@ -92,6 +102,9 @@ def run(
     processes: int = typer.Option(1, "--processes", min=1,
                                   help="Runner processes sharing the inbox (one per core)"),
     log_level: str = typer.Option("INFO", "--log-level"),
+    log_format: str | None = typer.Option(None, "--log-format", help=LOG_FORMAT_HELP),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
+                                            help=METRICS_PORT_HELP),
 ) -> None:
     """Watch the inbox and process files in-process (embedded mode). Ctrl-C stops cleanly.
 
@@ -101,7 +114,7 @@ def run(
     """
     from workers.embedded import run_embedded
 
-    settings = settings_of(ctx)
+    settings = observed(settings_of(ctx), log_format=log_format, metrics_port=metrics_port)
     if processes > 1 and settings.resolved_inbox.startswith("s3://"):
         fail("--processes above 1 needs a drop-folder inbox: S3 objects are not claimed, "
              "so every process would read every object", reason="bad_option")

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # string ("640", "0600"); folders it creates are 0750.
     file_mode: int = Field(default=0o640, description="Octal mode of stored files")
     log_format: LogFormat = Field(default=LogFormat.TEXT, description="text or json")
+    # /metrics for Prometheus on run, watch and worker (unset: not served). The address
+    # is loopback unless set: the metrics name customers.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_address: str = "127.0.0.1"
 
     max_file_bytes: int = Field(default=256 * 1024, gt=0)
     max_archive_members: int = Field(default=200_000, gt=0)

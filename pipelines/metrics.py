@@ -80,13 +80,19 @@ def record_outage(dependency: str) -> None:
     _metrics().outages.labels(dependency=dependency).inc()
 
 
-def use_directory(directory: Path) -> None:
-    """Multiprocess mode from here on, for this process and the children it starts:
-    `directory` is emptied (the counts of an earlier run must not add up again)."""
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True, mode=0o700)
+def use_directory(parent: Path) -> Path:
+    """Multiprocess mode from here on, for this process and the children it starts, in
+    a directory of its own under `parent` (``pid-<pid>``); those of processes that are
+    gone are removed (the counts of an earlier run must not add up again)."""
+    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for old in parent.glob("pid-*"):
+        pid = old.name.removeprefix("pid-")
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists() or int(pid) == os.getpid():
+            shutil.rmtree(old, ignore_errors=True)
+    directory = parent / f"pid-{os.getpid()}"
+    directory.mkdir(mode=0o700)
     os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
 
 
 def process_exited(pid: int) -> None:

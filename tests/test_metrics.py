@@ -110,3 +110,82 @@ def test_children_count_into_one_scrape_in_multiprocess_mode(tmp_path: Path) -> 
     lines = result.stdout.splitlines()
     assert 'airlock_retries_total{what="handover"} 3.0' in lines
     assert 'airlock_dependency_outages_total{dependency="database"} 3.0' in lines
+
+
+def _families(port: int) -> dict[str, float]:
+    """Every sample of a scrape, parsed with the client's own text parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def test_airlock_run_serves_metrics_and_writes_json_logs(tmp_path: Path) -> None:
+    """A real `airlock run --processes 2 --metrics-port P --log-format json`: the two
+    runners' counts add up in one scrape and match the files; every stderr line is a
+    JSON object, one per file with its customer, job and reason."""
+    import json
+    import os
+    import signal
+
+    from config.settings import Settings
+    from models.db import make_engine
+    from models.migrate import upgrade
+    from pipelines.keyring import init_keyring
+    from tests.distributed.cluster import wait_for
+
+    settings = Settings(home=tmp_path / "var")
+    upgrade(settings.resolved_database_url)
+    ring, _ = init_keyring(settings.resolved_keys_dir)
+    engine = make_engine(settings.resolved_database_url)
+    vendor(engine)
+    key = add_license(engine, max_activations=4)
+    engine.dispose()
+    inbox = Path(settings.resolved_inbox) / "ACME"
+    inbox.mkdir(parents=True)
+    port = _free_port()
+    env = {**os.environ, "AIRLOCK_HOME": str(settings.home), "AIRLOCK_SETTLE_SECONDS": "0.05",
+           "AIRLOCK_SCAN_INTERVAL_SECONDS": "0.1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "run", "--processes", "2",
+                             "--log-format", "json", "--metrics-port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    done = ('airlock_files_total{customer=ACME,kind=activation_request,outcome=done,'
+            'reason=}')
+    refused = ('airlock_files_total{customer=ACME,kind=activation_request,'
+               'outcome=rejected,reason=no_seats_left}')
+    malformed = 'airlock_files_total{customer=ACME,kind=unknown,outcome=rejected,reason=malformed}'
+    try:
+        for i in range(5):
+            (inbox / f"d{i}.req").write_bytes(WireDevice(ring, f"HW-{i}").activation(
+                license_key=key))
+        (inbox / "junk.req").write_bytes(b"junk")
+
+        def counted() -> dict[str, float] | None:
+            try:
+                samples = _families(port)
+            except OSError:
+                return None  # not serving yet
+            total = sum(samples.get(name, 0) for name in (done, refused, malformed))
+            return samples if total == 6 else None
+
+        samples = wait_for(counted, timeout=60, what="six files counted in one scrape")
+        assert (samples[done], samples[refused], samples[malformed]) == (4, 1, 1)
+        assert samples["airlock_processing_seconds_count{}"] == 6
+        assert "airlock_backlog_files{customer=ACME,where=inbox}" in samples  # cached 10 s
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    entries = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert len(entries) == len([line for line in err.splitlines() if line.strip()]) - 1
+    files = [e for e in entries if e["logger"] == "airlock.intake"]
+    assert len(files) == 6 and {e["customer"] for e in files} == {"ACME"}
+    assert sorted(e.get("reason") or "" for e in files) == ["", "", "", "", "malformed",
+                                                            "no_seats_left"]
+    assert all(isinstance(e["job"], int) and e["time"].endswith("+00:00") for e in files)

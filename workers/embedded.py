@@ -11,10 +11,11 @@ from typing import Any
 
 from config.logging import setup_logging
 from config.settings import Settings
+from pipelines import metrics
 from pipelines.bulk import handle_archive, is_bulk
 from pipelines.layout import Arrival
 from pipelines.sources import Source, make_source
-from workers.runtime import Runtime, build_runtime
+from workers.runtime import Runtime, build_runtime, serve_metrics
 
 log = logging.getLogger("airlock.run")
 
@@ -56,6 +57,9 @@ def run_embedded(settings: Settings, stop: threading.Event, *, processes: int = 
     """`airlock run`: this process and `processes - 1` children (started fresh, so no
     connection or thread is shared) each run an `EmbeddedRunner` on the same inbox.
     Returns, per process, whether it drained (with `drain`) or stopped cleanly."""
+    if settings.metrics_port is not None and processes > 1:
+        # the children count into files this process adds up when it serves /metrics
+        metrics.use_directory(settings.home / "metrics")
     context = multiprocessing.get_context("spawn")
     children = [context.Process(target=_child, name=f"airlock-run-{n}",
                                 args=(settings, drain, timeout, log_level))
@@ -63,7 +67,8 @@ def run_embedded(settings: Settings, stop: threading.Event, *, processes: int = 
     for child in children:
         child.start()
     try:
-        mine = _run_one(settings, stop, drain=drain, timeout=timeout, log_level=log_level)
+        mine = _run_one(settings, stop, drain=drain, timeout=timeout, log_level=log_level,
+                        serve=True)
     finally:
         if not drain or stop.is_set():
             for child in children:
@@ -71,13 +76,16 @@ def run_embedded(settings: Settings, stop: threading.Event, *, processes: int = 
                     os.kill(child.pid, signal.SIGTERM)  # each finishes its files in hand
         for child in children:
             child.join()
+            if child.pid is not None:
+                metrics.process_exited(child.pid)
     return [mine, *(child.exitcode == 0 for child in children)]
 
 
 def _run_one(settings: Settings, stop: threading.Event, *, drain: bool,
-             timeout: float | None, log_level: str) -> bool:
-    setup_logging(log_level)
+             timeout: float | None, log_level: str, serve: bool = False) -> bool:
+    setup_logging(log_level, settings.log_format)
     runtime = build_runtime(settings)
+    server = serve_metrics(runtime) if serve else None
     try:
         runner = EmbeddedRunner(runtime)
         if drain:
@@ -85,6 +93,8 @@ def _run_one(settings: Settings, stop: threading.Event, *, drain: bool,
         runner.run(stop)
         return True
     finally:
+        if server is not None:
+            server.shutdown()
         runtime.close()
 
 

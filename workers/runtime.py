@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -32,6 +33,21 @@ class Runtime:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def serve_metrics(runtime: Runtime) -> Any | None:
+    """``/metrics`` on the configured port (None: not configured), with the backlog
+    gauges read from this runtime's database and inbox."""
+    settings = runtime.settings
+    if settings.metrics_port is None:
+        return None
+    from models.types import utcnow
+    from pipelines import metrics
+    from pipelines.status import customer_status
+
+    return metrics.serve(settings.metrics_port, address=settings.metrics_address,
+                         statuses=lambda: customer_status(runtime.engine, runtime.inbox,
+                                                          now=utcnow()))
 
 
 def make_processor(settings: Settings, keyring: VendorKeyring) -> Processor:
