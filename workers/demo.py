@@ -206,6 +206,6 @@ def summarise(runtime: Runtime, *, refreshed: int) -> dict[str, Any]:
                       "seats": f"{active}/{maximum}", "consumptions": total}
                      for key, cust, prod, typ, maximum, total, active in seats],
         "refresh_files_loaded": refreshed,
-        "outbox": runtime.outbox.location if hasattr(runtime.outbox, "location") else "",
+        "outbox": runtime.outbox.location,
         "outbox_files": sum(1 for _ in runtime.outbox.list("")),
     }
