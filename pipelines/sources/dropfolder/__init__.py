@@ -36,12 +36,13 @@ How a file travels:
    O_NOFOLLOW``: an entry swapped in after the scan can neither block nor redirect
    the read), checked with ``fstat`` to be a regular file, locked (``flock``,
    released by the kernel if the process dies) and checked to still be the same
-   file; at most its limit + 1 bytes are read from that descriptor. If it changed since it was judged
-   settled, it is renamed back to settle again. Up to `batch_size` files ready in one
-   pass are held, then handed to ``on_batch`` together (one transaction for all of
-   them downstream), with ``key`` = the ``_processing/...`` key. The callback
-   processes and archives them out of ``_processing/`` (or, in distributed mode,
-   queues them for a worker that archives them later).
+   file; at most its limit + 1 bytes are read from that descriptor. If it changed
+   since it was judged settled, it is renamed back to settle again. Up to
+   `batch_size` files ready in one pass are held, then handed to ``on_batch``
+   together (one transaction for all of them downstream), with ``key`` = the
+   ``_processing/...`` key. The callback processes and archives them out of
+   ``_processing/`` (or, in distributed mode, queues them for a worker that archives
+   them later).
 5. **Retried.** A file the callback returns as not finished, or every file of a
    batch whose callback raised (the database or the broker is down), stays in
    ``_processing/`` and is handed over again with backoff and jitter
