@@ -232,6 +232,7 @@ def requeue_stale(runtime: Runtime, app: Celery, *, older_than: timedelta,
 def watch(runtime: Runtime, app: Celery, stop: threading.Event, *,
           requeue_after: float = 900.0, sweep_every: float = 60.0) -> None:
     """Feed the inbox to the broker until `stop`; sweep for lost work every `sweep_every`."""
+    runtime.remove_stale_temp()
     watcher = Watcher(runtime, app, repeat_after=min(requeue_after, 300.0))
     source = make_source(runtime.settings, runtime.inbox, watcher.on_batch)
     outage = Outage(log)

@@ -79,6 +79,7 @@ def _run_one(settings: Settings, stop: threading.Event, *, drain: bool,
     setup_logging(log_level)
     runtime = build_runtime(settings)
     try:
+        runtime.remove_stale_temp()
         runner = EmbeddedRunner(runtime)
         if drain:
             return runner.drain(stop, timeout=timeout)
