@@ -26,6 +26,7 @@ from sqlalchemy import select
 from models.db import reading
 from models.tables import JOB
 from tests.factories import WireDevice
+from tests.sources.test_hostile_entries import long_name
 from tests.test_run_accounting import _home, _run_setup
 
 WAIT = 120.0  # liveness bound for the subprocess, never a speed requirement
@@ -63,16 +64,6 @@ def _entries(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def _long_name(total: int) -> str:
-    left = total - len("ACME/")
-    parts = []
-    while left > 211:
-        parts.append("d" * 200)
-        left -= 201
-    parts.append("f" * (left - 4) + ".req")
-    return "/".join(parts)
-
-
 def _write(path: bytes | str | Path, data: bytes) -> None:
     os.makedirs(os.path.dirname(os.fsencode(path)), exist_ok=True)
     with open(path, "wb") as handle:
@@ -96,7 +87,7 @@ def test_every_hostile_entry_ends_somewhere_with_a_report(base: Path) -> None:
             sock.bind(str(inbox / f"s{i}.sock"))
         _write(area + b"/caf\xff%d.req" % i, b"not utf-8")
         _write(area + b"/bell\x07%d.req" % i, b"control")
-        _write(inbox / _long_name((1005, 1013, 1024)[i]), b"long")
+        _write(inbox / long_name((1005, 1013, 1024)[i]), b"long")
         with open(inbox / f"huge{i}.req", "wb") as handle:  # over max_file_bytes, sparse
             handle.truncate(settings.max_file_bytes * 4)
         _write(inbox / f"locked{i}.req", b"no reading")

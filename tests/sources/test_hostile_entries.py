@@ -31,19 +31,9 @@ from pipelines.sources.dropfolder import DropFolderSource, claims, fs
 from pipelines.sources.refusals import SizeLimits
 from pipelines.storage.local import LocalStore
 from tests.factories import NOW, vendor
+from tests.sources.test_dropfolder import FakeClock
 
 WAIT = 30.0  # liveness bound for a drain that must not hang, never a speed requirement
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -221,7 +211,7 @@ def test_a_file_over_the_limit_is_refused_from_its_stat_never_read(root, make_so
 # --- names ---------------------------------------------------------------------------------
 
 
-def _long_name(total_key_bytes: int) -> str:
+def long_name(total_key_bytes: int) -> str:
     """A name under ACME/ whose arrival key is `total_key_bytes` long (folders of 200)."""
     left = total_key_bytes - len("ACME/")
     parts = []
@@ -236,7 +226,7 @@ def _long_name(total_key_bytes: int) -> str:
 def test_a_key_too_long_for_its_archive_keys_is_rejected_under_a_stand_in(root, make_source,
                                                                           total):
     source, _ = make_source()
-    name = _long_name(total)
+    name = long_name(total)
     path = root / "ACME" / name
     path.parent.mkdir(parents=True)
     path.write_bytes(b"long")
@@ -282,7 +272,7 @@ def test_bad_entries_leak_no_descriptor_and_never_stop_a_pass(root, make_source,
             handle.write(b"x")
         os.mkfifo(area + b"/pipe%d" % i)
         (root / "ACME" / f"ok{i}.req").write_bytes(b"y%d" % i)
-    name = _long_name(1020)
+    name = long_name(1020)
     (root / "ACME" / name).parent.mkdir(parents=True)
     (root / "ACME" / name).write_bytes(b"long")
     (root / "ACME" / "boom.req").write_bytes(b"z")
@@ -345,3 +335,21 @@ def test_a_read_failing_with_eio_after_the_open_is_tried_again(root, make_source
     assert drained(source)
     assert [a.refusal for a in handed.arrivals] == [None]  # the third read worked
     assert entries(root / "_rejected" / "ACME") == ["flaky.req", "flaky.req.error.json"]
+
+
+def test_entries_a_dead_run_left_claimed_are_refused_on_recovery(root, make_source):
+    """A crash between the claim and the archive: recovery ends them the same way."""
+    source, handed = make_source()
+    processing = root / "_processing" / "ACME"
+    processing.mkdir(parents=True)
+    stand_in = refusals.stand_in(os.fsdecode(b"caf\xff.req"))
+    (processing / stand_in).write_bytes(b"renamed before the crash")
+    os.mkfifo(processing / "pipe.req")
+    with open(os.fsencode(processing) + b"/odd\xff.req", "wb") as handle:
+        handle.write(b"put there by hand")
+    assert drained(source)
+    assert entries(root / "_processing") == []
+    assert report(root, "_rejected", stand_in)["detail"] == refusals.RENAMED
+    assert report(root, "_quarantine", "pipe.req")["reason"] == "not_a_file"
+    assert sorted(a.refusal or "" for a in handed.arrivals) == [
+        "bad_name", "bad_name", "not_a_file"]
