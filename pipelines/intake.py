@@ -57,7 +57,7 @@ class Intake:
         """Register the claimed `arrivals` as jobs, apply them, deliver and archive the
         ones that finished. A file that failed stays in ``_processing/`` for the next
         try (its error is in `Applied.failed`); the others go on."""
-        return self._handle([(_submission(a), a) for a in arrivals])
+        return self._handle([(submission_of(a), a) for a in arrivals])
 
     def handle_submissions(self, submissions: Sequence[Submission]) -> Applied:
         """`handle_many` for files that are not in the inbox (nothing to archive)."""
@@ -95,7 +95,9 @@ class Intake:
                 self.on_outcome(arrival, outcome)
 
 
-def _submission(arrival: Arrival) -> Submission:
+def submission_of(arrival: Arrival) -> Submission:
+    """The ledger's view of an arrival: its bytes, or for one refused unread its
+    refusal, identity and size."""
     if arrival.refusal is None:
         return Submission(tenant=arrival.area, data=arrival.data, source=arrival.key)
     return Submission(tenant=arrival.area, data=b"", source=arrival.key,

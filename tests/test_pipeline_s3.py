@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
+from models.db import reading
+from models.tables import JOB
 from pipelines.intake import Intake
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import Arrival, make_arrival
 from pipelines.process import Processor, process
+from pipelines.sources.refusals import SizeLimits
 from pipelines.sources.s3poller import S3Source
 from pipelines.storage import S3Store
 from tests.factories import NOW, WireDevice, add_license, license_info, vendor
@@ -111,3 +115,57 @@ def test_injected_s3_errors_are_retried_not_rejected(s3: dict[str, Any],
     assert gets.attempts >= 3 and puts.attempts >= 2
     assert keys(s3["inbox"]) == ["_processed/ACME/a.req"]
     assert license_info(s3["engine"], key)["active_devices"] == 1
+
+
+# --- objects that cannot be processed as they are -----------------------------------------
+
+
+def _get_objects(client: Any) -> list[str]:
+    """Records the key of every GetObject `client` sends from now on."""
+    sent: list[str] = []
+    client.meta.events.register("before-call.s3.GetObject",
+                                lambda params, **_: sent.append(params["url_path"]))
+    return sent
+
+
+def test_objects_over_the_limit_are_refused_from_the_listing_never_downloaded(
+        s3: dict[str, Any]) -> None:
+    source = S3Source(s3["inbox"], on_batch=intake_batch(s3["intake"]), poll_interval=0.1,
+                      limits=SizeLimits(file=1000, archive=2000))
+    put = s3["client"].put_object
+    put(Bucket=s3["bucket"], Key="inbox/ACME/big.req", Body=b"x" * 1001)
+    put(Bucket=s3["bucket"], Key="inbox/ACME/fits.req", Body=b"x" * 1000)
+    gets = _get_objects(s3["client"])
+    assert source.poll_once() == 2
+    assert [path.rsplit("/", 1)[-1] for path in gets] == ["fits.req"]
+    assert keys(s3["inbox"]) == ["_rejected/ACME/big.req", "_rejected/ACME/big.req.error.json",
+                                 "_rejected/ACME/fits.req", "_rejected/ACME/fits.req.error.json"]
+    report = json.loads(s3["inbox"].get("_rejected/ACME/big.req.error.json"))
+    assert report["reason"] == "too_large" and report["size"] == 1001
+    with reading(s3["engine"]) as conn:
+        rows = dict(conn.execute(select(JOB.c.size, JOB.c.payload)).all())
+    assert rows[1001] is None
+
+
+def test_keys_no_store_accepts_are_moved_aside_with_a_report_once(
+        s3: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    long_name = "d" * 200 + "/" + "f" * 805 + ".req"  # a 1,015-byte arrival key
+    bad = ["ACME/bell\x07.req", "ACME//empty-segment.req", f"ACME/{long_name}"]
+    for key in bad:
+        s3["client"].put_object(Bucket=s3["bucket"], Key=f"inbox/{key}", Body=b"bytes")
+    source = s3["source"]
+    assert source.poll_once() == 3
+    archived = keys(s3["inbox"])
+    reports = [k for k in archived if k.endswith(".error.json")]
+    assert len(archived) == 6 and len(reports) == 3
+    assert all(k.startswith("_rejected/ACME/") and ".bad-name-" in k for k in archived)
+    details = sorted(json.loads(s3["inbox"].get(k))["detail"] for k in reports)
+    assert details[0].startswith("original name '/empty-segment.req'")
+    assert details[1] == "original name 'bell\\x07.req': holds a control character"
+    assert "1015 bytes long" in details[2]
+    listed = [info.key for info in s3["inbox"].list_raw("ACME/")]
+    assert listed == []  # nothing left behind under the bad keys
+    caplog.clear()
+    assert source.poll_once() == 0  # once: nothing is tried again
+    assert keys(s3["inbox"]) == archived
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

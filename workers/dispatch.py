@@ -35,8 +35,9 @@ from models.db import session_scope
 from models.tables import BATCH, JOB
 from models.types import utcnow
 from pipelines import bulk
+from pipelines.intake import submission_of
 from pipelines.layout import Arrival
-from pipelines.ledger import Submission, register
+from pipelines.ledger import register
 from pipelines.outage import Dependency, Outage, Unreachable
 from pipelines.sources import make_source
 from workers.celery_app import FINISH_BATCH, PROCESS_CHUNK, PROCESS_FILES
@@ -157,8 +158,8 @@ class Watcher:
             return []
         now = self.runtime.processor.clock()
         with session_scope(self.runtime.engine) as session:
-            jobs = register(session, [Submission(tenant=a.area, data=a.data, source=a.key)
-                                      for a in arrivals], now=now, count_attempt=False)
+            jobs = register(session, [submission_of(a) for a in arrivals], now=now,
+                            count_attempt=False)
         fresh: list[tuple[Arrival, int]] = []
         for arrival, job in zip(arrivals, jobs, strict=True):
             assert job.id is not None
@@ -231,6 +232,7 @@ def requeue_stale(runtime: Runtime, app: Celery, *, older_than: timedelta,
 def watch(runtime: Runtime, app: Celery, stop: threading.Event, *,
           requeue_after: float = 900.0, sweep_every: float = 60.0) -> None:
     """Feed the inbox to the broker until `stop`; sweep for lost work every `sweep_every`."""
+    runtime.remove_stale_temp()
     watcher = Watcher(runtime, app, repeat_after=min(requeue_after, 300.0))
     source = make_source(runtime.settings, runtime.inbox, watcher.on_batch)
     outage = Outage(log)

@@ -87,6 +87,7 @@ def _run_one(settings: Settings, stop: threading.Event, *, drain: bool,
     runtime = build_runtime(settings)
     server = serve_metrics(runtime) if serve else None
     try:
+        runtime.remove_stale_temp()
         runner = EmbeddedRunner(runtime)
         if drain:
             return runner.drain(stop, timeout=timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,10 @@ from pipelines.rules.common import Lockout
 from pipelines.storage import open_store
 from pipelines.storage.base import Store
 
+log = logging.getLogger("airlock.run")
+
+STALE_TEMP_SECONDS = 300.0  # a write takes well under this; an older temp file is a dead one's
+
 
 @dataclass
 class Runtime:
@@ -30,6 +35,22 @@ class Runtime:
     def intake(self) -> Intake:
         return Intake(engine=self.engine, processor=self.processor, inbox=self.inbox,
                       outbox=self.outbox)
+
+    def remove_stale_temp(self, older_than: float = STALE_TEMP_SECONDS) -> int:
+        """At start: remove the temp files a killed process left half-written in the
+        outbox and the inbox (``_processing/``, the error reports); how many."""
+        removed = 0
+        for store in (self.outbox, self.inbox):
+            try:
+                count = store.remove_stale_temp(older_than)
+            except OSError as exc:  # not ours to remove, say: the work goes on
+                log.warning("cannot remove old temp files in %s: %s", store.location, exc)
+                continue
+            if count:
+                log.info("removed %d temp files left in %s by a process that died", count,
+                         store.location)
+            removed += count
+        return removed
 
     def close(self) -> None:
         self.engine.dispose()

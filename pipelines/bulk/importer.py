@@ -67,8 +67,10 @@ ProgressCallback = Callable[[int, int], None]
 
 
 def is_bulk(arrival: Arrival) -> bool:
-    """True for an archive (by name) that arrived in a customer's inbox."""
-    return arrival.area != OPERATOR and archive_format(arrival.name) is not None
+    """True for an archive (by name) that arrived in a customer's inbox; an archive
+    refused unread (too large, say) is a single refusal, never opened."""
+    return (arrival.refusal is None and arrival.area != OPERATOR
+            and archive_format(arrival.name) is not None)
 
 
 def handle_archive(env: BulkEnv, arrival: Arrival, *, sink: ChunkSink | None = None,

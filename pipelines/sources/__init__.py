@@ -6,6 +6,7 @@ from pathlib import Path
 
 from config.settings import Settings
 from pipelines.sources.base import OnBatch, Source
+from pipelines.sources.refusals import SizeLimits
 from pipelines.storage.base import Store
 
 __all__ = ["OnBatch", "Source", "make_source"]
@@ -24,9 +25,11 @@ def make_source(settings: Settings, inbox: Store, on_batch: OnBatch) -> Source:
         assert isinstance(inbox, S3Store)
         sqs = make_sqs_client(settings) if settings.sqs_queue_url else None
         return S3Source(inbox, on_batch=on_batch, poll_interval=settings.scan_interval_seconds,
-                        sqs_client=sqs, queue_url=settings.sqs_queue_url)
+                        sqs_client=sqs, queue_url=settings.sqs_queue_url,
+                        limits=SizeLimits.from_settings(settings))
     from pipelines.sources.dropfolder import DropFolderSource
 
     return DropFolderSource(Path(location), on_batch=on_batch, batch_size=BATCH_SIZE,
                             settle_seconds=settings.settle_seconds,
-                            scan_interval=settings.scan_interval_seconds)
+                            scan_interval=settings.scan_interval_seconds,
+                            limits=SizeLimits.from_settings(settings))

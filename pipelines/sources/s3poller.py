@@ -9,6 +9,14 @@ hand-over failed is tried again on a later poll, with the backoff of
 `pipelines.outage`; while the callback's dependency is down only those retries run.
 S3 event notifications through SQS only make delivery quicker; they may be late,
 duplicated or missing.
+
+An object that cannot be processed as it is ends once, like any file
+(`pipelines.sources.refusals`): one over its size limit is refused ``too_large``
+from the listed size (or a HEAD), never downloaded; one whose key no store accepts
+(a control character, too long for its archive keys) is moved to a stand-in key in
+its area first and refused ``bad_name``. Either is handed over as
+`layout.Arrival.refused`, and the callback archives it to the rejected prefix with
+its report.
 """
 
 from __future__ import annotations
@@ -23,11 +31,14 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipelines.layout import is_area, make_arrival, parse_arrival_key
+from pipelines.errors import RejectReason
+from pipelines.layout import Arrival, is_area, is_temporary_name, make_arrival
 from pipelines.outage import Backoff, Dependency, Outage, Retries
+from pipelines.sources import refusals
 from pipelines.sources.base import OnBatch
+from pipelines.sources.refusals import SizeLimits, escaped
 from pipelines.sources.sqs import created_keys
-from pipelines.storage.base import ObjectInfo, TransientStorageError
+from pipelines.storage.base import ObjectInfo, ObjectTooLarge, TransientStorageError
 from pipelines.storage.s3 import S3Store, translate
 
 log = logging.getLogger(__name__)
@@ -47,7 +58,8 @@ class S3Source:
 
     `min_age` (seconds) leaves objects younger than that for a later poll.
     `notification_wait` caps an SQS long poll inside `run`, bounding how long a stop
-    request can wait. `backoff` spaces the retries of failed hand-overs.
+    request can wait. `backoff` spaces the retries of failed hand-overs. `limits`:
+    the largest object read (larger ones are refused from their listed size).
     """
 
     def __init__(
@@ -62,6 +74,7 @@ class S3Source:
         notification_wait: int = 2,
         clock: Callable[[], float] = time.time,
         backoff: Backoff | None = None,
+        limits: SizeLimits | None = None,
     ) -> None:
         if (sqs_client is None) != (queue_url is None):
             raise ValueError("notifications need both sqs_client and queue_url")
@@ -71,6 +84,7 @@ class S3Source:
         self.sqs_client = sqs_client
         self.queue_url = queue_url
         self.min_age = min_age
+        self.limits = limits or SizeLimits()
         self.notification_wait = max(0, min(int(notification_wait), 20))
         self._clock = clock
         self._stop: threading.Event | None = None
@@ -89,18 +103,25 @@ class S3Source:
     # --- one object ---------------------------------------------------------------------
 
     def _handle(self, key: str, info: ObjectInfo | None = None) -> _Outcome:
-        """Read inbox `key` and hand it to `on_batch`; never raises."""
-        if parse_arrival_key(key) is None:
+        """Read inbox `key` (as listed: maybe not a valid store key) and hand it to
+        `on_batch`, or hand it over refused without reading it; never raises."""
+        area, _, name = key.partition("/")
+        if not is_area(area) or not _is_candidate(name):
             return _Outcome.SKIPPED
         if self._retries.is_waiting(key):
             return _Outcome.WAITING
-        where = f"{self.store.location}/{key}"
+        where = f"{self.store.location}/{escaped(key)}"
         try:
-            if self.min_age > 0:
-                info = info or self.store.head(key)
-                if self._clock() - info.modified.timestamp() < self.min_age:
-                    return _Outcome.SKIPPED
-            data = self.store.get(key)
+            problem = refusals.name_problem(area, name)
+            if problem and refusals.is_stand_in(name):
+                problem = None  # renamed here before: refused below
+            if problem is None and info is None:  # a notification: the size from a HEAD
+                info = self.store.head(key)
+            if info is not None and self.min_age > 0 \
+                    and self._clock() - info.modified.timestamp() < self.min_age:
+                return _Outcome.SKIPPED
+            arrival = self._refused(area, name, key, info, problem) or self._read(
+                key, self.limits.for_name(area, name))
         except FileNotFoundError:
             log.debug("%s is gone (archived by someone else)", where)
             self._retries.forget(key)
@@ -114,7 +135,7 @@ class S3Source:
             log.exception("reading %s failed, will retry", where)
             return _Outcome.RETRY
         try:
-            left = self.on_batch([make_arrival(key, data)])
+            left = self.on_batch([arrival])
         except Exception as exc:  # noqa: BLE001 - retried with backoff, logged once
             self._outage.failed(exc, where, first=self._retries.failed(key) == 1)
             return _Outcome.RETRY
@@ -125,6 +146,44 @@ class S3Source:
             return _Outcome.RETRY
         self._retries.forget(key)
         return _Outcome.DELIVERED
+
+    def _refused(self, area: str, name: str, key: str, info: ObjectInfo | None,
+                 problem: str | None) -> Arrival | None:
+        """The refusal of an object that must not be read; None for one to read."""
+        if problem is not None:  # moved aside to a key every store accepts, then refused
+            stand_in = f"{area}/{refusals.stand_in(name)}"
+            self.store.rescue(key, stand_in)
+            log.warning("%s: key %s; moved to %s", escaped(key), problem, stand_in)
+            info = self.store.head(stand_in)
+            return self._refusal(area, info, RejectReason.BAD_NAME,
+                                 refusals.bad_name_detail(name, problem))
+        assert info is not None
+        if refusals.is_stand_in(name):
+            return self._refusal(area, info, RejectReason.BAD_NAME, refusals.RENAMED)
+        limit = self.limits.for_name(area, name)
+        if info.size > limit:
+            return self._refusal(area, info, RejectReason.TOO_LARGE,
+                                 refusals.too_large_detail(info.size, limit))
+        return None
+
+    def _refusal(self, area: str, info: ObjectInfo, reason: RejectReason,
+                 detail: str) -> Arrival:
+        log.info("%s/%s refused unread: %s (%s)", self.store.location, info.key, reason,
+                 detail)
+        return Arrival.refused(area=area, name=info.key.partition("/")[2], key=info.key,
+                               reason=reason, size=info.size,
+                               identity=f"size {info.size} modified "
+                                        f"{info.modified.isoformat()}", detail=detail)
+
+    def _read(self, key: str, limit: int) -> Arrival:
+        """The object's bytes, at most `limit` (refused if it grew past it since listed)."""
+        try:
+            with self.store.open(key, limit=limit) as handle:
+                return make_arrival(key, handle.read())
+        except ObjectTooLarge as exc:
+            info = self.store.head(key)
+            return self._refusal(key.partition("/")[0], info, RejectReason.TOO_LARGE,
+                                 refusals.too_large_detail(exc.size, limit))
 
     # --- polling ------------------------------------------------------------------------
 
@@ -143,7 +202,7 @@ class S3Source:
         areas = self.areas()
         self._outage.recovered(Dependency.STORAGE)
         for area in areas:
-            for info in self.store.list(f"{area}/"):
+            for info in self.store.list_raw(f"{area}/"):
                 if self._stopping():
                     return delivered
                 listed.append(info.key)
@@ -279,3 +338,10 @@ class S3Source:
             return
         self._step_failures = 0
         self._outage.recovered(Dependency.STORAGE)
+
+
+def _is_candidate(name: str) -> bool:
+    """An object to hand over: not a folder marker, temporary, or in a hidden folder
+    (what `layout.parse_arrival_key` judges, for a key that may not be valid)."""
+    return bool(name) and not name.endswith("/") and not is_temporary_name(name) \
+        and not any(segment.startswith(".") for segment in name.split("/"))

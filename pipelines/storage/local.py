@@ -111,22 +111,25 @@ class LocalStore:
 
     # --- key → path -------------------------------------------------------------------
 
-    def path_for(self, key: str) -> Path:
+    def path_for(self, key: str, *, follow: bool = True) -> Path:
         """The file path for `key`; `InvalidKey` if the key is unsafe or the resolved
-        path (following any symlinked folders) would leave the store root."""
+        path (following any symlinked folders) would leave the store root. With
+        `follow=False` a symlink that is the key's last segment is the entry itself
+        (to move it, never to read through it), so where it points does not matter."""
         check_key(key)
+        last = key.count("/")
         # The root was resolved once, when the operator configured it. Below it, a
         # symlinked folder or file could point anywhere: each existing component is
         # lstat'ed (cheap), and only a symlink costs a full resolve and check. Plain
         # strings: building pathlib objects per component cost more than the lstats.
         current = self._root_text
-        for part in key.split("/"):
+        for index, part in enumerate(key.split("/")):
             current = f"{current}{os.sep}{part}"
             try:
                 mode = os.lstat(current).st_mode
             except (FileNotFoundError, NotADirectoryError):
                 break  # the rest does not exist: nothing to follow
-            if stat.S_ISLNK(mode):
+            if stat.S_ISLNK(mode) and not (index == last and not follow):
                 resolved = Path(os.path.realpath(f"{self._root_text}{os.sep}{key}"))
                 if not resolved.is_relative_to(self.root) or resolved == self.root:
                     raise InvalidKey(f"key {key!r} resolves outside {self.location}")
@@ -140,6 +143,17 @@ class LocalStore:
         except NotADirectoryError:
             raise FileNotFoundError(errno.ENOENT, "no such object", key) from None
         if not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "no such object", key)
+        return st
+
+    def _entry_stat(self, key: str) -> os.stat_result:
+        """The ``lstat`` of the entry at `key` that is not a folder: a file, or a
+        symlink, FIFO, socket or device (moved, never opened)."""
+        try:
+            st = os.lstat(self.path_for(key, follow=False))
+        except NotADirectoryError:
+            raise FileNotFoundError(errno.ENOENT, "no such object", key) from None
+        if stat.S_ISDIR(st.st_mode):
             raise FileNotFoundError(errno.ENOENT, "no such object", key)
         return st
 
@@ -327,9 +341,10 @@ class LocalStore:
         return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, tz=UTC))
 
     def exists(self, key: str) -> bool:
-        """True if a regular file is stored under `key`."""
+        """True if an entry other than a folder is under `key`: a regular file, or a
+        symlink, FIFO, socket or device left to archive (never followed or opened)."""
         try:
-            self._file_stat(key)
+            self._entry_stat(key)
         except FileNotFoundError:
             return False
         return True
@@ -411,16 +426,18 @@ class LocalStore:
         with whatever mode the uploader gave it).
         `durable=False` leaves the folder fsync to a later `sync` of a whole batch;
         `replace=False` raises FileExistsError instead of replacing an existing `dst`.
+        An entry that is not a regular file (a symlink, a FIFO) moves as it is: a
+        symlink's rename moves the link, never its target.
         """
         rename = os.replace if replace else rename_noreplace
-        src_path = self.path_for(src)
+        src_path = self.path_for(src, follow=False)
         dst_path = self.path_for(dst)
-        self._file_stat(src)
+        self._entry_stat(src)
         self._ensure_dir(dst_path.parent)
         try:
             rename(str(src_path), str(dst_path))
         except FileNotFoundError:
-            if src_path.exists():  # our folder was removed since we made it
+            if os.path.lexists(src_path):  # our folder was removed since we made it
                 self._made_dirs.discard(dst_path.parent)
                 self._ensure_dir(dst_path.parent)
                 rename(str(src_path), str(dst_path))

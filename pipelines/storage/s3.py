@@ -331,6 +331,19 @@ class S3Store:
         return self._list(prefix)
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for info in self.list_raw(prefix):
+            if self.store_key(self._base + info.key) is None:
+                if not info.key.endswith("/"):
+                    log.warning("skipping unusable object key %r in %s", info.key,
+                                self.location)
+                continue
+            yield info
+
+    def list_raw(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """`list` with every object under `prefix`, its key as it is in the bucket
+        (below the store prefix), whether or not it is a valid store key: a source
+        must see the keys it cannot process to move them aside (`rescue`)."""
+        check_prefix(prefix)
         paginator = self.client.get_paginator("list_objects_v2")
         pages = paginator.paginate(
             Bucket=self.bucket, Prefix=self._base + prefix,
@@ -339,14 +352,9 @@ class S3Store:
         try:
             for page in pages:
                 for item in page.get("Contents", ()):
-                    key = self.store_key(item["Key"])
-                    if key is None:
-                        if not item["Key"].endswith("/"):
-                            log.warning("skipping unusable object key %r in %s",
-                                        item["Key"], self.location)
-                        continue
                     modified = item["LastModified"].astimezone(UTC)
-                    yield ObjectInfo(key, int(item["Size"]), modified)
+                    yield ObjectInfo(item["Key"][len(self._base):], int(item["Size"]),
+                                     modified)
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, f"listing {self.location}/{prefix}") from exc
 
@@ -391,6 +399,17 @@ class S3Store:
             self._call(self._describe(key), "delete_object", Key=full)
         except FileNotFoundError:
             return
+
+    def rescue(self, raw_key: str, dst: str) -> None:
+        """Move the object `raw_key` (as `list_raw` gives it: maybe no valid store key)
+        to the store key `dst`, never replacing one: CopyObject then DeleteObject."""
+        if self.exists(dst):
+            raise FileExistsError(errno.EEXIST, "object exists", self._describe(dst))
+        src_full = self._base + raw_key
+        what = f"copying {self.location}/{raw_key!r} to {dst}"
+        self._call(what, "copy_object", Key=self.object_key(dst),
+                   CopySource={"Bucket": self.bucket, "Key": src_full})
+        self._call(what, "delete_object", Key=src_full)
 
     def move(self, src: str, dst: str, *, durable: bool = True, replace: bool = True) -> None:
         """CopyObject then DeleteObject (not atomic: a crash in between leaves both).

@@ -12,13 +12,15 @@ from typing import Any
 import pytest
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from config.settings import Settings
+from models.db import reading
+from models.tables import JOB
 from models.types import utcnow
 from pipelines.keyring import init_keyring
-from pipelines.layout import make_arrival
+from pipelines.layout import Arrival, make_arrival, processing_key
 from pipelines.storage.base import TransientStorageError
 from tests.distributed.cluster import ROOT, airlock_env
 from tests.factories import WireDevice, add_license, vendor
@@ -35,7 +37,7 @@ from workers.celery_app import (
 )
 from workers.dispatch import Watcher, requeue_stale
 from workers.runtime import build_runtime
-from workers.tasks import TransientError, transient_errors
+from workers.tasks import TransientError, run_process_files, transient_errors
 
 
 def settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -206,4 +208,25 @@ def test_watcher_takes_a_pass_of_files_in_one_commit(publishing: Any) -> None:
     assert [name for name, _, _ in app.sent] == [PROCESS_FILES, PROCESS_CHUNK]
     [items] = app.sent[0][1]
     assert [source for _, source in items] == [a.key for a in singles]
+    runtime.close()
+
+
+def test_an_entry_refused_unread_is_registered_without_content_and_archived(
+        publishing: Any) -> None:
+    """Distributed mode keeps a source's refusal: no payload, its size and identity;
+    a too-large archive is a single refusal (no batch), and the worker archives it."""
+    runtime, app, _ring = publishing
+    key = processing_key("ACME", "huge.zip")
+    runtime.inbox.put(key, b"stands for what was only seen through stat")
+    arrival = Arrival.refused(area="ACME", name="huge.zip", key=key, reason="too_large",
+                              size=5 * 1024**3, identity="inode 7 mtime 1")
+    assert Watcher(runtime, app).on_batch([arrival]) == []  # type: ignore[arg-type]
+    [(task, [items], _)] = app.sent
+    assert task == PROCESS_FILES
+    with reading(runtime.engine) as conn:
+        [row] = conn.execute(select(JOB.c.payload, JOB.c.size, JOB.c.sha256, JOB.c.reason))
+    assert (row.payload, row.size, row.sha256) == (None, 5 * 1024**3, arrival.sha256)
+    [outcome] = run_process_files(runtime, [tuple(item) for item in items])
+    assert (outcome.status, outcome.reason) == ("rejected", "too_large")
+    assert runtime.inbox.exists("_rejected/ACME/huge.zip.error.json")
     runtime.close()

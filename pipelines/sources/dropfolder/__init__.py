@@ -3,10 +3,15 @@
 Where files are looked for (see `pipelines.layout`): ``<root>/<TENANT>/<name...>``
 and ``<root>/_operator/<name...>``, recursively. Ignored, and left where they are:
 temporary names (``layout.is_temporary_name``: ``*.part``, dotfiles, ``~`` backups,
-...), anything inside a dot-folder, symlinks and other non-regular files, the reserved
-``_``-folders other than ``_operator``, folders that are not tenant codes, and files
-directly in the root (a warning is logged once per name: a file must sit in a
-customer folder to say whom it is for).
+...), anything inside a dot-folder, the reserved ``_``-folders other than
+``_operator``, folders that are not tenant codes, and files directly in the root (a
+warning is logged once per name: a file must sit in a customer folder to say whom it
+is for). Every other entry in a customer folder ends in processed, rejected or
+quarantine (`pipelines.sources.refusals`): a symlink, FIFO, socket or device is
+claimed without settling and never opened (quarantined ``not_a_file``); a name no
+store can hold is claimed under a stand-in name (rejected ``bad_name``); a file over
+the size limit is refused ``too_large`` from its ``stat``; a file that cannot be read
+is read again a few times, then quarantined ``unreadable``.
 
 How a file travels:
 
@@ -27,14 +32,17 @@ How a file travels:
    still in hand the file becomes ``<name>.claim-<12 hex>`` (the `Arrival` keeps the
    original name). A rename failing with FileNotFoundError means another source
    claimed it first.
-4. **Held and handed over** (`loop`). The claimed file is opened and locked
-   (``flock``, released by the kernel if the process dies) and checked to still be
-   the same file; it is read from that descriptor. If it changed since it was judged
-   settled, it is renamed back to settle again. Up to `batch_size` files ready in one
-   pass are held, then handed to ``on_batch`` together (one transaction for all of
-   them downstream), with ``key`` = the ``_processing/...`` key. The callback
-   processes and archives them out of ``_processing/`` (or, in distributed mode,
-   queues them for a worker that archives them later).
+4. **Held and handed over** (`loop`). The claimed file is opened (``O_NONBLOCK |
+   O_NOFOLLOW``: an entry swapped in after the scan can neither block nor redirect
+   the read), checked with ``fstat`` to be a regular file, locked (``flock``,
+   released by the kernel if the process dies) and checked to still be the same
+   file; at most its limit + 1 bytes are read from that descriptor. If it changed
+   since it was judged settled, it is renamed back to settle again. Up to
+   `batch_size` files ready in one pass are held, then handed to ``on_batch``
+   together (one transaction for all of them downstream), with ``key`` = the
+   ``_processing/...`` key. The callback processes and archives them out of
+   ``_processing/`` (or, in distributed mode, queues them for a worker that archives
+   them later).
 5. **Retried.** A file the callback returns as not finished, or every file of a
    batch whose callback raised (the database or the broker is down), stays in
    ``_processing/`` and is handed over again with backoff and jitter

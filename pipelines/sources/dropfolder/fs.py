@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 
 from pipelines.sources.settle import Signature
@@ -13,7 +15,20 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: claims still exclusive, no lock
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Root", "hold", "rename_noreplace", "same_file", "signature"]
+__all__ = ["NotAFile", "Root", "hold", "rename_noreplace", "same_file", "signature"]
+
+# Never blocks (a FIFO opens at once instead of waiting for a writer) and never follows
+# a symlink; the descriptor is checked to be a regular file before anything is read.
+_OPEN_FLAGS = (os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+               | getattr(os, "O_CLOEXEC", 0))
+# What opening something other than a regular file fails with: a symlink (ELOOP with
+# O_NOFOLLOW), a socket (ENXIO), a device without a driver (ENODEV).
+_NOT_A_FILE = {errno.ELOOP, errno.ENXIO, errno.ENODEV}
+
+
+class NotAFile(Exception):
+    """The entry is not a regular file (it was swapped in after it was looked at)."""
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,16 +48,25 @@ class Root:
 
 
 def hold(path: str) -> int | None:
-    """Open and lock `path`; the descriptor, or None if it is gone or held by another.
+    """Open and lock the regular file `path`; the descriptor, or None if it is gone or
+    held by another. `NotAFile` for anything else (never blocks on a FIFO, never
+    follows a symlink); other `OSError`s (EACCES, EIO) as they are.
 
     The lock (``flock``) is released by the kernel if the process dies, so a file
     in hand is never handed over twice and a file left by a dead process is free.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, _OPEN_FLAGS)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        if exc.errno in _NOT_A_FILE:
+            raise NotAFile(path) from exc
+        raise
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotAFile(path)
+        os.set_blocking(fd, True)
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         mine, there = os.fstat(fd), os.stat(path, follow_symlinks=False)

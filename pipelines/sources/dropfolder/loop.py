@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.layout import parse_arrival_key, parse_processing_key
 from pipelines.outage import Backoff, Outage, Retries
 from pipelines.sources.base import OnBatch
 from pipelines.sources.dropfolder import fs
@@ -19,7 +19,8 @@ from pipelines.sources.dropfolder.claims import Claims, Held
 from pipelines.sources.dropfolder.fs import Root
 from pipelines.sources.dropfolder.observer import Signals, Watches
 from pipelines.sources.dropfolder.tree import Tree, WarnOnce
-from pipelines.sources.settle import SettleTracker, Signature
+from pipelines.sources.refusals import SizeLimits
+from pipelines.sources.settle import SettleTracker
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,11 @@ def _never() -> bool:
     return False
 
 
-def _round_robin(groups: dict[str, list[tuple[str, str, Signature]]]
-                 ) -> Iterator[tuple[str, str, str, Signature]]:
-    """(area, name, key, signature) in name order per area, areas taking turns."""
+Ready = dict[str, list[tuple[str, str, os.stat_result]]]  # area: [(name, key, lstat)]
+
+
+def _round_robin(groups: Ready) -> Iterator[tuple[str, str, str, os.stat_result]]:
+    """(area, name, key, lstat) in name order per area, areas taking turns."""
     ordered = [[(area, *item) for item in sorted(groups[area])] for area in sorted(groups)]
     for batch in itertools.zip_longest(*ordered):
         yield from (item for item in batch if item is not None)
@@ -59,7 +62,9 @@ class DropFolderSource:
     before it is taken. `scan_interval`: seconds between full reconciling scans.
     `close_grace` (default ``settle_seconds / 4``) and `open_hold` (default
     ``max(60, 10 * settle_seconds)``) tune the event rules, see
-    `pipelines.sources.settle`. `backoff` spaces the retries of failed hand-overs.
+    `pipelines.sources.settle`. `backoff` spaces the retries of failed hand-overs
+    and of reads that failed. `limits`: the largest file read (larger ones are
+    refused from their ``stat``).
     `clock` (seconds, monotonic) and `sleep` (used by `drain`) are the time it runs on.
     """
 
@@ -68,7 +73,7 @@ class DropFolderSource:
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  close_grace: float | None = None, open_hold: float | None = None,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, limits: SizeLimits | None = None) -> None:
         if scan_interval <= 0:
             raise ValueError("scan_interval must be > 0")
         if batch_size < 1:
@@ -87,7 +92,8 @@ class DropFolderSource:
         self._tree = Tree(where, self._warn)
         self._signals = Signals(where, self._tracker)
         self._watches = Watches(where, self._signals, self._warn)
-        self._claims = Claims(where, self._tracker)
+        self._claims = Claims(where, self._tracker, limits=limits or SizeLimits(),
+                              unreadable=Retries(backoff, clock=clock))
         self._retries: Retries[str] = Retries(backoff, clock=clock)
         self._outage = Outage(log, clock=clock)
         self._pass_lock = threading.Lock()
@@ -158,7 +164,7 @@ class DropFolderSource:
             if full:
                 next_full = now + self.scan_interval
             wait = min(next_full, result.next_due, self._retries.next_due(),
-                       now + STOP_CHECK) - now
+                       self._claims.unreadable.next_due(), now + STOP_CHECK) - now
             if stop.wait(min_gap):
                 break
             self._signals.wake.wait(max(0.0, wait - min_gap))
@@ -174,29 +180,28 @@ class DropFolderSource:
                 candidates = self._tree.arrivals(areas)
             else:
                 candidates = self._rechecked()
-            ready: dict[str, list[tuple[str, str, Signature]]] = {}
+            ready: Ready = {}
             next_due = float("inf")
             seen: list[str] = []
             for key, st in candidates:
-                parsed = parse_arrival_key(key)
-                if parsed is None:
-                    self._warn(key, "ignoring %s: not a valid arrival name")
-                    continue
+                # Any name (the claim renames one no store accepts); an entry that is
+                # not a regular file has nothing to settle and is never opened.
+                area, _, name = key.partition("/")
                 seen.append(key)
-                due = self._tracker.due(key, fs.signature(st))
+                due = (self._tracker.due(key, fs.signature(st))
+                       if stat.S_ISREG(st.st_mode) else float("-inf"))
                 if due <= self._clock():
-                    ready.setdefault(parsed[0], []).append((parsed[1], key,
-                                                            fs.signature(st)))
+                    ready.setdefault(area, []).append((name, key, st))
                 else:
                     next_due = min(next_due, due)
             if full:
                 self._tracker.prune(seen)
             claimed = 0
             held: list[Held] = []
-            for area, name, key, signature in _round_robin(ready) if claim else ():
+            for area, name, key, st in _round_robin(ready) if claim else ():
                 if stopping():
                     break
-                one = self._claims.claim(area, name, key, signature)
+                one = self._claims.claim(area, name, key, st)
                 if one is not None:
                     claimed += 1
                     held.append(one)
@@ -223,9 +228,6 @@ class DropFolderSource:
                     break
                 if key in skip:
                     continue
-                if parse_processing_key(key) is None:
-                    self._warn(key, "ignoring %s: not a valid processing name")
-                    continue
                 one = self._claims.take(key)
                 if one is not None:
                     held.append(one)
@@ -239,7 +241,7 @@ class DropFolderSource:
         with self._pass_lock:
             held: list[Held] = []
             taken = 0
-            for key in self._retries.due():
+            for key in [*self._retries.due(), *self._claims.unreadable.due()]:
                 if stopping():
                     break
                 one = self._claims.take(key, retry=True)

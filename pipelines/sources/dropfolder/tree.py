@@ -75,12 +75,15 @@ class Tree:
         return areas
 
     def files(self, areas: Iterable[Area]) -> Iterator[tuple[str, os.DirEntry[str]]]:
-        """(key, entry) of every regular, non-temporary file under `areas`."""
+        """(key, entry) of every non-temporary entry under `areas` that is not a folder:
+        regular files, and the symlinks, FIFOs, sockets and devices that must end in
+        quarantine. A key may be one no store accepts (not UTF-8, control characters,
+        too long): the claim renames such an entry before anything else."""
         for area in areas:
             yield from self._walk(area.path, area.key)
 
     def arrivals(self, areas: Iterable[Area]) -> Iterator[tuple[str, os.stat_result]]:
-        """(key, stat) of every candidate file in the arrival `areas`."""
+        """(key, lstat) of every candidate entry in the arrival `areas`."""
         for key, entry in self.files(areas):
             try:
                 yield key, entry.stat(follow_symlinks=False)
@@ -88,18 +91,19 @@ class Tree:
                 continue
 
     def processing_keys(self) -> list[str]:
-        """The keys of every file in ``_processing/``."""
+        """The keys of every entry in ``_processing/`` (files, and what was claimed to
+        be quarantined)."""
         return [key for key, _entry in self.files(self.processing_areas())]
 
     def recheck(self, keys: Iterable[str]) -> Iterator[tuple[str, os.stat_result | None]]:
-        """(key, stat) of each of `keys`: None for one that is gone or not a file."""
+        """(key, lstat) of each of `keys`: None for one that is gone or a folder."""
         for key in sorted(keys):
             try:
                 st = os.stat(self.root.of(key), follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
                 yield key, None
                 continue
-            yield key, st if stat.S_ISREG(st.st_mode) else None
+            yield key, None if stat.S_ISDIR(st.st_mode) else st
 
     def _walk(self, path: str, key: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
         stack = [(path, key)]
@@ -119,5 +123,5 @@ class Tree:
                 entry_key = f"{folder_key}/{entry.name}"
                 if entry.is_dir(follow_symlinks=False):
                     stack.append((entry.path, entry_key))
-                elif entry.is_file(follow_symlinks=False) and not is_temporary_name(entry.name):
+                elif not is_temporary_name(entry.name):
                     yield entry_key, entry
