@@ -53,6 +53,7 @@ def test_status_jobs_retry_and_audit(airlock: Airlock) -> None:
     second = WireDevice(ring, "HW-B").activation(license_key=key)
     (inbox / "ACME/b.req").write_bytes(second)
     (inbox / "ACME/junk.req").write_bytes(b"not a request")
+    os.mkfifo(inbox / "ACME/pipe.req")  # never opened: quarantined
     airlock("run", "--drain", "--timeout", "60")
     (inbox / "ACME/waiting.req").write_bytes(b"waits")
     (inbox / "_processing/BETA").mkdir(parents=True)
@@ -65,7 +66,7 @@ def test_status_jobs_retry_and_audit(airlock: Airlock) -> None:
     assert (acme["code"], acme["waiting"], acme["in_hand"]) == ("ACME", 1, 0)
     assert acme["finished"]["hour"] == {"done": 1, "rejected": {"malformed": 1,
                                                                  "no_seats_left": 1},
-                                        "quarantined": {}}
+                                        "quarantined": {"not_a_file": 1}}
     assert (beta["waiting"], beta["in_hand"]) == (0, 1)
     text = airlock("status", "--customer", "ACME")
     assert "database: ok" in text and "ACME" in text and "BETA" not in text
