@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipelines.layout import Arrival, parse_processing_key, processing_key
@@ -40,9 +41,13 @@ class Held:
 class Claims:
     """Takes files into ``_processing/`` and holds them; never replaces a file there."""
 
-    def __init__(self, root: Root, tracker: SettleTracker) -> None:
+    def __init__(self, root: Root, tracker: SettleTracker, *,
+                 open_check: Callable[[int], bool | None] | None = None) -> None:
         self.root = root
         self.tracker = tracker
+        # Asked of a claimed file's descriptor: a writer that opened it between the
+        # settle decision and the rename still has it; it goes back to settle again.
+        self.open_check = open_check
         self._made_dirs: set[str] = set()
 
     def claim(self, area: str, name: str, key: str, signature: Signature) -> Held | None:
@@ -113,7 +118,8 @@ class Claims:
             log.error("cannot read %s (%s); it stays for recovery", key, exc)
             return None
         changed = expect is not None and (fs.signature(held) != expect
-                                          or len(data) != held.st_size)
+                                          or len(data) != held.st_size
+                                          or self._being_written(fd))
         if changed and origin is not None and self._put_back(key, origin):
             os.close(fd)
             return None
@@ -125,6 +131,9 @@ class Claims:
                 f"claimed {origin} as" if origin else "took again", key, arrival.size,
                 arrival.sha256[:16])
         return Held(arrival, fd, held, path)
+
+    def _being_written(self, fd: int) -> bool:
+        return self.open_check is not None and self.open_check(fd) is True
 
     def _put_back(self, key: str, origin: str) -> bool:
         """Return a file that changed while being claimed; False if it cannot go back."""
