@@ -168,6 +168,7 @@ class SettleTracker:
             act = self._activity.get(key)
             obs.blind = answer is None
             if answer is True:
+                log.debug("%s is open for writing; it waits for its writer", key)
                 obs.ask_after = now + OPEN_RECHECK
                 return obs.ask_after
             if answer is False:

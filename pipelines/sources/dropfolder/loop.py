@@ -167,7 +167,12 @@ class DropFolderSource:
                 result = _PassResult(0, 0, float("inf"))
             now = self._clock()
             if full:
-                next_full = now + self._full_scan_gap(now - started)
+                gap = self._full_scan_gap(now - started)
+                if next_full == float("-inf"):
+                    log.info("scanned %s in %.1f s; %s, the next full scan in %.0f s",
+                             self.root, now - started, "file-system events on"
+                             if self._watches.healthy() else "no file-system events", gap)
+                next_full = now + gap
             wait = min(next_full, result.next_due, self._retries.next_due(),
                        now + STOP_CHECK) - now
             if stop.wait(min_gap):
