@@ -57,16 +57,11 @@ log = logging.getLogger(__name__)
 Signature = tuple[int, int, int]
 """(size, mtime_ns, inode) of a file as seen by one stat call."""
 
-WriterCheck = Callable[[], "bool | None"]
+WriterCheck = Callable[[], bool | None]
 """Asks the kernel whether a file is open for writing now; None: it cannot tell."""
 
 KERNEL_CLOSE_GRACE = 0.05  # seconds after a close when the kernel vouches for no writer
 OPEN_RECHECK = 1.0  # seconds between questions about a file the kernel says is open
-DEFAULT_OPEN_HOLD = 60.0  # seconds; at least 10 x settle_seconds
-
-
-def default_open_hold(settle_seconds: float) -> float:
-    return max(DEFAULT_OPEN_HOLD, 10 * settle_seconds)
 
 
 @dataclass(slots=True)
@@ -97,7 +92,7 @@ class SettleTracker:
         self.settle_seconds = settle_seconds
         self.close_grace = settle_seconds / 4 if close_grace is None else close_grace
         self.kernel_close_grace = min(self.close_grace, KERNEL_CLOSE_GRACE)
-        self.open_hold = default_open_hold(settle_seconds) if open_hold is None else open_hold
+        self.open_hold = max(60.0, 10 * settle_seconds) if open_hold is None else open_hold
         self._clock = clock
         self._lock = threading.Lock()
         self._seen: dict[str, _Observation] = {}
