@@ -1,7 +1,9 @@
-"""An idle `airlock run` does not spin, however many empty folders the inbox holds."""
+"""An idle `airlock run` does not spin, however many empty folders the inbox holds: full
+scans are rare while the file-system events work, and never take most of the time."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -12,6 +14,12 @@ from pathlib import Path
 from config.settings import Settings
 from models.migrate import upgrade
 from pipelines.keyring import init_keyring
+from pipelines.sources.dropfolder import DropFolderSource
+from pipelines.sources.dropfolder.fs import Root
+from pipelines.sources.dropfolder.loop import EVENTS_RESCAN, SCAN_SHARE
+from pipelines.sources.dropfolder.observer import Signals, Watches
+from pipelines.sources.dropfolder.tree import WarnOnce
+from pipelines.sources.settle import SettleTracker
 
 FOLDERS = 20_000
 WINDOW = 15.0  # seconds of idle watching measured: fifteen scan intervals
@@ -52,3 +60,33 @@ def test_idle_watcher_of_20000_empty_folders_uses_under_5_percent_of_a_core(tmp_
         proc.wait(timeout=60)
     assert proc.returncode == 0, log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+def test_full_scans_are_rare_while_every_area_is_watched_and_never_dominate(tmp_path: Path):
+    (tmp_path / "inbox" / "ACME").mkdir(parents=True)
+    source = DropFolderSource(tmp_path / "inbox", on_batch=lambda arrivals: [],
+                              settle_seconds=0.1, scan_interval=0.5)
+    assert source._full_scan_gap(took=0.0) == 0.5  # no events yet: the scan interval
+    assert source._full_scan_gap(took=1.0) == 1.0 / SCAN_SHARE  # a slow scan: spaced out
+    source._watches.start(source._tree.arrival_areas(), 0.5)
+    try:
+        assert source._watches.healthy()
+        assert source._full_scan_gap(took=0.0) == EVENTS_RESCAN
+    finally:
+        source._watches.stop(5.0)
+
+
+def test_an_inotify_overflow_asks_for_a_full_scan(tmp_path: Path):
+    root = Root(str(tmp_path))
+    signals = Signals(root, SettleTracker(0.1))
+    watches = Watches(root, signals, WarnOnce())
+    watches.start([], 1.0)
+    try:
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost")
+        assert signals.take_full_request()
+    finally:
+        watches.stop(5.0)
+    logging.getLogger("watchdog.observers.inotify_c").warning(
+        "Inotify queue overflowed; filesystem events were lost")
+    assert not signals.take_full_request()  # stopped: the alarm is gone
