@@ -51,6 +51,9 @@ class Settings(BaseSettings):
 
     settle_seconds: float = Field(default=0.5, ge=0)
     scan_interval_seconds: float = Field(default=2.0, gt=0)
+    # Only where the kernel cannot tell whether a dropped file is still open for
+    # writing: how long after its last write a file never seen closed is waited for.
+    open_hold_seconds: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=5, gt=0)
     task_time_limit: int = Field(default=300, gt=0)
     chunk_size: int = Field(default=200, gt=0)

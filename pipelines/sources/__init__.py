@@ -32,4 +32,5 @@ def make_source(settings: Settings, inbox: Store, on_batch: OnBatch) -> Source:
     return DropFolderSource(Path(location), on_batch=on_batch, batch_size=BATCH_SIZE,
                             settle_seconds=settings.settle_seconds,
                             scan_interval=settings.scan_interval_seconds,
-                            limits=SizeLimits.from_settings(settings))
+                            limits=SizeLimits.from_settings(settings),
+                            open_hold=settings.open_hold_seconds)

@@ -26,7 +26,7 @@ from pipelines.layout import Arrival
 from pipelines.outage import Backoff
 from pipelines.sources import dropfolder
 from pipelines.sources.dropfolder import DropFolderSource, fs
-from pipelines.sources.settle import SettleTracker
+from pipelines.sources.settle import KERNEL_CLOSE_GRACE, SettleTracker
 
 try:
     from watchdog.observers.inotify import InotifyObserver
@@ -581,28 +581,65 @@ def test_run_returns_when_the_event_is_set(root, make_source, run):
 def test_settle_rule_signature_changes_and_write_events_postpone():
     clock = FakeClock()
     tracker = SettleTracker(2.0, clock=clock)
-    assert tracker.due("A/x", (1, 1, 1)) == 1002.0
+    no_writer = lambda: False  # noqa: E731
+    assert tracker.due("A/x", (1, 1, 1), no_writer) == 1002.0
     clock.sleep(1.5)
-    assert tracker.due("A/x", (2, 2, 1)) == 1003.5  # grew: starts over
+    assert tracker.due("A/x", (2, 2, 1), no_writer) == 1003.5  # grew: starts over
     clock.sleep(1.0)
     tracker.note_write("A/x")  # written to, size not changed yet
-    assert tracker.due("A/x", (2, 2, 1)) == 1004.5
+    assert tracker.due("A/x", (2, 2, 1), no_writer) == 1004.5
     tracker.forget("A/x")
     assert tracker.pending() == []
 
 
-def test_settle_rule_open_holds_and_close_completes_early():
+def test_settle_rule_without_the_kernel_holds_an_unclosed_write_and_warns_when_it_runs_out(
+        caplog):
     clock = FakeClock()
     tracker = SettleTracker(2.0, close_grace=0.5, open_hold=30.0, clock=clock)
-    tracker.note_open("A/x")
+    cannot_tell = lambda: None  # noqa: E731
     tracker.note_write("A/x")
-    assert tracker.due("A/x", (5, 5, 1)) == 1030.0  # open: held
+    assert tracker.due("A/x", (5, 5, 1), cannot_tell) == 1002.0  # not quiet yet
+    clock.sleep(2.0)  # quiet for settle_seconds, but written and never closed: held
+    assert tracker.due("A/x", (5, 5, 1), cannot_tell) == 1030.0
     clock.sleep(0.2)
-    tracker.note_close("A/x", wrote=True)
-    assert tracker.due("A/x", (5, 5, 1)) == 1000.7  # closed after writing: grace only
-    tracker.note_open("A/y")  # its close event was lost: the hold runs out
+    tracker.note_close("A/x")
+    assert tracker.due("A/x", (5, 5, 1), cannot_tell) == 1002.7  # closed: grace only
+    tracker.note_write("A/y")  # its close event was lost: the hold runs out
+    tracker.note_write("A/z", moved_in=True)  # renamed in: not open for writing
+    assert tracker.due("A/z", (1, 1, 3), cannot_tell) == 1004.2
     clock.sleep(31)
-    assert tracker.due("A/y", (1, 1, 2)) == 1033.2
+    with caplog.at_level(logging.WARNING, logger=SettleTracker.__module__):
+        assert tracker.due("A/y", (1, 1, 2), cannot_tell) == 1035.2  # first seen now
+        clock.sleep(2)
+        assert tracker.due("A/y", (1, 1, 2), cannot_tell) == 1035.2  # taken: one warning
+        assert tracker.due("A/y", (1, 1, 2), cannot_tell) == 1035.2
+    assert [r.getMessage()[:27] for r in caplog.records] == ["A/y was written to 33 s ago"]
+
+
+def test_settle_rule_with_the_kernel_waits_for_the_writer_without_a_time_limit():
+    clock = FakeClock()
+    tracker = SettleTracker(2.0, close_grace=0.5, open_hold=30.0, clock=clock)
+    answers = [True, True, False]
+    asked: list[float] = []
+
+    def kernel() -> bool:
+        asked.append(clock())
+        return answers.pop(0)
+
+    tracker.note_write("A/x")
+    assert tracker.due("A/x", (5, 5, 1), kernel) == 1002.0  # not settled: nobody asked
+    assert asked == []
+    clock.sleep(2.0)
+    assert tracker.due("A/x", (5, 5, 1), kernel) == 1003.0  # open: asked again in 1 s
+    assert tracker.due("A/x", (5, 5, 1), kernel) == 1003.0  # not before then
+    clock.sleep(100)  # far beyond the open hold: still the kernel's call
+    assert tracker.due("A/x", (5, 5, 1), kernel) == 1103.0
+    clock.sleep(0.5)
+    tracker.note_close("A/x")  # a close makes the next look ask at once
+    assert tracker.due("A/x", (5, 5, 1), kernel) == 1102.5 + KERNEL_CLOSE_GRACE
+    clock.sleep(KERNEL_CLOSE_GRACE)
+    assert tracker.due("A/x", (5, 5, 1), kernel) <= clock()
+    assert asked == [1002.0, 1102.0, clock()]
 
 
 # --- the factory ----------------------------------------------------------------------------

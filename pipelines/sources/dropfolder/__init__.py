@@ -19,14 +19,18 @@ How a file travels:
    candidate) is the authority. The watchdog observer (one recursive watch per area
    folder, plus the root for new folders; the reserved folders are not watched) only
    wakes the loop early and feeds the settle rule; inotify drops events silently on
-   overflow, so nothing depends on an event arriving. `drain` runs on scans alone.
+   overflow, so nothing depends on an event arriving: while every area is watched
+   the scan still runs, once a minute (and at once after an overflow). `drain` runs
+   on scans alone.
 2. **Settled.** `pipelines.sources.settle.SettleTracker` decides when the file is
-   complete: it is not held open (more open than close events), and either its
-   ``(size, mtime_ns, inode)`` has stayed the same across scans for `settle_seconds`
-   with no write event in that time, or it was closed after writing
-   (``IN_CLOSE_WRITE``) at least `close_grace` ago and has not changed since.
-   Without events only the scans count, so a writer that pauses longer than
-   `settle_seconds` should upload under a temporary name and rename.
+   complete: its ``(size, mtime_ns, inode)`` has stayed the same across scans for
+   `settle_seconds` with no write event in that time, or it was closed after
+   writing (``IN_CLOSE_WRITE``) a moment ago and has not changed since; and no
+   process has it open for writing, which the kernel tells (`writers`: a read
+   lease), with no time limit. Where the kernel cannot tell, a write event without
+   a close holds the file for `open_hold`. A writer that closes and reopens the
+   file is seen by no rule but the quiet time: it should upload under a temporary
+   name and rename.
 3. **Claimed** (`claims`). An atomic rename, on the same file system, into
    ``_processing/<area>/<name>``; it never replaces a file there: when that name is
    still in hand the file becomes ``<name>.claim-<12 hex>`` (the `Arrival` keeps the

@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipelines.errors import RejectReason
@@ -70,9 +71,13 @@ class Claims:
     """
 
     def __init__(self, root: Root, tracker: SettleTracker, *, limits: SizeLimits,
-                 unreadable: Retries[str], unreadable_tries: int = UNREADABLE_TRIES) -> None:
+                 unreadable: Retries[str], unreadable_tries: int = UNREADABLE_TRIES,
+                 open_check: Callable[[int], bool | None] | None = None) -> None:
         self.root = root
         self.tracker = tracker
+        # Asked of a claimed file's descriptor: a writer that opened it between the
+        # settle decision and the rename still has it; it goes back to settle again.
+        self.open_check = open_check
         self.limits = limits
         self.unreadable = unreadable
         self.unreadable_tries = unreadable_tries
@@ -217,8 +222,8 @@ class Claims:
         if len(data) > limit:  # it grew since the fstat
             return self._refused(area, name, key, held, RejectReason.TOO_LARGE,
                                  refusals.too_large_detail(len(data), limit), fd)
-        if expect is not None and len(data) != held.st_size and self._give_back(
-                key, origin, fd):
+        if expect is not None and (len(data) != held.st_size or self._being_written(fd)) \
+                and self._give_back(key, origin, fd):
             return None
         self.unreadable.forget(key)
         self._gave_up.discard(key)
@@ -261,6 +266,9 @@ class Claims:
         self._gave_up.add(key)
         return self._refused(area, name, key, st, RejectReason.UNREADABLE,
                              f"{exc.strerror or exc} after {tries} reads")
+
+    def _being_written(self, fd: int) -> bool:
+        return self.open_check is not None and self.open_check(fd) is True
 
     def _put_back(self, key: str, origin: str) -> bool:
         """Return a file that changed while being claimed; False if it cannot go back."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -19,6 +20,7 @@ from pipelines.sources.dropfolder.claims import Claims, Held
 from pipelines.sources.dropfolder.fs import Root
 from pipelines.sources.dropfolder.observer import Signals, Watches
 from pipelines.sources.dropfolder.tree import Tree, WarnOnce
+from pipelines.sources.dropfolder.writers import KERNEL, WriterProbe
 from pipelines.sources.refusals import SizeLimits
 from pipelines.sources.settle import SettleTracker
 
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 Stopping = Callable[[], bool]
 STOP_CHECK = 0.25  # seconds: how soon the loop notices its stop event
+EVENTS_RESCAN = 60.0  # seconds between full scans while the events can be relied on
+SCAN_SHARE = 0.02  # a full scan repeats no sooner than its duration / SCAN_SHARE
 
 
 def _never() -> bool:
@@ -60,8 +64,12 @@ class DropFolderSource:
 
     `settle_seconds`: how long a file must stay unchanged (and free of write events)
     before it is taken. `scan_interval`: seconds between full reconciling scans.
-    `close_grace` (default ``settle_seconds / 4``) and `open_hold` (default
-    ``max(60, 10 * settle_seconds)``) tune the event rules, see
+    While the file-system events are healthy (every area folder watched) a full scan
+    runs only every `EVENTS_RESCAN` seconds (the events bring new files in); and never
+    more often than its own duration / `SCAN_SHARE`, so a huge tree of empty folders
+    does not keep the process busy. `close_grace` (default ``settle_seconds / 4``)
+    and `open_hold` (default ``max(60, 10 * settle_seconds)``) tune the rules used
+    when `probe` (the kernel) cannot tell whether a file is open for writing, see
     `pipelines.sources.settle`. `backoff` spaces the retries of failed hand-overs
     and of reads that failed. `limits`: the largest file read (larger ones are
     refused from their ``stat``).
@@ -73,7 +81,8 @@ class DropFolderSource:
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  close_grace: float | None = None, open_hold: float | None = None,
-                 backoff: Backoff | None = None, limits: SizeLimits | None = None) -> None:
+                 backoff: Backoff | None = None, limits: SizeLimits | None = None,
+                 probe: WriterProbe = KERNEL) -> None:
         if scan_interval <= 0:
             raise ValueError("scan_interval must be > 0")
         if batch_size < 1:
@@ -88,12 +97,15 @@ class DropFolderSource:
         self._tracker = SettleTracker(settle_seconds, close_grace=close_grace,
                                       open_hold=open_hold, clock=clock)
         where = Root(str(self.root))
+        self._where = where
+        self._probe = probe
         self._warn = WarnOnce()
         self._tree = Tree(where, self._warn)
         self._signals = Signals(where, self._tracker)
         self._watches = Watches(where, self._signals, self._warn)
         self._claims = Claims(where, self._tracker, limits=limits or SizeLimits(),
-                              unreadable=Retries(backoff, clock=clock))
+                              unreadable=Retries(backoff, clock=clock),
+                              open_check=probe.fd_open_for_writing)
         self._retries: Retries[str] = Retries(backoff, clock=clock)
         self._outage = Outage(log, clock=clock)
         self._pass_lock = threading.Lock()
@@ -150,7 +162,8 @@ class DropFolderSource:
         min_gap = min(0.05, self.scan_interval)
         next_full = float("-inf")
         while not stop.is_set():
-            full = self._clock() >= next_full or self._signals.take_full_request()
+            started = self._clock()
+            full = started >= next_full or self._signals.take_full_request()
             try:
                 # While a dependency is down only the retries run (they find out when
                 # it is back); new files wait in the arrival folders, unclaimed.
@@ -162,13 +175,24 @@ class DropFolderSource:
                 result = _PassResult(0, 0, float("inf"))
             now = self._clock()
             if full:
-                next_full = now + self.scan_interval
+                gap = self._full_scan_gap(now - started)
+                if next_full == float("-inf"):
+                    log.info("scanned %s in %.1f s; %s, the next full scan in %.0f s",
+                             self.root, now - started, "file-system events on"
+                             if self._watches.healthy() else "no file-system events", gap)
+                next_full = now + gap
             wait = min(next_full, result.next_due, self._retries.next_due(),
                        self._claims.unreadable.next_due(), now + STOP_CHECK) - now
             if stop.wait(min_gap):
                 break
             self._signals.wake.wait(max(0.0, wait - min_gap))
             self._signals.wake.clear()
+
+    def _full_scan_gap(self, took: float) -> float:
+        """Seconds until the next full scan, after one that took `took` seconds."""
+        gap = max(self.scan_interval, EVENTS_RESCAN) if self._watches.healthy() \
+            else self.scan_interval
+        return max(gap, took / SCAN_SHARE)
 
     def _pass(self, *, full: bool, stopping: Stopping, claim: bool = True) -> _PassResult:
         """Observe the candidates (all of them, or those events pointed at and those
@@ -188,7 +212,8 @@ class DropFolderSource:
                 # not a regular file has nothing to settle and is never opened.
                 area, _, name = key.partition("/")
                 seen.append(key)
-                due = (self._tracker.due(key, fs.signature(st))
+                due = (self._tracker.due(key, fs.signature(st), functools.partial(
+                    self._probe.open_for_writing, self._where.of(key)))
                        if stat.S_ISREG(st.st_mode) else float("-inf"))
                 if due <= self._clock():
                     ready.setdefault(area, []).append((name, key, st))

@@ -3,6 +3,12 @@
 Events never claim anything; the reconciling scans are the authority (inotify drops
 events silently on overflow). One recursive watch per area folder, plus the root for
 new folders; the reserved folders are not watched, so our own moves there cause none.
+While the watches are `healthy` the loop scans rarely; an overflow asks for a scan.
+
+Opens and closes without writing are not subscribed to: inotify reports them for
+folders too, so on a tree of 20,000 folders one scan (or watchdog's own walk after an
+overflow, which then overflows again, for ever) floods the queue. Whether a file is
+open for writing is the kernel's to say (`pipelines.sources.dropfolder.writers`).
 """
 
 from __future__ import annotations
@@ -18,20 +24,20 @@ from watchdog.events import (
     DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
-    FileClosedNoWriteEvent,
     FileCreatedEvent,
     FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
-    FileOpenedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
 
 try:  # Linux only; elsewhere there is no move pairing delay to shorten
+    from watchdog.observers.inotify import InotifyObserver
     from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 except (ImportError, OSError):  # pragma: no cover
+    InotifyObserver = None  # type: ignore[assignment,misc]
     InotifyMoveEventGrouper = None  # type: ignore[assignment,misc]
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
@@ -43,11 +49,13 @@ from pipelines.sources.settle import SettleTracker
 log = logging.getLogger(__name__)
 
 _AREA_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileOpenedEvent,
-    FileClosedEvent, FileClosedNoWriteEvent, DirCreatedEvent, DirMovedEvent,
+    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
+    DirCreatedEvent, DirMovedEvent,
 ]
 _ROOT_EVENTS: list[type[FileSystemEvent]] = [DirCreatedEvent, DirMovedEvent, DirDeletedEvent]
 MOVE_PAIRING_DELAY = 0.02  # seconds watchdog waits to pair IN_MOVED_FROM/IN_MOVED_TO
+_OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
+_OVERFLOW_MESSAGE = "Inotify queue overflowed"
 
 
 class Seen(enum.Enum):
@@ -55,10 +63,9 @@ class Seen(enum.Enum):
 
     CREATED = "created"
     MODIFIED = "modified"
+    MOVED_IN = "moved_in"  # renamed to this name: changed, not open for writing
     GONE = "gone"
-    OPENED = "opened"
     CLOSED = "closed"  # after writing (IN_CLOSE_WRITE)
-    CLOSED_NO_WRITE = "closed_no_write"
 
 
 class Signals:
@@ -86,18 +93,22 @@ class Signals:
         key = self.root.key(path)
         if key is None or parse_arrival_key(key) is None:
             return
-        if seen in (Seen.CREATED, Seen.MODIFIED):
-            self.tracker.note_write(key)
-        elif seen is Seen.OPENED:
-            self.tracker.note_open(key)
-        elif seen in (Seen.CLOSED, Seen.CLOSED_NO_WRITE):
-            self.tracker.note_close(key, wrote=seen is Seen.CLOSED)
+        if seen in (Seen.CREATED, Seen.MODIFIED, Seen.MOVED_IN):
+            self.tracker.note_write(key, moved_in=seen is Seen.MOVED_IN)
+        elif seen is Seen.CLOSED:
+            self.tracker.note_close(key)
         elif seen is Seen.GONE:
             self.tracker.forget(key)
-        if seen in (Seen.CREATED, Seen.CLOSED):
+        if seen in (Seen.CREATED, Seen.MOVED_IN, Seen.CLOSED):
             with self._lock:
                 self._woken.add(key)
             self.wake.set()
+
+    def request_full(self) -> None:
+        """Events were lost: look at the whole tree (any thread)."""
+        with self._lock:
+            self._full_requested = True
+        self.wake.set()
 
     def take_woken(self) -> set[str]:
         with self._lock:
@@ -126,20 +137,36 @@ class _Handler(FileSystemEventHandler):
         self._record(event.src_path, Seen.MODIFIED, event.is_directory)
 
     def on_moved(self, event: FileSystemEvent) -> None:
+        # Full events: a move from or to an unwatched folder has "" as its other side.
         self._record(event.src_path, Seen.GONE, event.is_directory)
-        self._record(event.dest_path, Seen.CREATED, event.is_directory)
+        self._record(event.dest_path, Seen.MOVED_IN, event.is_directory)
 
     def on_deleted(self, event: FileSystemEvent) -> None:
         self._record(event.src_path, Seen.GONE, event.is_directory)
 
-    def on_opened(self, event: FileSystemEvent) -> None:
-        self._record(event.src_path, Seen.OPENED, event.is_directory)
-
     def on_closed(self, event: FileSystemEvent) -> None:
         self._record(event.src_path, Seen.CLOSED, event.is_directory)
 
-    def on_closed_no_write(self, event: FileSystemEvent) -> None:
-        self._record(event.src_path, Seen.CLOSED_NO_WRITE, event.is_directory)
+
+class _OverflowAlarm(logging.Handler):
+    """watchdog reports a queue overflow only as a log line: turn it into a scan.
+    (Were the line ever reworded, the slow periodic scan still finds the files.)"""
+
+    def __init__(self, signals: Signals) -> None:
+        super().__init__(logging.WARNING)
+        self._signals = signals
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith(_OVERFLOW_MESSAGE):
+            self._signals.request_full()
+
+
+def _new_observer() -> BaseObserver:
+    # Full events: a file renamed in from an unwatched folder is a move (not open for
+    # writing), not a creation (which would be).
+    if InotifyObserver is not None and Observer is InotifyObserver:
+        return InotifyObserver(generate_full_events=True)
+    return Observer()
 
 
 class Watches:
@@ -151,8 +178,17 @@ class Watches:
         self.warn = warn
         self.watched: dict[str, tuple[ObservedWatch, int]] = {}  # path: (watch, inode)
         self._handler = _Handler(signals)
+        self._alarm = _OverflowAlarm(signals)
         self._observer: BaseObserver | None = None
+        self._unwatched: set[str] = set()  # area folders whose watch could not be made
         self._lock = threading.Lock()
+
+    def healthy(self) -> bool:
+        """True while events can be relied on to wake the loop: the observer runs and
+        every area folder is watched. (Lost events are still possible; scans stay.)"""
+        with self._lock:
+            observer = self._observer
+            return observer is not None and observer.is_alive() and not self._unwatched
 
     def start(self, areas: list[Area], scan_interval: float) -> None:
         if self._observer is not None:
@@ -164,7 +200,7 @@ class Watches:
         # unpaired move reported quickly as delete + create is exactly as good.
         if InotifyMoveEventGrouper is not None:
             InotifyMoveEventGrouper.delay = MOVE_PAIRING_DELAY
-        observer = Observer()
+        observer = _new_observer()
         try:
             observer.schedule(self._handler, self.root.path, recursive=False,
                               event_filter=_ROOT_EVENTS)
@@ -174,6 +210,7 @@ class Watches:
                         self.root.path, exc, scan_interval)
             return
         self._observer = observer
+        logging.getLogger(_OVERFLOW_LOGGER).addHandler(self._alarm)
         self.sync(areas)
 
     def sync(self, areas: list[Area]) -> None:
@@ -184,6 +221,7 @@ class Watches:
             if observer is None:
                 return
             wanted = {area.path: area.inode for area in areas}
+            self._unwatched = set()
             gone = self.signals.take_gone_areas()
             for path, (watch, inode) in list(self.watched.items()):
                 if path in gone or wanted.get(path) != inode:
@@ -196,12 +234,14 @@ class Watches:
                                               event_filter=_AREA_EVENTS)
                 except OSError as exc:
                     self.warn(path, "no file-system events for %s (%s); scans only", exc)
+                    self._unwatched.add(path)
                     continue
                 self.watched[path] = (watch, wanted[path])
 
     def stop(self, timeout: float | None) -> None:
         with self._lock:
             observer, self._observer, self.watched = self._observer, None, {}
+        logging.getLogger(_OVERFLOW_LOGGER).removeHandler(self._alarm)
         if observer is not None:
             observer.stop()
             observer.join(timeout)
