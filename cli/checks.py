@@ -177,22 +177,25 @@ def _check_revision(url: str, current: str | None) -> None:
 
 
 def check_broker(settings: Settings) -> None:
-    """The configured Redis broker answers a PING."""
-    import redis
+    """The configured broker (Redis or RabbitMQ) accepts a connection."""
+    from kombu import Connection
 
     url = settings.broker_url
     if url is None:
         raise NotReady(Unready.BROKER, "no broker configured: set AIRLOCK_BROKER_URL="
-                       "redis://... (or use 'airlock run' for embedded mode)")
-    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT,
-                                  socket_timeout=CONNECT_TIMEOUT)
+                       "redis://... or amqp://... (or use 'airlock run' for embedded mode)")
+    connection = Connection(url, connect_timeout=CONNECT_TIMEOUT,
+                            transport_options={"socket_connect_timeout": CONNECT_TIMEOUT,
+                                               "socket_timeout": CONNECT_TIMEOUT})
     try:
-        client.ping()
-    except redis.RedisError as exc:
+        connection.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
+        if connection.transport_cls in ("redis", "rediss"):
+            connection.default_channel.client.ping()  # a connection alone proves little
+    except Exception as exc:  # noqa: BLE001 - every transport fails in its own way
         raise NotReady(Unready.BROKER, f"cannot reach the broker at {redact(url)}: "
                        f"{_scrubbed(_first_line(exc), url)}") from None
     finally:
-        client.close()
+        connection.release()
 
 
 # --- stores: inbox and outbox ---------------------------------------------------------
