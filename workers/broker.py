@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery
 from kombu import Connection
 
+from config.broker import BrokerKind, broker_kind
 from workers.task_names import BULK, INTERACTIVE
 
 QUEUES = (INTERACTIVE, BULK)
@@ -46,3 +47,13 @@ def purge(app: Celery) -> int:
     """Drop every waiting message (the benchmark's own broker only); how many went."""
     with broker_channel(app) as channel:
         return sum(int(channel.queue_purge(name) or 0) for name in queue_depths(app))
+
+
+def unacknowledged(app: Celery) -> int | None:
+    """Messages delivered to workers and not yet acknowledged, where the broker tells:
+    kombu's Redis transport keeps them in a hash; RabbitMQ reports them only through
+    its management API (None)."""
+    if broker_kind(str(app.conf.broker_url)) is not BrokerKind.REDIS:
+        return None
+    with broker_channel(app) as channel:
+        return int(channel.client.hlen(channel.unacked_key))
