@@ -41,7 +41,7 @@ from models.types import utcnow
 from pipelines import bulk
 from pipelines.layout import Arrival
 from pipelines.ledger import Submission, register
-from pipelines.outage import Dependency, Outage, Unreachable
+from pipelines.outage import Dependency, Outage, Unreachable, dependency_of, first_line
 from pipelines.sources import make_source
 from workers.broker import queue_depths
 from workers.celery_app import BULK, FINISH_BATCH, INTERACTIVE, PROCESS_CHUNK, PROCESS_FILES
@@ -239,7 +239,10 @@ def requeue_stale(runtime: Runtime, app: Celery, *, policy: SweepPolicy = SweepP
     whose queue is empty (so their message is gone), and the report of a batch whose
     jobs are all finished. A long backlog in a queue is never published twice."""
     now = now or utcnow()
-    waiting = (depths or (lambda: queue_depths(app)))()  # before the transaction: I/O
+    try:
+        waiting = (depths or (lambda: queue_depths(app)))()  # before the transaction: I/O
+    except BrokerError as exc:
+        raise Unreachable(Dependency.BROKER, exc) from exc
     empty = {name for name in (INTERACTIVE, BULK) if not waiting.get(name, 0)}
     job, batch = JOB.c, BATCH.c
     result = SweepResult()
@@ -307,8 +310,9 @@ def _publish_owed(app: Celery, owed: _Owed, chunk_size: int) -> int:
 
 
 class Sweeper:
-    """`requeue_stale` every `policy.every` seconds until `stop`; one log line when the
-    sweep cannot run (database or broker away) and one when it can again."""
+    """`requeue_stale` every `policy.every` seconds until `stop`. A database or broker
+    that is away skips the sweep quietly; any other failure is logged (its traceback
+    once) and the next sweep tries again."""
 
     def __init__(self, runtime: Runtime, app: Celery, policy: SweepPolicy) -> None:
         self.runtime = runtime
@@ -324,6 +328,11 @@ class Sweeper:
                 requeue_stale(self.runtime, self.app, policy=self.policy,
                               reports=self._reports)
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                if dependency_of(exc) is not None:
+                    # The source says once each way that a dependency is away; the
+                    # sweep just finds the work still owed next time.
+                    log.debug("sweep skipped: %s", first_line(exc))
+                    continue
                 failures += 1
                 self._outage.failed(exc, "the sweep for owed work", first=failures == 1)
                 continue
