@@ -263,3 +263,20 @@ def test_watcher_takes_a_pass_of_files_in_one_commit(publishing: Any) -> None:
     [items] = app.sent[0][1]
     assert [source for _, source in items] == [a.key for a in singles]
     runtime.close()
+
+
+def test_a_heartbeat_beats_until_stopped_and_then_leaves(sqlite_engine: Engine) -> None:
+    from models.tables import WORKER_BEAT
+    from tests.distributed.cluster import wait_for
+    from workers.liveness import Heartbeat
+
+    def beats() -> list[Any]:
+        with sqlite_engine.connect() as conn:
+            return list(conn.execute(select(WORKER_BEAT.c.beat_at)).scalars())
+
+    heartbeat = Heartbeat(sqlite_engine, "host/1/ab", every=0.05)
+    heartbeat.start()
+    first = wait_for(beats, timeout=10, what="the first beat")[0]
+    wait_for(lambda: beats() and beats()[0] > first, timeout=10, what="a later beat")
+    heartbeat.stop()
+    assert beats() == []  # a clean stop: its claims are owed at the next sweep
