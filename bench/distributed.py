@@ -8,31 +8,36 @@ import time
 import zipfile
 from typing import Any
 
-import redis
+from celery import Celery
 
 from bench.fleet import CUSTOMER, active_fleet, deactivation_files
 from bench.procs import spawn, wait_for_log, wait_rss
 from bench.scenarios import Workspace, _count, _wait_until, _write, deactivation_fleet
 from config.settings import Settings
 from models.types import utcnow
-from workers.celery_app import INTERACTIVE, NOOP, make_celery
+from workers.broker import purge, queue_depths, unacknowledged
+from workers.celery_app import NOOP, make_celery
 
 
-def _broker(url: str) -> redis.Redis:
-    """The benchmark's own Redis database, emptied first (never point it at a live one)."""
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    return client
+def _broker(url: str) -> None:
+    """The benchmark's own broker (a Redis database, a RabbitMQ vhost), emptied first:
+    never point it at a live one."""
+    app = make_celery(Settings(broker_url=url))
+    try:
+        purge(app)
+    finally:
+        app.close()
 
 
-def _queues_empty(client: redis.Redis) -> bool:
-    # kombu keeps delivered-but-unacknowledged messages in the "unacked" hash.
-    return client.llen(INTERACTIVE) == 0 and client.hlen("unacked") == 0
+def _queues_empty(app: Celery) -> bool:
+    """Nothing waiting, and (where the broker says: Redis) nothing delivered but not
+    yet acknowledged; on RabbitMQ the last few tasks in the workers' hands still run."""
+    return not any(queue_depths(app).values()) and not unacknowledged(app)
 
 
 def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
                 timeout: float) -> dict[str, Any]:
-    client = _broker(redis_url)
+    _broker(redis_url)
     env = {**ws.env, "AIRLOCK_BROKER_URL": redis_url}
     blobs, setup = deactivation_fleet(ws, files)
     worker = spawn("worker", ["cli", "worker", "--concurrency", str(workers), "--loglevel",
@@ -57,7 +62,7 @@ def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
                 for i in range(files):
                     app.send_task(NOOP, args=[i], producer=producer)
             sent = time.time()
-            _wait_until(lambda: _queues_empty(client), timeout, poll=0.05)
+            _wait_until(lambda: _queues_empty(app), timeout, poll=0.05)
             noop_rate = files / max(time.time() - start, 1e-9)
         finally:
             app.close()  # a pooled broker connection left open stalls later forks

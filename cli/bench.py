@@ -20,7 +20,9 @@ def bench(
     postgres_url: str | None = typer.Option(
         "postgresql+psycopg://postgres@127.0.0.1:5432/test", "--postgres-url",
         help="Empty PostgreSQL database for the activation-postgres scenario"),
-    redis_url: str = typer.Option("redis://127.0.0.1:6379/15", "--redis-url"),
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/15", "--broker-url", "--redis-url",
+                                  help="The benchmark's own broker (redis:// or amqp://): "
+                                  "emptied first"),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the JSON here"),
     timeout: float = typer.Option(600.0, "--timeout"),
 ) -> None:

@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from config.broker import BrokerKind, broker_kind
 from config.settings import Settings
 
 CONNECT_TIMEOUT = 3.0
@@ -188,14 +189,26 @@ def check_broker(settings: Settings) -> None:
                             transport_options={"socket_connect_timeout": CONNECT_TIMEOUT,
                                                "socket_timeout": CONNECT_TIMEOUT})
     try:
-        connection.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
-        if connection.transport_cls in ("redis", "rediss"):
-            connection.default_channel.client.ping()  # a connection alone proves little
+        if broker_kind(url) is BrokerKind.REDIS:
+            _ping_redis(url)  # kombu connects to Redis lazily: a connection proves little
+        else:
+            connection.ensure_connection(max_retries=1, timeout=CONNECT_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - every transport fails in its own way
         raise NotReady(Unready.BROKER, f"cannot reach the broker at {redact(url)}: "
                        f"{_scrubbed(_first_line(exc), url)}") from None
     finally:
         connection.release()
+
+
+def _ping_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT,
+                                  socket_timeout=CONNECT_TIMEOUT)
+    try:
+        client.ping()
+    finally:
+        client.close()
 
 
 # --- stores: inbox and outbox ---------------------------------------------------------

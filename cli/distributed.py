@@ -46,8 +46,8 @@ def register(app: typer.Typer) -> None:
 
 def _need_broker(settings: Settings) -> None:
     if settings.embedded:
-        fail("no broker configured: set AIRLOCK_BROKER_URL=redis://... (or use 'airlock run' "
-             "for embedded mode)", reason="config", code=2)
+        fail("no broker configured: set AIRLOCK_BROKER_URL=redis://... or amqp://... (or use "
+             "'airlock run' for embedded mode)", reason="config", code=2)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -61,9 +61,10 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 def watch(
     ctx: typer.Context,
-    requeue_after: float = typer.Option(900.0, "--requeue-after",
-                                        help="Publish again work untouched for N seconds"),
-    sweep_every: float = typer.Option(60.0, "--sweep-every", help="Seconds between sweeps"),
+    requeue_after: float = typer.Option(
+        900.0, "--requeue-after", help="Publish again a job a live worker left untouched "
+        "for N seconds (a dead worker's jobs are owed again after 20 s)"),
+    sweep_every: float = typer.Option(10.0, "--sweep-every", help="Seconds between sweeps"),
     log_level: str = typer.Option("INFO", "--log-level"),
     log_format: str | None = typer.Option(None, "--log-format", help=LOG_FORMAT_HELP),
     metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.broker import broker_kind
 from config.logging import LogFormat
 
 
@@ -76,8 +77,8 @@ class Settings(BaseSettings):
     def _broker_scheme(cls, value: str | None) -> str | None:
         if value == "":
             return None
-        if value is not None and not value.startswith(("redis://", "rediss://")):
-            raise ValueError("must be a redis:// URL (or unset for embedded mode)")
+        if value is not None:
+            broker_kind(value)  # Redis or RabbitMQ
         return value
 
     @field_validator("inbox", "outbox")

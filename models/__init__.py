@@ -12,6 +12,7 @@ from models.ledger import (
     JobOutput,
     JobStatus,
     LoginFailure,
+    WorkerBeat,
 )
 from models.licensing import (
     AuthMethod,
@@ -47,4 +48,5 @@ __all__ = [
     "LicenseUser",
     "LoginFailure",
     "Product",
+    "WorkerBeat",
 ]

@@ -67,6 +67,7 @@ class Job(SQLModel, table=True):
         UniqueConstraint("tenant", "sha256"),
         Index("ix_job_status", "status"),
         Index("ix_job_batch", "batch_id", "status"),
+        Index("ix_job_claim", "status", "claimed_by"),
     )
     id: int | None = Field(default=None, primary_key=True)
     tenant: str = Field(max_length=32)
@@ -82,9 +83,22 @@ class Job(SQLModel, table=True):
     message: str | None = None
     batch_id: int | None = Field(default=None, foreign_key="batch.id")
     payload: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    # The worker process (a `WorkerBeat` name) that last took the job in distributed
+    # mode; the sweep publishes again a pending job whose claimant stopped beating.
+    claimed_by: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+
+
+class WorkerBeat(SQLModel, table=True):
+    """A worker process that runs tasks, and when it last said it is alive (every few
+    seconds while it lives; removed when it stops cleanly)."""
+
+    __tablename__ = "worker_beat"
+    name: str = Field(primary_key=True, max_length=200)  # host/pid/random
+    started_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    beat_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
 class JobEvaluation(SQLModel, table=True):

@@ -25,6 +25,7 @@ from models import (
     LicenseUser,
     LoginFailure,
     Product,
+    WorkerBeat,
 )
 
 
@@ -46,3 +47,4 @@ LOGIN_FAILURE = _table(LoginFailure)
 OUTPUT = _table(JobOutput)
 PRODUCT = _table(Product)
 USER = _table(LicenseUser)
+WORKER_BEAT = _table(WorkerBeat)

@@ -26,3 +26,16 @@ def test_compose_file_describes_every_service() -> None:
     assert env["AIRLOCK_BROKER_URL"].startswith("redis://")
     assert env["AIRLOCK_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert (ROOT / "Dockerfile").exists()
+
+
+def test_the_rabbitmq_override_moves_every_airlock_service_to_rabbitmq() -> None:
+    from config.broker import BrokerKind, broker_kind
+
+    base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    override = yaml.safe_load((ROOT / "docker-compose.rabbitmq.yml").read_text())["services"]
+    assert "healthcheck" in override["rabbitmq"]
+    for name in ("migrate", "worker", "watcher", "flower"):
+        assert name in base
+        url = override[name]["environment"]["AIRLOCK_BROKER_URL"]
+        assert broker_kind(url) is BrokerKind.RABBITMQ
+        assert override[name]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"

@@ -31,7 +31,7 @@ def test_settings_defaults_live_under_home(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("env,needle", [
     ({"AIRLOCK_DATABASE_URL": "mysql://x"}, "AIRLOCK_DATABASE_URL"),
-    ({"AIRLOCK_BROKER_URL": "amqp://x"}, "AIRLOCK_BROKER_URL"),
+    ({"AIRLOCK_BROKER_URL": "sqs://x"}, "AIRLOCK_BROKER_URL"),
     ({"AIRLOCK_MAX_FILE_BYTES": "-1"}, "AIRLOCK_MAX_FILE_BYTES"),
     ({"AIRLOCK_MAX_ATTEMPTS": "lots"}, "AIRLOCK_MAX_ATTEMPTS"),
 ])

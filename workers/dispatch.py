@@ -10,9 +10,11 @@ worker archives it) finds its row and is not published twice within `repeat_afte
 A broker that cannot be reached raises `pipelines.outage.Unreachable`: the source
 tries the files again with backoff, and the rows it finds then are published.
 
-`requeue_stale` is the safety net for lost messages (a broker that lost its data, a
-task that ran out of retries): unfinished work untouched for a while is published
-again, which the ledger makes harmless.
+`requeue_stale` (run by `airlock watch` every ten seconds, `Sweeper`) publishes again
+what the job rows say is still owed, whatever the broker holds: the jobs of a worker
+that stopped beating (`workers.liveness`), jobs whose message is gone (unclaimed, their
+queue empty: Redis can lose a message popped but not yet recorded), jobs a live worker
+gave up on, and due batch reports. The ledger makes a second copy harmless.
 """
 
 from __future__ import annotations
@@ -20,33 +22,38 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import ColumnElement, and_, delete, update
 from sqlalchemy import select as sa_select
-from sqlalchemy import update
+from sqlmodel import Session
 
 from models import BatchStatus, JobStatus
 from models.db import session_scope
-from models.tables import BATCH, JOB
+from models.ledger import FINAL_STATUSES
+from models.tables import BATCH, JOB, WORKER_BEAT
 from models.types import utcnow
 from pipelines import bulk
 from pipelines.intake import submission_of
 from pipelines.layout import Arrival
 from pipelines.ledger import register
-from pipelines.outage import Dependency, Outage, Unreachable
+from pipelines.outage import Dependency, Outage, Unreachable, dependency_of, first_line
 from pipelines.sources import make_source
-from workers.celery_app import FINISH_BATCH, PROCESS_CHUNK, PROCESS_FILES
+from workers.broker import queue_depths
+from workers.celery_app import BULK, FINISH_BATCH, INTERACTIVE, PROCESS_CHUNK, PROCESS_FILES
+from workers.liveness import DEAD_AFTER
 from workers.runtime import Runtime
 
 log = logging.getLogger("airlock.dispatch")
 
 
 FILES_PER_TASK = 100  # enough to make a message's overhead small, few enough to spread
+_FINAL = [str(status) for status in FINAL_STATUSES]
 
 
 def _publish(app: Celery, task: str, args: list[Any],
@@ -175,81 +182,175 @@ class Watcher:
         return [job.id for job in jobs]  # type: ignore[misc]
 
 
+@dataclass(frozen=True)
+class SweepPolicy:
+    """When unfinished work is owed again. The job rows decide, not the broker: a
+    message may be gone (Redis loses one popped but not yet recorded as unacknowledged;
+    a broker may lose its data) or held by a worker that died."""
+
+    every: float = 10.0  # seconds between sweeps
+    dead_after: timedelta = DEAD_AFTER  # a claimant silent this long is gone
+    lost_after: timedelta = timedelta(seconds=20)  # unclaimed this long, its queue empty
+    stuck_after: timedelta = timedelta(minutes=15)  # a live claimant stopped trying
+    report_every: timedelta = timedelta(minutes=1)  # a due report, published again
+
+
 @dataclass
 class SweepResult:
-    jobs: int = 0
+    dead: int = 0  # jobs whose worker stopped beating
+    lost: int = 0  # jobs whose message never reached a worker
+    stuck: int = 0  # jobs a live worker gave up on (its retries used up)
     chunks: int = 0
     batches: int = 0
 
+    @property
+    def jobs(self) -> int:
+        return self.dead + self.lost + self.stuck
 
-def requeue_stale(runtime: Runtime, app: Celery, *, older_than: timedelta,
-                  now: datetime | None = None, limit: int = 10_000) -> SweepResult:
-    """Publish again the work nobody touched for `older_than`: unfinished jobs, open
-    batches whose jobs are all finished, and complete batches still without a report."""
+
+QueueDepths = Callable[[], Mapping[str, int]]
+_Owed = list[tuple[int, str | None, int | None]]  # (job id, source, batch id)
+
+
+def _take(session: Session, where: ColumnElement[bool], now: datetime) -> _Owed:
+    """Mark the jobs `where` selects as published now (no claimant) and return them.
+    One UPDATE, its condition checked again on each row it locks: a job a worker claims
+    meanwhile is left alone."""
+    job = JOB.c
+    rows = session.execute(update(JOB).where(where).values(claimed_by=None, updated_at=now)
+                           .returning(job.id, job.source, job.batch_id)).all()
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def _dead_claimants(session: Session, cutoff: datetime) -> list[str]:
+    """Workers whose beat is older than `cutoff`, and claimants without a row (stopped)."""
+    job, beat = JOB.c, WORKER_BEAT.c
+    stale = set(session.execute(sa_select(beat.name).where(beat.beat_at < cutoff)).scalars())
+    gone = session.execute(sa_select(job.claimed_by).distinct().where(
+        job.status == JobStatus.PENDING, job.claimed_by.is_not(None),
+        ~sa_select(beat.name).where(beat.name == job.claimed_by).exists())).scalars()
+    return sorted(stale | {name for name in gone if name is not None})
+
+
+def requeue_stale(runtime: Runtime, app: Celery, *, policy: SweepPolicy = SweepPolicy(),
+                  depths: QueueDepths | None = None, now: datetime | None = None,
+                  reports: _Recently | None = None) -> SweepResult:
+    """Publish again what the job rows say is owed (see `SweepPolicy`): pending jobs
+    claimed by a worker that stopped beating or that stopped trying, unclaimed ones
+    whose queue is empty (so their message is gone), and the report of a batch whose
+    jobs are all finished. A long backlog in a queue is never published twice."""
     now = now or utcnow()
-    cutoff = now - older_than
+    try:
+        waiting = (depths or (lambda: queue_depths(app)))()  # before the transaction: I/O
+    except BrokerError as exc:
+        raise Unreachable(Dependency.BROKER, exc) from exc
+    empty = {name for name in (INTERACTIVE, BULK) if not waiting.get(name, 0)}
+    job, batch = JOB.c, BATCH.c
     result = SweepResult()
+    owed: _Owed = []
     with session_scope(runtime.engine) as session:
-        job = JOB.c
-        stale = session.execute(sa_select(job.id, job.source, job.batch_id).where(
-            job.status == JobStatus.PENDING, job.updated_at < cutoff)
-            .order_by(job.batch_id, job.id).limit(limit)).all()
-        if stale:
-            session.execute(update(JOB).where(job.id.in_([row[0] for row in stale]))
-                            .values(updated_at=now))
-        batch = BATCH.c
-        open_batches: list[int] = list(session.execute(sa_select(batch.id).where(
-            batch.status == BatchStatus.OPEN, batch.created_at < cutoff)).scalars())
-        unreported: list[int] = list(session.execute(sa_select(batch.id).where(
-            batch.status == BatchStatus.COMPLETE, batch.finished_at < cutoff)).scalars())
+        dead = _dead_claimants(session, now - policy.dead_after)
+        pending = job.status == JobStatus.PENDING
+        if dead:
+            taken = _take(session, and_(pending, job.claimed_by.in_(dead)), now)
+            session.execute(delete(WORKER_BEAT).where(WORKER_BEAT.c.name.in_(dead)))
+            result.dead = len(taken)
+            owed += taken
+        taken = _take(session, and_(pending, job.claimed_by.is_not(None),
+                                    job.updated_at < now - policy.stuck_after), now)
+        result.stuck = len(taken)
+        owed += taken
+        for queue, of_queue in ((INTERACTIVE, job.batch_id.is_(None)),
+                                (BULK, job.batch_id.is_not(None))):
+            if queue in empty:
+                taken = _take(session, and_(pending, job.claimed_by.is_(None), of_queue,
+                                            job.updated_at < now - policy.lost_after), now)
+                result.lost += len(taken)
+                owed += taken
+        settled = now - policy.lost_after
+        unfinished = sa_select(job.id).where(job.batch_id == batch.id,
+                                             job.status.not_in(_FINAL)).exists()
+        open_batches = list(session.execute(sa_select(batch.id).where(
+            batch.status == BatchStatus.OPEN, batch.created_at < settled, ~unfinished))
+            .scalars())
+        unreported = list(session.execute(sa_select(batch.id).where(
+            batch.status == BatchStatus.COMPLETE, batch.finished_at < settled)).scalars())
+    result.chunks = _publish_owed(app, owed, runtime.settings.chunk_size)
+    for batch_id in open_batches:
+        flipped, _status = bulk.update_progress(runtime.engine, batch_id, now=now)
+        if flipped:
+            unreported.append(batch_id)
+    reports = reports or _Recently(0)
+    for batch_id in unreported:
+        if BULK in empty and reports.claim(batch_id):
+            enqueue_finish(app, batch_id)
+            result.batches += 1
+    if result.jobs or result.batches:
+        log.warning("published again: %d jobs of stopped workers, %d with no message left, "
+                    "%d given up on (%d chunks), %d batch reports", result.dead, result.lost,
+                    result.stuck, result.chunks, result.batches)
+    return result
+
+
+def _publish_owed(app: Celery, owed: _Owed, chunk_size: int) -> int:
+    """Single files a hundred to a message, batch members in chunks; chunks published."""
     chunks: dict[int, list[int]] = {}
     singles: list[tuple[int, str | None]] = []
-    for job_id, source, batch_id in stale:
+    for job_id, source, batch_id in sorted(owed, key=lambda row: (row[2] or 0, row[0])):
         if batch_id is None:
             singles.append((job_id, source))
         else:
             chunks.setdefault(batch_id, []).append(job_id)
     enqueue_files(app, singles)
-    result.jobs = len(singles)
-    size = runtime.settings.chunk_size
+    published = 0
     for batch_id, ids in chunks.items():
-        for start in range(0, len(ids), size):
-            enqueue_chunk(app, ids[start:start + size], batch_id)
-            result.chunks += 1
-    for batch_id in open_batches:
-        flipped, _status = bulk.update_progress(runtime.engine, batch_id, now=now)
-        if flipped:
-            unreported.append(batch_id)
-    for batch_id in unreported:
-        enqueue_finish(app, batch_id)
-        result.batches += 1
-    if result.jobs or result.chunks or result.batches:
-        log.warning("published again: %d jobs, %d chunks, %d batch reports", result.jobs,
-                    result.chunks, result.batches)
-    return result
+        for start in range(0, len(ids), chunk_size):
+            enqueue_chunk(app, ids[start:start + chunk_size], batch_id)
+            published += 1
+    return published
+
+
+class Sweeper:
+    """`requeue_stale` every `policy.every` seconds until `stop`. A database or broker
+    that is away skips the sweep quietly; any other failure is logged (its traceback
+    once) and the next sweep tries again."""
+
+    def __init__(self, runtime: Runtime, app: Celery, policy: SweepPolicy) -> None:
+        self.runtime = runtime
+        self.app = app
+        self.policy = policy
+        self._reports = _Recently(policy.report_every.total_seconds())
+        self._outage = Outage(log)
+
+    def run(self, stop: threading.Event) -> None:
+        failures = 0
+        while not stop.wait(self.policy.every):
+            try:
+                requeue_stale(self.runtime, self.app, policy=self.policy,
+                              reports=self._reports)
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                if dependency_of(exc) is not None:
+                    # The source says once each way that a dependency is away; the
+                    # sweep just finds the work still owed next time.
+                    log.debug("sweep skipped: %s", first_line(exc))
+                    continue
+                failures += 1
+                self._outage.failed(exc, "the sweep for owed work", first=failures == 1)
+                continue
+            failures = 0
+            self._outage.recovered()
 
 
 def watch(runtime: Runtime, app: Celery, stop: threading.Event, *,
-          requeue_after: float = 900.0, sweep_every: float = 60.0) -> None:
-    """Feed the inbox to the broker until `stop`; sweep for lost work every `sweep_every`."""
+          requeue_after: float = 900.0, sweep_every: float = 10.0) -> None:
+    """Feed the inbox to the broker until `stop`; sweep for owed work every `sweep_every`
+    seconds (`requeue_after`: when a live worker's untouched job is tried again)."""
     runtime.remove_stale_temp()
     watcher = Watcher(runtime, app, repeat_after=min(requeue_after, 300.0))
     source = make_source(runtime.settings, runtime.inbox, watcher.on_batch)
-    outage = Outage(log)
-
-    def sweeper() -> None:
-        failures = 0
-        while not stop.wait(sweep_every):
-            try:
-                requeue_stale(runtime, app, older_than=timedelta(seconds=requeue_after))
-            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
-                failures += 1
-                outage.failed(exc, "the sweep for stale work", first=failures == 1)
-                continue
-            failures = 0
-            outage.recovered()
-
-    thread = threading.Thread(target=sweeper, name="airlock-sweeper", daemon=True)
+    policy = SweepPolicy(every=sweep_every, stuck_after=timedelta(seconds=requeue_after))
+    thread = threading.Thread(target=Sweeper(runtime, app, policy).run, args=(stop,),
+                              name="airlock-sweeper", daemon=True)
     thread.start()
     log.info("watching %s (distributed mode, broker %s)", runtime.settings.resolved_inbox,
              app.conf.broker_url.split("@")[-1])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from celery import Celery
 
 from config.logging import redact
-from workers.task_names import BULK, INTERACTIVE
+from workers.broker import queue_depths
 
 
 @dataclass
@@ -20,23 +20,12 @@ class BrokerStatus:
 
 
 def broker_status(app: Celery, *, timeout: float = 2.0) -> BrokerStatus:
-    """Queue depths (a passive declare, which Redis and RabbitMQ both answer with the
-    message count) and the workers that answer a ping within `timeout`."""
+    """Each queue's depth and the workers that answer a ping within `timeout`."""
     status = BrokerStatus(url=redact(str(app.conf.broker_url)), reachable=False)
     try:
-        with app.connection_for_read() as conn:
-            conn.ensure_connection(max_retries=1, timeout=timeout)
-            channel = conn.default_channel
-            for queue in (INTERACTIVE, BULK):
-                try:
-                    status.queues[queue] = int(channel.queue_declare(
-                        queue=queue, passive=True).message_count)
-                except Exception:  # noqa: BLE001 - a queue nobody declared yet: none waiting
-                    status.queues[queue] = 0
-                    channel = conn.channel()  # a failed passive declare closes the channel
+        status.queues = queue_depths(app)
         status.reachable = True
-        replies = app.control.inspect(timeout=timeout).ping() or {}
-        status.workers = sorted(replies)
+        status.workers = sorted(app.control.inspect(timeout=timeout).ping() or {})
     except Exception as exc:  # noqa: BLE001 - reported as the broker being down
         status.error = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])
     return status

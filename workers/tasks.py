@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
+import amqp.exceptions
 import kombu.exceptions
 import redis.exceptions
 from celery import Celery
@@ -49,8 +50,9 @@ class TransientError(Exception):
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError, TransientStorageError, redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError, kombu.exceptions.OperationalError, ConnectionError,
-    TimeoutError, SoftTimeLimitExceeded,
+    redis.exceptions.TimeoutError, amqp.exceptions.RecoverableConnectionError,
+    amqp.exceptions.RecoverableChannelError, kombu.exceptions.OperationalError,
+    ConnectionError, TimeoutError, SoftTimeLimitExceeded,
 )
 
 
@@ -121,17 +123,21 @@ class RuntimeSource(Protocol):
 
     def get(self) -> Runtime: ...
 
+    def claim(self, job_ids: Sequence[int]) -> None:
+        """This process takes the jobs (`workers.liveness.claim`)."""
 
-def register_tasks(app: Celery, holder: RuntimeSource) -> None:
-    """Define the tasks on `app`; each gets its collaborators from `holder`."""
-    backoff_max = max(5, min(300, app.conf.broker_transport_options["visibility_timeout"] // 2))
+
+def register_tasks(app: Celery, holder: RuntimeSource, *, retry_backoff_max: int) -> None:
+    """Define the tasks on `app`; each gets its collaborators from `holder` and claims
+    its jobs before the work, so the sweep knows whom they wait for."""
     options = {
+        "shared": False,  # this app's own: another app in the process has its own holder
         "acks_late": True,
         "reject_on_worker_lost": True,
         "ignore_result": True,
         "autoretry_for": (TransientError,),
         "retry_backoff": True,
-        "retry_backoff_max": backoff_max,
+        "retry_backoff_max": retry_backoff_max,
         "retry_jitter": True,
         "max_retries": MAX_RETRIES,
     }
@@ -140,12 +146,14 @@ def register_tasks(app: Celery, holder: RuntimeSource) -> None:
     def process_files(items: list[tuple[int, str | None]]) -> None:
         """[job id, inbox key] pairs of files from the inbox (rows committed by the watcher)."""
         with transient_errors():
+            holder.claim([job_id for job_id, _ in items])
             run_process_files(holder.get(), [(job_id, source) for job_id, source in items])
 
     @app.task(name=PROCESS_CHUNK, **options)
     def process_chunk(job_ids: list[int], batch_id: int | None = None) -> None:
         """One chunk of a bulk archive."""
         with transient_errors():
+            holder.claim(job_ids)
             run_chunk(holder.get(), job_ids, batch_id, app)
 
     @app.task(name=NOOP, **options)

@@ -1,8 +1,11 @@
-"""Real processes for distributed tests: a private Redis server, a throwaway PostgreSQL
-cluster and Celery workers.
+"""Real processes for distributed tests: a broker of the test's own (Redis or RabbitMQ),
+a throwaway PostgreSQL cluster and Celery workers.
 
-Every test gets its own Redis server on a free port (so stopping or restarting it
-touches nobody else), its own database and its own inbox/outbox folders. Workers
+Every test gets its own broker (so stopping or restarting it touches nobody else): a
+Redis server on a free port; on RabbitMQ a throwaway vhost on the shared server, or,
+for a test that restarts the broker, a private ``rabbitmq-server`` node on free ports
+(about 8 s to boot on this machine, so only those tests pay for one). Its own
+database and its own inbox/outbox folders too. Workers
 are started in their own process group so a test can SIGKILL a worker with all its
 pool processes, and they receive their settings only through ``AIRLOCK_*`` variables.
 """
@@ -18,13 +21,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+from celery import Celery
 
+from config.broker import BrokerKind
 from tests.conftest import service_unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +55,25 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str,
         time.sleep(interval)
 
 
+class Broker(Protocol):
+    """A broker of one test's own."""
+
+    kind: BrokerKind
+
+    def url(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None:
+        """Go away (a restartable broker comes back with `start`, keeping its messages)."""
+
+    def close(self) -> None: ...
+
+
 class RedisServer:
     """A private ``redis-server`` with an append-only file, restartable on the same port."""
+
+    kind = BrokerKind.REDIS
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -96,15 +119,161 @@ class RedisServer:
             self.proc.wait(5)
         self.proc = None
 
-    def queue_lengths(self, db: int = 0) -> dict[str, int]:
-        import redis
+    def close(self) -> None:
+        self.stop()
 
-        client = redis.Redis(port=self.port, db=db)
+
+RABBITMQ_PORT = 5672  # the shared server (SERVICES.md), user guest
+
+
+def amqp_answers(url: str) -> bool:
+    from kombu import Connection
+
+    conn = Connection(url, connect_timeout=1)
+    try:
+        conn.ensure_connection(max_retries=1)
+        return True
+    except Exception:  # noqa: BLE001 - not (yet) answering
+        return False
+    finally:
+        conn.release()
+
+
+def rabbitmqctl(*args: str) -> None:
+    binary = shutil.which("rabbitmqctl")
+    if binary is None:
+        service_unavailable("RabbitMQ (rabbitmqctl)", FileNotFoundError("not on PATH"))
+    assert binary is not None
+    done = subprocess.run([binary, "-q", *args], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        service_unavailable(f"rabbitmqctl {' '.join(args)}",
+                            RuntimeError(done.stderr.strip() or done.stdout.strip()))
+
+
+class RabbitVhost:
+    """A throwaway vhost on the shared RabbitMQ server, deleted afterwards (which also
+    closes every connection to it). It cannot be restarted: see `RabbitNode`."""
+
+    kind = BrokerKind.RABBITMQ
+
+    def __init__(self, folder: Path) -> None:
+        self.vhost = f"airlock_test_{uuid.uuid4().hex[:10]}"
+        self.created = False
+
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}/{self.vhost}"
+
+    def start(self) -> None:
+        if not self.created:
+            base = f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}//"
+            if not amqp_answers(base):
+                service_unavailable("RabbitMQ", ConnectionRefusedError(base))
+            rabbitmqctl("add_vhost", self.vhost)
+            self.created = True
+            rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+
+    def stop(self) -> None:
+        raise NotImplementedError("a shared server is not restarted: mark the test "
+                                  "restarts_broker to get a node of its own")
+
+    def close(self) -> None:
+        if self.created:
+            rabbitmqctl("delete_vhost", self.vhost)
+            self.created = False
+
+
+def rabbitmq_server_binary() -> str | None:
+    """The server script itself (Debian's /usr/sbin wrapper switches user and folder)."""
+    debian = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+    return str(debian) if debian.exists() else shutil.which("rabbitmq-server")
+
+
+class RabbitNode:
+    """A private RabbitMQ node: its own node name, ports, database and logs under
+    `folder`; restartable, keeping its durable queues and persistent messages."""
+
+    kind = BrokerKind.RABBITMQ
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.node = f"airlock{uuid.uuid4().hex[:8]}@localhost"
+        self.proc: subprocess.Popen[bytes] | None = None
+        (folder / "home").mkdir(parents=True, exist_ok=True)
+        (folder / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\n")
+        (folder / "enabled_plugins").write_text("[].\n")
+
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+        return env | {
+            "HOME": str(self.folder / "home"),  # its own Erlang cookie
+            "RABBITMQ_NODENAME": self.node, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.folder / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.folder / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "enabled_plugins"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.folder / "rabbitmq-env.conf"),  # none
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        }
+
+    def start(self) -> None:
+        binary = rabbitmq_server_binary()
+        if binary is None:
+            service_unavailable("rabbitmq-server", FileNotFoundError("not installed"))
+        assert binary is not None
+        log = (self.folder / "server.log").open("ab")
+        self.proc = subprocess.Popen([binary], env=self._env(), cwd=self.folder, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: amqp_answers(self.url()) or self.proc is None
+                 or self.proc.poll() is not None, timeout=90,
+                 what=f"rabbitmq-server node {self.node}", interval=0.3)
+        if self.proc.poll() is not None:
+            tail = (self.folder / "server.log").read_text(errors="replace")[-3000:]
+            pytest.fail(f"rabbitmq-server exited:\n{tail}", pytrace=False)
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM): open connections are cut, durable data is kept."""
+        if self.proc is None:
+            return
         try:
-            return {q: int(client.llen(q)) for q in ("interactive", "bulk")} | {
-                "unacked": int(client.hlen("unacked"))}
-        finally:
-            client.close()
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        except ProcessLookupError:
+            pass
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+
+
+def make_broker(kind: BrokerKind, folder: Path, *, restartable: bool) -> Broker:
+    """A broker of `kind` for one test; a RabbitMQ one that must restart is a node."""
+    if kind is BrokerKind.REDIS:
+        return RedisServer(folder)
+    return RabbitNode(folder) if restartable else RabbitVhost(folder)
+
+
+def take_messages(app: Celery) -> int:
+    """Take every waiting message off Airlock's queues and drop it, as a worker that
+    popped it and died before recording it would (kombu's Redis transport), or as a
+    broker that lost it: how many were taken."""
+    from workers.broker import QUEUES, broker_channel
+
+    taken = 0
+    with broker_channel(app) as channel:
+        for queue in QUEUES:
+            while channel.basic_get(queue=queue, no_ack=True) is not None:
+                taken += 1
+    return taken
 
 
 def postgres_binary(name: str) -> str | None:

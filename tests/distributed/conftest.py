@@ -1,11 +1,17 @@
-"""A throw-away deployment per test: private Redis, own database, keys, inbox and outbox."""
+"""A throw-away deployment per test: its own broker, database, keys, inbox and outbox.
+
+Every test that takes `deployment` runs once per broker (`broker_kind`: Redis and
+RabbitMQ); a test that pins the parameter (``@pytest.mark.parametrize("broker_kind",
+[BrokerKind.REDIS])``) runs on that one only. A test marked ``restarts_broker`` gets
+a RabbitMQ node of its own instead of a vhost on the shared server.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,18 +21,19 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlmodel import select
 
+from config.broker import BrokerKind
 from config.settings import Settings
 from models import Batch, Job
-from models.db import create_schema, make_engine, session_scope
+from models.db import create_schema, make_engine, reading, session_scope
 from pipelines.bulk import BatchResult, batch_result
 from pipelines.keyring import VendorKeyring, init_keyring
 from pipelines.layout import make_arrival
 from pipelines.process import Processor, process
 from tests.conftest import own_postgres_database
-from tests.distributed.cluster import RedisServer, Worker, airlock_env, wait_for
+from tests.distributed.cluster import Broker, Worker, airlock_env, make_broker, wait_for
 from tests.factories import WireDevice, vendor
 from workers.celery_app import make_celery
-from workers.dispatch import Watcher, requeue_stale
+from workers.dispatch import Sweeper, SweepPolicy, Watcher
 from workers.runtime import Runtime, build_runtime
 
 
@@ -35,7 +42,7 @@ class Deployment:
     """Everything one distributed test runs against; `close` stops what it started."""
 
     root: Path
-    redis: RedisServer
+    broker: Broker
     database_url: str
     overrides: dict[str, Any] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
@@ -45,13 +52,13 @@ class Deployment:
     def values(self) -> dict[str, Any]:
         values: dict[str, Any] = {
             "home": self.root / "var", "database_url": self.database_url,
-            "broker_url": self.redis.url(0), "inbox": str(self.root / "inbox"),
+            "broker_url": self.broker.url(), "inbox": str(self.root / "inbox"),
             "outbox": str(self.root / "outbox"), "keys_dir": self.root / "keys",
             "task_time_limit": 8, "chunk_size": 4, "max_attempts": 3,
             "settle_seconds": 0.05, "scan_interval_seconds": 0.2,
         }
         values.update(self.overrides)
-        return values
+        return {k: v for k, v in values.items() if v is not None}  # None: the default
 
     @cached_property
     def settings(self) -> Settings:
@@ -99,19 +106,12 @@ class Deployment:
         self.runtime.inbox.put(key, data)
         self.watcher.on_batch([make_arrival(key, data)])
 
-    def sweep_in_background(self, older_than: float, every: float = 1.0) -> None:
-        """What ``airlock watch`` runs beside the source: publish again work nobody
-        touched for `older_than` seconds (a message lost with a killed worker)."""
-        def loop() -> None:
-            while not self._stop_sweeping.wait(every):
-                try:
-                    requeue_stale(self.runtime, self.app,
-                                  older_than=timedelta(seconds=older_than))
-                except Exception:  # noqa: BLE001 - the broker may be down for a while
-                    pass
-
-        _ = self.runtime, self.app
-        threading.Thread(target=loop, daemon=True, name="sweeper").start()
+    def sweep_in_background(self, policy: SweepPolicy | None = None) -> None:
+        """What ``airlock watch`` runs beside the source (its default policy unless
+        told): publish again what the job rows say is owed."""
+        sweeper = Sweeper(self.runtime, self.app, policy or SweepPolicy())
+        threading.Thread(target=sweeper.run, args=(self._stop_sweeping,), daemon=True,
+                         name="sweeper").start()
 
     def activated(self, key: str, count: int, prefix: str = "HW") -> list[WireDevice]:
         """Devices activated on license `key` directly (no outbox), ready to deactivate."""
@@ -137,8 +137,9 @@ class Deployment:
         return wait_for(reported, timeout=timeout, what="the batch report")
 
     def jobs(self) -> list[Any]:
-        with session_scope(self.engine) as session:
-            return list(session.exec(select(Job.id, Job.status, Job.reason, Job.attempts,
+        """The job rows as committed (a read: never waits for a worker's transaction)."""
+        with reading(self.engine) as conn:
+            return list(conn.execute(select(Job.id, Job.status, Job.reason, Job.attempts,
                                             Job.batch_id, Job.source).order_by(Job.id)))
 
     def outbox(self, suffix: str = "") -> dict[str, bytes]:
@@ -155,17 +156,34 @@ class Deployment:
             worker.stop(timeout=10)
         if "runtime" in self.__dict__:
             self.runtime.close()
+        if "app" in self.__dict__:
+            self.app.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
-        self.redis.stop()
+
+
+@pytest.fixture(params=list(BrokerKind), ids=str)
+def broker_kind(request: pytest.FixtureRequest) -> BrokerKind:
+    return BrokerKind(request.param)
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
-    """SQLite file + private Redis; `close` in a finally, with worker logs on failure."""
-    redis = RedisServer(tmp_path / "redis")
-    redis.start()
-    dep = Deployment(root=tmp_path, redis=redis, database_url=f"sqlite:///{tmp_path}/a.db")
+def broker(broker_kind: BrokerKind, tmp_path: Path,
+           request: pytest.FixtureRequest) -> Iterator[Broker]:
+    restarts = request.node.get_closest_marker("restarts_broker") is not None
+    server = make_broker(broker_kind, tmp_path / "broker", restartable=restarts)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@contextmanager
+def deployed(tmp_path: Path, broker: Broker, database_url: str,
+             request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """A `Deployment`, closed in a finally, with the worker logs printed on failure."""
+    dep = Deployment(root=tmp_path, broker=broker, database_url=database_url)
     try:
         yield dep
     finally:
@@ -173,6 +191,14 @@ def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deplo
         if failed is not None and failed.failed:
             print(dep.logs())
         dep.close()
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, broker: Broker,
+               request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """SQLite file + the test's own broker."""
+    with deployed(tmp_path, broker, f"sqlite:///{tmp_path}/a.db", request) as dep:
+        yield dep
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from config.settings import Settings
+from config.broker import BrokerKind, broker_kind
+from config.settings import Settings, SettingsError, load_settings
 from models.db import reading
 from models.tables import JOB
 from models.types import utcnow
@@ -29,13 +30,16 @@ from workers import celery_app
 from workers.celery_app import (
     BULK,
     FINISH_BATCH,
+    HEARTBEAT,
     INTERACTIVE,
     PROCESS_CHUNK,
     PROCESS_FILES,
     RuntimeHolder,
+    celery_config,
     make_celery,
 )
-from workers.dispatch import Watcher, requeue_stale
+from workers.dispatch import SweepPolicy, Watcher, requeue_stale
+from workers.liveness import beat, claim
 from workers.runtime import build_runtime
 from workers.tasks import TransientError, run_process_files, transient_errors
 
@@ -47,17 +51,18 @@ def settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def test_celery_configuration(tmp_path: Path) -> None:
-    app = make_celery(settings(tmp_path))
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/5", "amqp://guest:guest@127.0.0.1:1//"])
+def test_celery_configuration(tmp_path: Path, url: str) -> None:
+    app = make_celery(settings(tmp_path, broker_url=url))
     conf = app.conf
     assert conf.task_serializer == "json" and conf.accept_content == ["json"]
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.task_ignore_result and conf.result_backend is None
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_time_limit == 120 and 0 < conf.task_soft_time_limit < 120
-    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
     assert conf.broker_connection_retry_on_startup
     assert {q.name for q in conf.task_queues} == {INTERACTIVE, BULK}
+    assert all(q.durable for q in conf.task_queues)
     assert app.amqp.router.route({}, PROCESS_FILES)["queue"].name == INTERACTIVE
     assert app.amqp.router.route({}, PROCESS_CHUNK)["queue"].name == BULK
     assert app.amqp.router.route({}, FINISH_BATCH)["queue"].name == BULK
@@ -66,6 +71,29 @@ def test_celery_configuration(tmp_path: Path) -> None:
         assert task.acks_late and task.reject_on_worker_lost and task.ignore_result
         assert task.autoretry_for == (TransientError,) and task.retry_backoff
         assert task.retry_jitter and task.max_retries
+        assert task.retry_backoff_max == 120
+
+
+def test_broker_settings_follow_the_url_scheme(tmp_path: Path) -> None:
+    redis_conf = celery_config(settings(tmp_path, broker_url="rediss://h:6380/0"))
+    options = redis_conf["broker_transport_options"]
+    assert options["visibility_timeout"] == 240 and "broker_heartbeat" not in redis_conf
+    amqp_conf = celery_config(settings(tmp_path, broker_url="amqps://u:p@h:5671/airlock"))
+    assert amqp_conf["broker_heartbeat"] == HEARTBEAT
+    assert amqp_conf["broker_transport_options"]["confirm_publish"] is True
+    assert "visibility_timeout" not in amqp_conf["broker_transport_options"]
+    assert {broker_kind(u) for u in ("redis://h", "amqp://h", "pyamqp://h")} == set(BrokerKind)
+    with pytest.raises(SettingsError, match="AIRLOCK_BROKER_URL: .*redis:// or amqp://"):
+        load_settings(home=tmp_path, broker_url="sqs://queue")
+
+
+def test_a_time_limit_over_rabbitmqs_consumer_timeout_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="airlock.celery"):
+        celery_config(settings(tmp_path, broker_url="amqp://h//", task_time_limit=120))
+        assert not caplog.records
+        celery_config(settings(tmp_path, broker_url="amqp://h//", task_time_limit=1700))
+    assert "consumer_timeout" in caplog.text
 
 
 def test_no_broker_means_no_celery(tmp_path: Path) -> None:
@@ -175,25 +203,52 @@ def test_watcher_commits_rows_then_publishes_once(publishing: Any) -> None:
     runtime.close()
 
 
-def test_sweep_publishes_work_nobody_touched(publishing: Any) -> None:
+def test_sweep_publishes_what_the_job_rows_say_is_owed(publishing: Any) -> None:
+    """Unclaimed work only once its queue is empty; a dead worker's claims at once; a
+    live worker's claims only when it left them untouched for `stuck_after`."""
     runtime, app, ring = publishing
     watcher = Watcher(runtime, app)  # type: ignore[arg-type]
     key = add_license(runtime.engine, max_activations=10)
-    watcher.on_batch([make_arrival("ACME/a.req", WireDevice(ring, "HW").activation(
-        license_key=key))])
+    [single] = watcher.submit_many([make_arrival("ACME/a.req", WireDevice(ring, "HW")
+                                                 .activation(license_key=key))])
     watcher.on_batch([make_arrival("ACME/b.zip", make_zip([
         (f"m{i}.req", WireDevice(ring, f"M{i}").activation(license_key=key))
         for i in range(4)]))])
     app.sent.clear()
-    assert requeue_stale(runtime, app, older_than=timedelta(hours=1)).jobs == 0  # type: ignore[arg-type]
-    swept = requeue_stale(runtime, app, older_than=timedelta(0),  # type: ignore[arg-type]
-                          now=utcnow() + timedelta(seconds=1))
-    assert (swept.jobs, swept.chunks, swept.batches) == (1, 2, 0)
-    assert [name for name, _, _ in app.sent] == [PROCESS_FILES, PROCESS_CHUNK, PROCESS_CHUNK]
+    policy = SweepPolicy()
+    later = utcnow() + timedelta(minutes=1)
+
+    def sweep(at: Any, **waiting: int) -> Any:
+        return requeue_stale(runtime, app, policy=policy, now=at,  # type: ignore[arg-type]
+                             depths=lambda: waiting)
+
+    assert sweep(utcnow()).jobs == 0  # just published
+    assert sweep(later, interactive=1, bulk=2).jobs == 0  # a backlog: still queued
+    swept = sweep(later, bulk=2)
+    assert (swept.lost, swept.chunks) == (1, 0)
+    assert app.sent == [(PROCESS_FILES, [[(single, "ACME/a.req")]], {})]
     app.sent.clear()
-    # just published: not again until `older_than` passes once more
-    assert requeue_stale(runtime, app, older_than=timedelta(minutes=5)).jobs == 0  # type: ignore[arg-type]
+    assert sweep(later + timedelta(seconds=5), bulk=2).jobs == 0  # published just now
+
+    chunk = [job for job in _pending(runtime.engine) if job != single]
+    claim(runtime.engine, "w-alive", chunk[:2], later)
+    claim(runtime.engine, "w-dead", chunk[2:], later)
+    beat(runtime.engine, "w-alive", later + timedelta(seconds=30))
+    swept = sweep(later + timedelta(seconds=35), interactive=1, bulk=5)
+    assert (swept.dead, swept.lost, swept.stuck, swept.chunks) == (2, 0, 0, 1)
+    assert app.sent == [(PROCESS_CHUNK, [chunk[2:]], {"batch_id": 1})]
+    app.sent.clear()
+    much_later = later + policy.stuck_after + timedelta(seconds=1)
+    beat(runtime.engine, "w-alive", much_later)  # alive, but never came back to them
+    swept = sweep(much_later, interactive=1, bulk=5)
+    assert (swept.dead, swept.stuck) == (0, 2)
+    assert app.sent == [(PROCESS_CHUNK, [chunk[:2]], {"batch_id": 1})]
     runtime.close()
+
+
+def _pending(engine: Engine) -> list[int]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(select(JOB.c.id).where(JOB.c.status == "pending")).scalars())
 
 
 def test_watcher_takes_a_pass_of_files_in_one_commit(publishing: Any) -> None:
@@ -230,3 +285,20 @@ def test_an_entry_refused_unread_is_registered_without_content_and_archived(
     assert (outcome.status, outcome.reason) == ("rejected", "too_large")
     assert runtime.inbox.exists("_rejected/ACME/huge.zip.error.json")
     runtime.close()
+
+
+def test_a_heartbeat_beats_until_stopped_and_then_leaves(sqlite_engine: Engine) -> None:
+    from models.tables import WORKER_BEAT
+    from tests.distributed.cluster import wait_for
+    from workers.liveness import Heartbeat
+
+    def beats() -> list[Any]:
+        with sqlite_engine.connect() as conn:
+            return list(conn.execute(select(WORKER_BEAT.c.beat_at)).scalars())
+
+    heartbeat = Heartbeat(sqlite_engine, "host/1/ab", every=0.05)
+    heartbeat.start()
+    first = wait_for(beats, timeout=10, what="the first beat")[0]
+    wait_for(lambda: beats() and beats()[0] > first, timeout=10, what="a later beat")
+    heartbeat.stop()
+    assert beats() == []  # a clean stop: its claims are owed at the next sweep

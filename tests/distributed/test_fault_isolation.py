@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from config.broker import BrokerKind
 from models.migrate import upgrade
 from tests.distributed.cluster import Worker, cli_command, wait_for, write_like_an_upload
 from tests.distributed.conftest import Deployment
@@ -118,6 +121,7 @@ def _watch(dep: Deployment) -> None:
     watcher.start(wait_ready=False)
 
 
+@pytest.mark.parametrize("broker_kind", [BrokerKind.REDIS], ids=str)  # runs without one
 def test_embedded_run(deployment: Deployment) -> None:
     """A real ``airlock run`` on the drop folder; restarted while the failing file waits
     in ``_processing/`` (a runner that retries it by itself just gets there sooner)."""

@@ -12,8 +12,8 @@ from sqlmodel import select
 
 from models import JobOutput
 from models.db import session_scope
-from tests.distributed.cluster import RedisServer, wait_for
-from tests.distributed.conftest import Deployment
+from tests.distributed.cluster import Broker, wait_for
+from tests.distributed.conftest import Deployment, deployed
 from tests.factories import add_license, license_info
 from tests.test_archives import make_zip
 
@@ -22,14 +22,10 @@ APPLIED = re.compile(r"job (\d+) done \(applied\)")
 
 
 @pytest.fixture
-def pg_deployment(tmp_path: Path, pg_database: str) -> Iterator[Deployment]:
-    redis = RedisServer(tmp_path / "redis")
-    redis.start()
-    dep = Deployment(root=tmp_path, redis=redis, database_url=pg_database)
-    try:
+def pg_deployment(tmp_path: Path, broker: Broker, pg_database: str,
+                  request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    with deployed(tmp_path, broker, pg_database, request) as dep:
         yield dep
-    finally:
-        dep.close()
 
 
 def test_two_workers_share_the_work_and_lose_no_update(pg_deployment: Deployment) -> None:
