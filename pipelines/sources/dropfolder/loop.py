@@ -188,7 +188,8 @@ class DropFolderSource:
             wait = min(next_full, result.next_due, self._retries.next_due(),
                        self._claims.unreadable.next_due(), now + STOP_CHECK) - now
             gap = min(max(now - started, PASS_GAP[0]), PASS_GAP[1], self.scan_interval)
-            if stop.wait(max(0.0, min(gap, wait))):
+            # Never a busy loop, even for a timer that stays due.
+            if stop.wait(min(gap, max(wait, PASS_GAP[0]))):
                 break
             self._signals.wake.wait(max(0.0, wait - gap))
 
