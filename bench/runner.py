@@ -18,8 +18,10 @@ from bench import scenarios
 
 # PostgreSQL last: its checkpoint and autovacuum after 20,000 activations would
 # otherwise run beside the next scenario.
-SCENARIOS = ("baseline", "embedded", "latency", "activation", "distributed", "bulk",
+SCENARIOS = ("baseline", "embedded", "backlog", "latency", "activation", "distributed", "bulk",
              "activation-postgres")
+
+BASELINE_RATIOS = ("embedded", "backlog")  # reported as a share of the baseline's files/s
 
 
 def run_bench(*, files: int, workers: int, chosen: list[str], database_url: str | None,
@@ -37,6 +39,7 @@ def run_bench(*, files: int, workers: int, chosen: list[str], database_url: str 
                            redis_url=redis_url, timeout=timeout)
             figures["wall_seconds"] = round(time.perf_counter() - started, 1)
             report["scenarios"][name] = figures
+        add_ratios(report["scenarios"])
     finally:
         remove_later(root)
     report["total_seconds"] = round(time.perf_counter() - began, 1)
@@ -63,6 +66,8 @@ def _one(name: str, root: Path, **kw: Any) -> dict[str, Any]:
             return framework_free(ws.home, blobs, ws.keyring)
         if name == "embedded":
             return scenarios.embedded(ws, files, kw["timeout"], processes=kw["workers"])
+        if name == "backlog":
+            return scenarios.backlog(ws, files, kw["timeout"], processes=kw["workers"])
         if name == "latency":
             return scenarios.latency(ws, min(files, 60))
         if name in ("activation", "activation-postgres"):
@@ -78,6 +83,17 @@ def _one(name: str, root: Path, **kw: Any) -> dict[str, Any]:
         raise ValueError(f"unknown scenario {name!r}")
     finally:
         ws.close()
+
+
+def add_ratios(figures: dict[str, dict[str, Any]]) -> None:
+    """Each drop-folder scenario's files/s as a share of the same run's `baseline`."""
+    base = figures.get("baseline", {}).get("files_per_s")
+    if not base:
+        return
+    for name in BASELINE_RATIOS:
+        rate = figures.get(name, {}).get("files_per_s")
+        if rate is not None:
+            figures[name]["to_baseline"] = round(rate / base, 2)
 
 
 def _machine() -> dict[str, Any]:

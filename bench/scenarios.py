@@ -155,13 +155,40 @@ def embedded(ws: Workspace, files: int, timeout: float, processes: int = 1) -> d
         done = _wait_until(lambda: _count(ws.outbox()) >= files, timeout, poll=1.0)
     finally:
         rss = runner.stop()
+    return _drained(ws, files, processes, done, first, rss,
+                    drop_seconds=round(dropped - first, 3), setup_seconds=round(setup, 1))
+
+
+def _drained(ws: Workspace, files: int, processes: int, done: bool, first: float, rss: int,
+             **extra: Any) -> dict[str, Any]:
+    """The figures of a run that processed `files` from `first` to the last result."""
     last = max((e.stat().st_mtime for e in os.scandir(ws.outbox())), default=first)
     processed = _count(ws.home / "inbox" / "_processed" / CUSTOMER)
     return {"files": files, "processes": processes, "completed": done, "processed": processed,
             "seconds": round(last - first, 3),
-            "files_per_s": round(files / max(last - first, 1e-9), 1),
-            "drop_seconds": round(dropped - first, 3), "setup_seconds": round(setup, 1),
+            "files_per_s": round(files / max(last - first, 1e-9), 1), **extra,
             "peak_rss_mib": {"runner": rss}}
+
+
+def backlog(ws: Workspace, files: int, timeout: float, processes: int = 1) -> dict[str, Any]:
+    """N files already waiting when `airlock run` starts (a watcher restarted after an
+    outage): files/s from the runner's start to the last result."""
+    blobs, setup = deactivation_fleet(ws, files)
+    inbox = ws.inbox()
+    inbox.mkdir(exist_ok=True)
+    for i, blob in enumerate(blobs):
+        _write(inbox / f"d{i:07d}.req", blob)
+    first = time.time()
+    runner = spawn("run", ["cli", "run", "--processes", str(processes)], ws.env,
+                   ws.home / "logs")
+    try:
+        wait_for_log(runner, "watching")
+        started = time.time() - first
+        done = _wait_until(lambda: _count(ws.outbox()) >= files, timeout, poll=1.0)
+    finally:
+        rss = runner.stop()
+    return _drained(ws, files, processes, done, first, rss, start_seconds=round(started, 2),
+                    setup_seconds=round(setup, 1))
 
 
 # --- 4. latency: one file at a time into a watched folder ----------------------------------
@@ -172,11 +199,13 @@ def latency(ws: Workspace, samples: int, gap: float = 0.02,
     now = utcnow()
     fleet = active_fleet(ws.engine, samples, now=now)
     bundle = ws.keyring.public_bundle()
+    ws.inbox().mkdir(exist_ok=True)
     runner = spawn("run", ["cli", "run"], ws.env, ws.home / "logs")
     delays: list[float] = []
     try:
+        # The area exists before the runner starts: a steady state, not a new customer
+        # (whose first file waits for the full scan that finds its folder).
         wait_for_log(runner, "watching")
-        ws.inbox().mkdir(exist_ok=True)
         for i, device in enumerate(fleet):
             blob = deactivation_file(device, bundle, now=now)
             before = _count(ws.outbox())

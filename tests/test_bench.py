@@ -18,7 +18,7 @@ def test_every_scenario_reports_its_figures(tmp_path: Path, fresh_pg_url: str,
                                             redis_url: str) -> None:
     bench_redis = REDIS_URL.rsplit("/", 1)[0] + "/14"  # the smoke test's own database
     report = run_bench(files=30, workers=2,
-                       chosen=["baseline", "embedded", "latency", "activation",
+                       chosen=["baseline", "embedded", "backlog", "latency", "activation",
                                "activation-postgres", "distributed", "bulk"],
                        database_url=None, postgres_url=fresh_pg_url, redis_url=bench_redis,
                        json_path=tmp_path / "out.json", timeout=180)
@@ -27,6 +27,9 @@ def test_every_scenario_reports_its_figures(tmp_path: Path, fresh_pg_url: str,
     assert figures["baseline"]["files"] == 30 and figures["baseline"]["files_per_s"] > 0
     assert figures["embedded"]["completed"] and figures["embedded"]["processed"] == 30
     assert figures["embedded"]["files_per_s"] > 0 and figures["embedded"]["processes"] == 2
+    assert figures["embedded"]["to_baseline"] > 0
+    assert figures["backlog"]["completed"] and figures["backlog"]["processed"] == 30
+    assert figures["backlog"]["files_per_s"] > 0 and figures["backlog"]["to_baseline"] > 0
     assert figures["latency"]["samples"] == 30
     assert figures["latency"]["p50_ms"] <= figures["latency"]["p99_ms"]
     assert figures["activation"]["accepted"] == 30 and figures["activation"]["processes"] == 2

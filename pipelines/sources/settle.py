@@ -60,7 +60,9 @@ Signature = tuple[int, int, int]
 WriterCheck = Callable[[], bool | None]
 """Asks the kernel whether a file is open for writing now; None: it cannot tell."""
 
-KERNEL_CLOSE_GRACE = 0.05  # seconds after a close when the kernel vouches for no writer
+# Seconds after a close when the kernel vouches for no writer: only for a client that
+# sets times or modes by name right after its close (scp -p); the data is complete.
+KERNEL_CLOSE_GRACE = 0.01
 OPEN_RECHECK = 1.0  # seconds between questions about a file the kernel says is open
 
 

@@ -30,6 +30,10 @@ Stopping = Callable[[], bool]
 STOP_CHECK = 0.25  # seconds: how soon the loop notices its stop event
 EVENTS_RESCAN = 60.0  # seconds between full scans while the events can be relied on
 SCAN_SHARE = 0.02  # a full scan repeats no sooner than its duration / SCAN_SHARE
+# After a pass, events wait at least as long as it took (within these bounds, seconds):
+# a stream of events is taken in batches, not one pass per event, while a lone close
+# is answered at once. A timer that falls due sooner is never delayed by it.
+PASS_GAP = (0.002, 0.05)
 
 
 def _never() -> bool:
@@ -159,9 +163,9 @@ class DropFolderSource:
             self._recover(stop.is_set)
         except Exception:
             log.exception("recovering the files in %s/_processing failed", self.root)
-        min_gap = min(0.05, self.scan_interval)
         next_full = float("-inf")
         while not stop.is_set():
+            self._signals.wake.clear()  # events from here on wake the wait below
             started = self._clock()
             full = started >= next_full or self._signals.take_full_request()
             try:
@@ -183,10 +187,11 @@ class DropFolderSource:
                 next_full = now + gap
             wait = min(next_full, result.next_due, self._retries.next_due(),
                        self._claims.unreadable.next_due(), now + STOP_CHECK) - now
-            if stop.wait(min_gap):
+            gap = min(max(now - started, PASS_GAP[0]), PASS_GAP[1], self.scan_interval)
+            # Never a busy loop, even for a timer that stays due.
+            if stop.wait(min(gap, max(wait, PASS_GAP[0]))):
                 break
-            self._signals.wake.wait(max(0.0, wait - min_gap))
-            self._signals.wake.clear()
+            self._signals.wake.wait(max(0.0, wait - gap))
 
     def _full_scan_gap(self, took: float) -> float:
         """Seconds until the next full scan, after one that took `took` seconds."""
