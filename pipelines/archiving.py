@@ -2,7 +2,7 @@
 
 A file is archived only once its results are durable in the outbox. The target name
 is the plain ``_<disposition>/<area>/<name>`` if free, else one carrying the content
-hash (`layout.unique_archive_key`); several archivers may share an inbox (`airlock run
+hash (`layout.archive_key_candidates`); several archivers may share an inbox (`airlock run
 --processes`, Celery workers), so the error report's name is taken with an exclusive
 create and the file is moved without replacing: a name another archiver took a moment
 ago makes this one try the next name, and nothing ever overwrites another archive.
@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pipelines.layout import Disposition, error_report_key, unique_archive_key
+from pipelines.layout import Disposition, archive_key_candidates, error_report_key
 from pipelines.storage.base import Store
 
-_TRIES = 100
+_TRIES = 100_000  # names found taken before giving up (the same file resent)
 
 
 class InboxFile(Protocol):
@@ -51,9 +51,11 @@ def archive(inbox: Store, source: InboxFile, disposition: Disposition,
     the key it got, or None if another archiver moved it already. `durable=False`
     leaves the flush to one `inbox.sync()` for a whole batch."""
     content = (json.dumps(report, indent=2) + "\n").encode() if report is not None else None
-    for _ in range(_TRIES):
-        target = unique_archive_key(inbox, disposition, source.area, source.name,
-                                    source.sha256)
+    races = 0
+    for target in archive_key_candidates(disposition, source.area, source.name,
+                                         source.sha256):
+        if content is not None and inbox.exists(target):
+            continue  # taken: skip writing a report for it (a plain move just tries)
         report_key = error_report_key(target)
         if content is not None and not inbox.put_if_absent(report_key, content,
                                                             durable=durable):
@@ -65,7 +67,10 @@ def archive(inbox: Store, source: InboxFile, disposition: Disposition,
                 inbox.delete(report_key)  # ours, written for a name we did not get
             if isinstance(exc, FileNotFoundError):
                 return None  # another archiver moved the source already
-            continue  # another archiver took that name a moment ago: the next one
+            races += 1
+            if races > _TRIES:
+                break
+            continue  # that name is taken (perhaps a moment ago): the next one
         return target
     raise RuntimeError(f"no free archive name for {source.key}")
 

@@ -16,7 +16,9 @@ customer. Outbox store root: ``<TENANT>/<result name>``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -178,17 +180,22 @@ def unique_archive_key(store: Store, disposition: str, area: str, name: str,
 
     The check is not atomic; a single archiver per area is assumed.
     """
+    return next(key for key in archive_key_candidates(disposition, area, name, sha256)
+                if not store.exists(key))
+
+
+def archive_key_candidates(disposition: str, area: str, name: str,
+                           sha256: str) -> Iterator[str]:
+    """The archive keys to try in order: the plain one, ``<name>.<sha12>``, then
+    ``<name>.<sha12>.<n>`` (n = 2, 3, ...). An archiver that moves without replacing
+    tries them in turn, without looking first."""
     if not _SHA256.match(sha256):
         raise ValueError(f"{sha256!r} is not a lowercase hex SHA-256")
     base = archive_key(disposition, area, name)
-    if not store.exists(base):
-        return base
-    candidate = f"{base}.{sha256[:12]}"
-    counter = 2
-    while store.exists(candidate):
-        candidate = f"{base}.{sha256[:12]}.{counter}"
-        counter += 1
-    return check_key(candidate)
+    yield base
+    yield check_key(f"{base}.{sha256[:12]}")
+    for counter in itertools.count(2):
+        yield check_key(f"{base}.{sha256[:12]}.{counter}")
 
 
 def outbox_key(tenant: str, result_name: str) -> str:

@@ -34,12 +34,16 @@ class EmbeddedRunner:
         """Handle a batch; the arrivals not finished (still in the inbox) come back."""
         # A whole pass's ready files in two transactions and one outbox sync: per-file
         # commits and fsyncs, not the work itself, were what bounded throughput.
-        self.intake.handle_many([a for a in arrivals if not is_bulk(a)])
-        for arrival in arrivals:
-            if is_bulk(arrival):  # archives expand into their own batch of jobs
-                handle_archive(self.runtime, arrival)
-        left = self.runtime.inbox.which_exist([a.key for a in arrivals])
-        return [a for a in arrivals if a.key in left]
+        singles = [a for a in arrivals if not is_bulk(a)]
+        archives = [a for a in arrivals if is_bulk(a)]
+        applied = self.intake.handle_many(singles)
+        for arrival in archives:  # archives expand into their own batch of jobs
+            handle_archive(self.runtime, arrival)
+        # Only a failed file or an archive can still be in the inbox: ask the store
+        # about those alone (a pass of finished files costs no look-up).
+        maybe_left = (singles if applied.failed else []) + archives
+        left = self.runtime.inbox.which_exist([a.key for a in maybe_left]) if maybe_left else set()
+        return [a for a in maybe_left if a.key in left]
 
     def run(self, stop: threading.Event) -> None:
         log.info("watching %s (embedded mode)", self.runtime.settings.resolved_inbox)

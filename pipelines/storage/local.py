@@ -149,8 +149,12 @@ class LocalStore:
     def _entry_stat(self, key: str) -> os.stat_result:
         """The ``lstat`` of the entry at `key` that is not a folder: a file, or a
         symlink, FIFO, socket or device (moved, never opened)."""
+        return self._lstat_entry(self.path_for(key, follow=False), key)
+
+    @staticmethod
+    def _lstat_entry(path: Path, key: str) -> os.stat_result:
         try:
-            st = os.lstat(self.path_for(key, follow=False))
+            st = os.lstat(path)
         except NotADirectoryError:
             raise FileNotFoundError(errno.ENOENT, "no such object", key) from None
         if stat.S_ISDIR(st.st_mode):
@@ -432,7 +436,7 @@ class LocalStore:
         rename = os.replace if replace else rename_noreplace
         src_path = self.path_for(src, follow=False)
         dst_path = self.path_for(dst)
-        self._entry_stat(src)
+        st = self._lstat_entry(src_path, src)
         self._ensure_dir(dst_path.parent)
         try:
             rename(str(src_path), str(dst_path))
@@ -443,7 +447,8 @@ class LocalStore:
                 rename(str(src_path), str(dst_path))
             else:
                 raise
-        self._set_file_mode(dst_path)
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != self.file_mode:
+            self._set_file_mode(dst_path)  # a rename keeps the mode: only then look again
         if durable:
             self._sync_dir(dst_path.parent)
 
