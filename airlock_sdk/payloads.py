@@ -142,6 +142,8 @@ def check_int64(value: Any) -> None:
     "features[1].max_consumptions") of the first integer, at any depth, outside
     INT64_MIN..INT64_MAX. Booleans are not integers here. Iterative: a payload nests as
     deep as the JSON parser allows."""
+    if _all_int64(value):
+        return  # the common case, without building a path for every value
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
         item, path = stack.pop()
@@ -157,6 +159,24 @@ def check_int64(value: Any) -> None:
         elif isinstance(item, list | tuple):
             stack.extend((child, (*path, index)) for index, child in
                          reversed(list(enumerate(item))))
+
+
+def _all_int64(value: Any) -> bool:
+    """No integer in `value` outside INT64_MIN..INT64_MAX (`check_int64` names one)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is int:
+            if not INT64_MIN <= item <= INT64_MAX:
+                return False
+        elif kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind not in (str, bool, float, type(None)):
+            return False  # anything else: the careful walk decides
+    return True
 
 
 def _path(path: tuple[str | int, ...]) -> str:

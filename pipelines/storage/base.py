@@ -81,11 +81,12 @@ def check_key(key: str) -> str:
         raise InvalidKey(f"key {key!r} contains a control character")
     if key.startswith("/"):
         raise InvalidKey(f"key {key!r} is absolute")
-    for segment in key.split("/"):
-        if segment == "":
-            raise InvalidKey(f"key {key!r} has an empty segment")
-        if segment in (".", ".."):
-            raise InvalidKey(f"key {key!r} has a {segment!r} segment")
+    segments = key.split("/")
+    if "" in segments:
+        raise InvalidKey(f"key {key!r} has an empty segment")
+    for dots in (".", ".."):
+        if dots in segments:
+            raise InvalidKey(f"key {key!r} has a {dots!r} segment")
     return key
 
 
