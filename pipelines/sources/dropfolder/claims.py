@@ -231,9 +231,11 @@ class Claims:
         # A claim is routine (the outcome line that follows names the file): DEBUG.
         # Taking again a file left by a dead run is not: INFO (a retry is DEBUG: the
         # outage, or the failure, was logged when it happened).
-        log.log(logging.DEBUG if origin or quiet else logging.INFO, "%s %s (%d bytes, sha256 %s)",
-                f"claimed {escaped(origin)} as" if origin else "took again", key,
-                arrival.size, arrival.sha256[:16])
+        level = logging.DEBUG if origin or quiet else logging.INFO
+        if log.isEnabledFor(level):  # the escaping costs more than the line, at DEBUG
+            log.log(level, "%s %s (%d bytes, sha256 %s)",
+                    f"claimed {escaped(origin)} as" if origin else "took again", key,
+                    arrival.size, arrival.sha256[:16])
         return Held(arrival, fd, held, path)
 
     def _give_back(self, key: str, origin: str | None, fd: int) -> bool:
