@@ -58,7 +58,7 @@ def create_catalogue(engine: Engine, licenses: int, *, seats: int = DEVICES_PER_
             "starts_at": now, "max_consumptions": 10**12, "total_consumptions": 0,
             "allow_overages": False, "created_at": now, "updated_at": now} for key in keys])
         ids: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
-            select(License.key, License.id)).tuples().all())
+            select(License.key, License.id)).all())
         conn.execute(insert(LicenseFeature), [{
             "license_id": ids[key], "code": "export", "kind": FeatureKind.CONSUMPTION,
             "total_consumptions": 0, "allow_overages": False} for key in keys])
