@@ -22,7 +22,7 @@ test: $(STAMP) services
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy config models pipelines workers cli airlock_sdk bench
+	$(BIN)/mypy config models pipelines workers cli airlock_sdk bench web
 
 demo: $(STAMP)
 	rm -rf var/demo

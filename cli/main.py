@@ -99,7 +99,8 @@ def _register_optional() -> None:
     import importlib
 
     for module, name in (("cli.device", "device"), ("cli.pipeline", None), ("cli.demo", None),
-                         ("cli.distributed", None), ("cli.ops", None), ("cli.bench", None)):
+                         ("cli.distributed", None), ("cli.ops", None), ("cli.bench", None),
+                         ("cli.web", None)):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -65,6 +65,20 @@ class Settings(BaseSettings):
     # How long a vendor-signed request may wait before it is applied.
     vendor_request_days: int = Field(default=7, gt=0)
 
+    # `airlock serve`: the portal, the customer API and (later) the console.
+    serve_address: str = "127.0.0.1"
+    serve_port: int = Field(default=8080, ge=1, le=65535)
+    # An upload is answered at once when its outcome is ready within this long, else 202.
+    answer_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    portal_public: bool = Field(default=True, description="The account-free upload page")
+    portal_uploads_per_minute: int = Field(default=30, gt=0, description="Per client address")
+    portal_title: str = Field(default="Airlock offline activation", max_length=120)
+    portal_logo: str | None = Field(default=None, description="Logo URL or path")
+    portal_accent: str = Field(default="#2f5d8a", description="Accent colour, #rgb or #rrggbb")
+    portal_support: str | None = Field(default=None, max_length=200)
+    portal_footer: str | None = Field(default=None, max_length=500)
+    portal_templates: Path | None = Field(default=None, description="Pages that override ours")
+
     @field_validator("database_url")
     @classmethod
     def _database_scheme(cls, value: str) -> str:
@@ -86,6 +100,13 @@ class Settings(BaseSettings):
     def _location(cls, value: str) -> str:
         if value.startswith("s3://") and len(value) <= len("s3://"):
             raise ValueError("an s3:// location needs a bucket: s3://bucket/prefix")
+        return value
+
+    @field_validator("portal_accent")
+    @classmethod
+    def _accent(cls, value: str) -> str:
+        if not re.fullmatch(r"#(?:[0-9a-fA-F]{3}){1,2}", value):
+            raise ValueError(f"must be a colour such as #2f5d8a, not {value!r}")
         return value
 
     @field_validator("file_mode", mode="before")

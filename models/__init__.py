@@ -1,5 +1,6 @@
 """SQLModel tables, split by domain. Importing this package registers every table."""
 
+from models.access import ApiToken, IdempotentUpload
 from models.devices import Device, DeviceStatus
 from models.ledger import (
     AppliedRequest,
@@ -27,6 +28,8 @@ from models.licensing import (
 )
 
 __all__ = [
+    "ApiToken",
+    "IdempotentUpload",
     "AppliedRequest",
     "AuditEvent",
     "AuthMethod",

@@ -11,12 +11,14 @@ from typing import cast
 from sqlalchemy import Table
 
 from models import (
+    ApiToken,
     AppliedRequest,
     AuditEvent,
     Batch,
     ConsumptionEvent,
     Customer,
     Device,
+    IdempotentUpload,
     Job,
     JobEvaluation,
     JobOutput,
@@ -34,6 +36,8 @@ def _table(model: type) -> Table:
 
 
 APPLIED = _table(AppliedRequest)
+API_TOKEN = _table(ApiToken)
+IDEMPOTENT = _table(IdempotentUpload)
 AUDIT = _table(AuditEvent)
 BATCH = _table(Batch)
 CUSTOMER = _table(Customer)

@@ -123,3 +123,12 @@ def refresh_name(request_id: str, license_key: str, hardware_id: str) -> str:
     slug = _SAFE.sub("_", hardware_id)[:48].strip("._") or "device"
     tag = hashlib.sha256(f"{license_key}\0{hardware_id}".encode()).hexdigest()[:8]
     return f"{request_id}/{slug}-{tag}/license_refresh.lic"
+
+
+def device_file_name(result_name: str) -> str:
+    """The name a device looks for when it is handed `result_name` (portal downloads):
+    ``license.lic``, ``license_refresh.lic``; receipts and rejections keep their names."""
+    base = result_name.rsplit("/", 1)[-1]
+    if base == "license_refresh.lic" or not base.endswith(".lic"):
+        return base
+    return "license.lic"

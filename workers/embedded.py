@@ -28,9 +28,9 @@ class EmbeddedRunner:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.intake = runtime.intake()
-        self.source: Source = make_source(runtime.settings, runtime.inbox, self._on_batch)
+        self.source: Source = make_source(runtime.settings, runtime.inbox, self.on_batch)
 
-    def _on_batch(self, arrivals: list[Arrival]) -> list[Arrival]:
+    def on_batch(self, arrivals: list[Arrival]) -> list[Arrival]:
         """Handle a batch; the arrivals not finished (still in the inbox) come back."""
         # A whole pass's ready files in two transactions and one outbox sync: per-file
         # commits and fsyncs, not the work itself, were what bounded throughput.

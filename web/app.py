@@ -1,0 +1,83 @@
+"""The web application: `create_app(services)`; `airlock serve` runs it on uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import Engine
+
+from config.settings import Settings
+from pipelines.process import Processor
+from pipelines.uploads import Uploads
+from web.body import BodyTooLarge
+from web.links import Links
+from web.ratelimit import RateLimiter
+
+log = logging.getLogger("airlock.web")
+
+PACKAGE = Path(__file__).parent
+
+# Pages and answers load nothing from elsewhere; the API docs page loads Swagger UI.
+_CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'")
+_DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.com; "
+             "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+             "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; object-src 'none'; "
+             "frame-ancestors 'none'")
+
+
+@dataclass
+class WebServices:
+    """What the routes need, built once by the entry point."""
+
+    settings: Settings
+    engine: Engine
+    processor: Processor
+    uploads: Uploads
+    links: Links
+    limiter: RateLimiter
+
+    def now(self) -> datetime:
+        return self.processor.clock()
+
+
+def create_app(services: WebServices) -> FastAPI:
+    from web.api import router as api_router
+    from web.portal import router as portal_router
+    from web.portal import templates_for
+
+    app = FastAPI(title="Airlock", version="1", docs_url="/docs", redoc_url=None,
+                  openapi_url="/openapi.json",
+                  description="Upload offline license request files and fetch the answers.")
+    app.state.services = services
+    app.state.templates = templates_for(services.settings)
+    app.mount("/static", StaticFiles(directory=PACKAGE / "static"), name="static")
+    app.include_router(api_router)
+    app.include_router(portal_router)
+
+    @app.middleware("http")
+    async def _headers(request: Request,
+                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        docs = request.url.path == "/docs"
+        response.headers["Content-Security-Policy"] = _DOCS_CSP if docs else _CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> Response:
+        return JSONResponse(status_code=413, content={
+            "reason": "too_large", "message": f"The upload is larger than the accepted "
+            f"limit of {exc.limit} bytes."}, headers={"Connection": "close"})
+
+    return app

@@ -1,0 +1,69 @@
+"""`airlock serve`: the web app on uvicorn, its uploads handed to this mode's intake."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from config.settings import Settings
+from pipelines.uploads import Handover, Uploads
+from web.app import WebServices
+from web.links import Links, link_key
+from web.ratelimit import RateLimiter
+from workers.runtime import Runtime, build_runtime
+
+log = logging.getLogger("airlock.web")
+
+
+def handover_for(runtime: Runtime) -> Handover:
+    """Embedded: the runner's hand-over (processed here). With a broker: the watcher's
+    (registered, then queued for the workers)."""
+    if runtime.settings.embedded:
+        from workers.embedded import EmbeddedRunner
+
+        return EmbeddedRunner(runtime).on_batch
+    from workers.celery_app import make_celery
+    from workers.dispatch import Watcher
+
+    return Watcher(runtime, make_celery(runtime.settings)).on_batch
+
+
+@contextmanager
+def web_services(settings: Settings) -> Iterator[WebServices]:
+    runtime = build_runtime(settings)
+    uploads = Uploads(runtime.engine, runtime.inbox, runtime.outbox, handover_for(runtime))
+    uploads.start()
+    try:
+        yield WebServices(settings=settings, engine=runtime.engine,
+                          processor=runtime.processor, uploads=uploads,
+                          links=Links(link_key(runtime.keyring)),
+                          limiter=RateLimiter(settings.portal_uploads_per_minute))
+    finally:
+        uploads.close()
+        runtime.close()
+
+
+def serve(settings: Settings, stop: threading.Event) -> None:
+    """Serve until `stop` is set (SIGTERM/SIGINT set it through uvicorn)."""
+    import uvicorn
+
+    from web.app import create_app
+
+    with web_services(settings) as services:
+        config = uvicorn.Config(create_app(services), host=settings.serve_address,
+                                port=settings.serve_port, log_config=None,
+                                proxy_headers=False, server_header=False)
+        server = uvicorn.Server(config)
+        watcher = threading.Thread(target=_stop_when, args=(stop, server), daemon=True)
+        watcher.start()
+        log.info("serving on http://%s:%d (%s mode)", settings.serve_address,
+                 settings.serve_port, "embedded" if settings.embedded else "distributed")
+        server.run()
+        stop.set()
+
+
+def _stop_when(stop: threading.Event, server: object) -> None:
+    stop.wait()
+    server.should_exit = True  # type: ignore[attr-defined]
