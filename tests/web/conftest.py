@@ -56,13 +56,8 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serving(settings: Settings) -> Iterator[Served]:
-    """Migrate, make the vendor keys and catalogue, and serve on a free loopback port."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.resolved_database_url)
-    keyring, _ = init_keyring(settings.resolved_keys_dir)
-    engine = make_engine(settings.resolved_database_url)
-    vendor(engine)
+def running_app(settings: Settings) -> Iterator[tuple[str, WebServices]]:
+    """`airlock serve`'s app for `settings` on uvicorn, on a free loopback port."""
     settings = settings.model_copy(update={"serve_port": _free_port()})
     with web_services(settings) as services:
         config = uvicorn.Config(create_app(services), host="127.0.0.1",
@@ -75,12 +70,25 @@ def serving(settings: Settings) -> Iterator[Served]:
             assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.01)
         try:
-            yield Served(f"http://127.0.0.1:{settings.serve_port}", settings, engine, keyring,
-                         services)
+            yield f"http://127.0.0.1:{settings.serve_port}", services
         finally:
             server.should_exit = True
             thread.join(timeout=30)
-            engine.dispose()
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[Served]:
+    """Migrate, make the vendor keys and catalogue, and serve."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    keyring, _ = init_keyring(settings.resolved_keys_dir)
+    engine = make_engine(settings.resolved_database_url)
+    vendor(engine)
+    try:
+        with running_app(settings) as (url, services):
+            yield Served(url, settings, engine, keyring, services)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture

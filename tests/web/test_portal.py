@@ -1,0 +1,159 @@
+"""The public portal on the real app: upload a device's file, download what it loads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from airlock_sdk.device import Device
+from models.db import reading
+from models.tables import DEVICE, JOB
+from tests.factories import license_info
+from tests.web.conftest import Served, serving
+
+
+def _sdk_device(served: Served, tmp_path: Path, hardware_id: str = "HW-1") -> Device:
+    return Device.init(tmp_path / hardware_id, hardware_id, served.keyring.public_bundle())
+
+
+def _links(page: str) -> list[str]:
+    return re.findall(r'href="(/portal/results/[^"]+)"', page)
+
+
+def _jobs(served: Served) -> int:
+    with reading(served.engine) as conn:
+        return int(conn.execute(select(func.count()).select_from(JOB)).scalar() or 0)
+
+
+def test_upload_a_file_and_the_device_loads_the_answer(served: Served, tmp_path: Path) -> None:
+    key = served.license(max_activations=1)
+    device = _sdk_device(served, tmp_path)
+    request = device.request_activation(product="pro", license_key=key)
+    with served.client() as client:
+        form = client.get("/")
+        assert form.status_code == 200 and 'enctype="multipart/form-data"' in form.text
+        page = client.post("/", files={"file": ("activation.req", request)})
+        assert page.status_code == 200, page.text
+        assert 'id="outcome" class="accepted"' in page.text
+        (link,) = _links(page.text)
+        download = client.get(link)
+    assert download.status_code == 200
+    assert 'filename="license.lic"' in download.headers["content-disposition"]
+    entitlements = device.load(download.content)
+    assert entitlements.license_key == key
+    assert license_info(served.engine, key)["active_devices"] == 1
+
+
+def test_pasted_text_works_like_a_file(served: Served, tmp_path: Path) -> None:
+    key = served.license()
+    request = _sdk_device(served, tmp_path).request_activation(product="pro", license_key=key)
+    with served.client() as client:
+        page = client.post("/", data={"text": request.decode()})
+    assert 'class="accepted"' in page.text
+    assert license_info(served.engine, key)["active_devices"] == 1
+
+
+def test_forged_and_unknown_files_are_refused_with_the_public_sentence(
+        served: Served, tmp_path: Path) -> None:
+    key = served.license()
+    request = bytearray(served.device().activation(license_key=key))
+    middle = len(request) // 2
+    request[middle] = ord("A") if request[middle] != ord("A") else ord("B")
+    with served.client() as client:
+        tampered = client.post("/", files={"file": ("a.req", bytes(request))})
+        unknown = client.post("/", files={"file": (
+            "b.req", served.device("HW-2").activation(license_key="NOPE-NOPE"))})
+        empty = client.post("/", files={"file": ("c.req", b"")})
+        garbage = client.post("/", files={"file": ("d.req", b"\x00" * 100)})
+    assert tampered.status_code == 422 and 'class="refused"' in tampered.text
+    assert re.search(r'id="reason">(bad_signature|malformed)<', tampered.text)
+    assert unknown.status_code == 422 and 'id="reason">unknown_license<' in unknown.text
+    assert "another customer" not in unknown.text.lower()
+    assert empty.status_code == 400
+    assert garbage.status_code == 422
+    assert _jobs(served) == 0
+    with reading(served.engine) as conn:
+        assert conn.execute(select(func.count()).select_from(DEVICE)).scalar() == 0
+
+
+def test_download_links_are_signed_and_scoped(served: Served, tmp_path: Path) -> None:
+    key = served.license()
+    request = _sdk_device(served, tmp_path).request_activation(product="pro", license_key=key)
+    with served.client() as client:
+        (link,) = _links(client.post("/", files={"file": ("a.req", request)}).text)
+        job, expires, signature, name = link.split("/")[3:7]
+        forged = [
+            f"/portal/results/{job}/{expires}/{'0' * 32}/{name}",
+            f"/portal/results/{int(job) + 1}/{expires}/{signature}/{name}",
+            f"/portal/results/{job}/{int(expires) + 1}/{signature}/{name}",
+            f"/portal/results/{job}/1/{served.services.links.sign(int(job), name, 1)}/{name}",
+        ]
+        assert client.get(link).status_code == 200
+        assert [client.get(url).status_code for url in forged] == [404] * 4
+
+
+def test_oversized_form_is_refused_while_streaming(served: Served) -> None:
+    big = b"x" * (served.settings.max_file_bytes + 128 * 1024)
+    with served.client() as client:
+        response = client.post("/", files={"file": ("big.req", big)})
+    assert response.status_code == 413
+    assert _jobs(served) == 0
+
+
+def test_security_headers_and_rate_limit(tmp_path: Path) -> None:
+    with serving(_settings(tmp_path, portal_uploads_per_minute=2)) as served, \
+            served.client() as client:
+        page = client.get("/")
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert page.headers["x-frame-options"] == "DENY"
+        codes = [client.post("/", files={"file": ("a.req", b"junk")}).status_code
+                 for _ in range(3)]
+    assert codes == [422, 422, 429]
+
+
+def test_the_public_portal_can_be_turned_off(tmp_path: Path) -> None:
+    with serving(_settings(tmp_path, portal_public=False)) as served, \
+            served.client() as client:
+        assert client.get("/").status_code == 404
+        assert client.post("/", files={"file": ("a.req", b"x")}).status_code == 404
+        assert client.get("/api/v1/jobs/1").status_code == 401  # the API stays
+
+
+def test_white_label_settings_and_template_override(tmp_path: Path) -> None:
+    templates = tmp_path / "brand"
+    templates.mkdir()
+    (templates / "portal.html").write_text(
+        '{% extends "base.html" %}{% block main %}<p id="custom">Our own page</p>'
+        '{% endblock %}')
+    settings = _settings(tmp_path, portal_title="Contoso Licensing", portal_accent="#c0392b",
+                         portal_support="help@contoso.example", portal_footer="Contoso Ltd",
+                         portal_templates=templates)
+    with serving(settings) as served, served.client() as client:
+        page = client.get("/").text
+        theme = client.get("/theme.css").text
+    assert "<title>Contoso Licensing</title>" in page
+    assert 'id="custom">Our own page' in page
+    assert "help@contoso.example" in page and "Contoso Ltd" in page
+    assert "--accent: #c0392b" in theme
+
+
+def test_a_bad_accent_colour_is_a_settings_error() -> None:
+    from config.settings import SettingsError, load_settings
+
+    try:
+        load_settings(portal_accent="red; } body { display:none")
+    except SettingsError as exc:
+        assert "AIRLOCK_PORTAL_ACCENT" in str(exc)
+    else:
+        raise AssertionError("accepted a style sheet as a colour")
+
+
+def _settings(tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    from config.settings import Settings
+
+    return Settings(home=tmp_path / "var", **overrides)  # type: ignore[arg-type]
+
