@@ -1,6 +1,6 @@
 """SQLModel tables, split by domain. Importing this package registers every table."""
 
-from models.access import ApiToken, IdempotentUpload
+from models.access import ApiToken, IdempotentUpload, Operator, OperatorSession
 from models.devices import Device, DeviceStatus
 from models.ledger import (
     AppliedRequest,
@@ -50,6 +50,8 @@ __all__ = [
     "LicenseType",
     "LicenseUser",
     "LoginFailure",
+    "Operator",
+    "OperatorSession",
     "Product",
     "WorkerBeat",
 ]

@@ -42,3 +42,27 @@ class IdempotentUpload(SQLModel, table=True):
     job_id: int | None = Field(default=None, foreign_key="job.id")
     batch_id: int | None = Field(default=None, foreign_key="batch.id")
     created_at: datetime = Field(default_factory=utcnow, sa_column=_created())
+
+
+class Operator(SQLModel, table=True):
+    """A vendor employee who may use the console; the password is kept as argon2id."""
+
+    __tablename__ = "operator"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True, index=True)
+    password_hash: str = Field(max_length=256)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_created())
+    last_login_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+
+
+class OperatorSession(SQLModel, table=True):
+    """A signed-in console session: the cookie holds the token, the row its hash and the
+    CSRF token the session's forms must carry."""
+
+    __tablename__ = "operator_session"
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True, index=True)
+    operator_id: int = Field(foreign_key="operator.id", index=True)
+    csrf: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_created())
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

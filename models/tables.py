@@ -26,6 +26,8 @@ from models import (
     LicenseFeature,
     LicenseUser,
     LoginFailure,
+    Operator,
+    OperatorSession,
     Product,
     WorkerBeat,
 )
@@ -48,6 +50,8 @@ FEATURE = _table(LicenseFeature)
 JOB = _table(Job)
 LICENSE = _table(License)
 LOGIN_FAILURE = _table(LoginFailure)
+OPERATOR = _table(Operator)
+OPERATOR_SESSION = _table(OperatorSession)
 OUTPUT = _table(JobOutput)
 PRODUCT = _table(Product)
 USER = _table(LicenseUser)

@@ -76,8 +76,8 @@ def _check_code(code: str, what: str) -> None:
                                            "'-' or '_'")
 
 
-def _audit(session: Session, action: str, **detail: Any) -> None:
-    session.add(AuditEvent(actor="operator", action=action,
+def _audit(session: Session, action: str, *, actor: str = "operator", **detail: Any) -> None:
+    session.add(AuditEvent(actor=actor, action=action,
                            license_id=detail.pop("license_id", None),
                            tenant=detail.pop("tenant", None), detail=detail))
 
@@ -289,6 +289,7 @@ def update_license(
     put_features: list[FeatureSpec] = (),  # type: ignore[assignment]
     remove_features: list[str] = (),  # type: ignore[assignment]
     now: datetime | None = None,
+    actor: str = "operator",
 ) -> License:
     """Change entitlements; devices learn of them through a refresh file."""
     now = now or utcnow()
@@ -313,13 +314,13 @@ def update_license(
         session.delete(feature)
     lic.updated_at = now
     session.add(lic)
-    _audit(session, "license.update", license_id=lic.id)
+    _audit(session, "license.update", actor=actor, license_id=lic.id)
     session.flush()
     return lic
 
 
 def release_device(*, session: Session, key: str, hardware_id: str,
-                   now: datetime | None = None) -> dict[str, Any]:
+                   now: datetime | None = None, actor: str = "operator") -> dict[str, Any]:
     """Free the seat of a device that will never deactivate (replaced, lost hardware).
 
     Usage the device had not reported is lost: the vendor accepts that by doing this,
@@ -339,7 +340,7 @@ def release_device(*, session: Session, key: str, hardware_id: str,
     device.deactivation_job_id = None
     session.add(device)
     customer = session.get(Customer, lic.customer_id)
-    _audit(session, "device.release", license_id=lic.id,
+    _audit(session, "device.release", actor=actor, license_id=lic.id,
            tenant=customer.code if customer else None, hardware_id=hardware_id,
            usage_counter=device.usage_counter, unreported_usage="lost")
     session.flush()

@@ -114,3 +114,28 @@ def _ledger_counts(engine: Engine, found: dict[str, CustomerStatus], now: dateti
             found[row.tenant].batches.append(BatchProgress(
                 batch_id=row.id, archive=row.source.rsplit("/", 1)[-1], status=row.status,
                 finished=row.finished, total=row.total))
+
+
+@dataclass
+class HourCount:
+    """Files that finished in one hour (its start, UTC), by status."""
+
+    start: datetime
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def hourly_outcomes(engine: Engine, *, now: datetime, hours: int = 24) -> list[HourCount]:
+    """Files finished per hour over the last `hours` hours, oldest first (empty hours
+    included); counted here, so every database answers the same way."""
+    end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    start = end - timedelta(hours=hours)
+    slots = [HourCount(start + timedelta(hours=n)) for n in range(hours)]
+    with reading(engine) as conn:
+        rows = conn.execute(select(JOB.c.finished_at, JOB.c.status)
+                            .where(JOB.c.finished_at >= start))
+        for finished_at, state in rows:
+            index = int((finished_at - start).total_seconds() // 3600)
+            if 0 <= index < hours:
+                slot = slots[index].counts
+                slot[state] = slot.get(state, 0) + 1
+    return slots

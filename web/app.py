@@ -19,6 +19,7 @@ from pipelines.uploads import Uploads
 from web.body import BodyTooLarge
 from web.links import Links
 from web.ratelimit import RateLimiter
+from workers.runtime import Runtime
 
 log = logging.getLogger("airlock.web")
 
@@ -37,18 +38,30 @@ _DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.
 class WebServices:
     """What the routes need, built once by the entry point."""
 
-    settings: Settings
-    engine: Engine
-    processor: Processor
+    runtime: Runtime
     uploads: Uploads
     links: Links
-    limiter: RateLimiter
+    limiter: RateLimiter  # public uploads
+    logins: RateLimiter  # console sign-in attempts
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def engine(self) -> Engine:
+        return self.runtime.engine
+
+    @property
+    def processor(self) -> Processor:
+        return self.runtime.processor
 
     def now(self) -> datetime:
         return self.processor.clock()
 
 
 def create_app(services: WebServices) -> FastAPI:
+    from web import console
     from web.api import router as api_router
     from web.portal import router as portal_router
     from web.portal import templates_for
@@ -61,6 +74,8 @@ def create_app(services: WebServices) -> FastAPI:
     app.mount("/static", StaticFiles(directory=PACKAGE / "static"), name="static")
     app.include_router(api_router)
     app.include_router(portal_router)
+    app.include_router(console.router)
+    console.install(app)
 
     @app.middleware("http")
     async def _headers(request: Request,

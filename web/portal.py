@@ -39,7 +39,7 @@ def templates_for(settings: Settings) -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
-def _page(request: Request, services: WebServices, name: str, status: int = 200,
+def page(request: Request, services: WebServices, name: str, status: int = 200,
           **context: Any) -> HTMLResponse:
     templates: Jinja2Templates = request.app.state.templates
     settings = services.settings
@@ -58,7 +58,7 @@ def _public(services: WebServices) -> None:
 @router.get("/", response_class=HTMLResponse)
 def portal(request: Request, services: Services) -> HTMLResponse:
     _public(services)
-    return _page(request, services, "portal.html")
+    return page(request, services, "portal.html")
 
 
 @router.get("/theme.css")
@@ -74,21 +74,21 @@ async def portal_upload(request: Request, services: Services) -> HTMLResponse:
     _public(services)
     address = request.client.host if request.client else "unknown"
     if not services.limiter.allow(address):
-        return _page(request, services, "answer.html", 429, refused=True,
+        return page(request, services, "answer.html", 429, refused=True,
                      message="Too many uploads from your address; wait a minute and try again.")
     limit = services.settings.max_file_bytes
     form = await limit_body(request, limit + FORM_OVERHEAD).form(max_files=1, max_fields=4)
     data, name = await _file_of(form.get("file"), form.get("text"))
     if not data:
-        return _page(request, services, "answer.html", 400, refused=True,
+        return page(request, services, "answer.html", 400, refused=True,
                      message="Choose a request file, or paste its text, then upload.")
     if len(data) > limit:
-        return _page(request, services, "answer.html", 413, refused=True,
+        return page(request, services, "answer.html", 413, refused=True,
                      message=f"The file is larger than the accepted limit of {limit} bytes.")
     try:
         tenant = await asyncio.to_thread(owner_of, services.engine, services.processor, data)
     except Rejection as exc:
-        return _page(request, services, "answer.html", 422, refused=True,
+        return page(request, services, "answer.html", 422, refused=True,
                      reason=str(exc.public_reason), message=exc.public_message)
     body = body_of(data)
     uploads = services.uploads
@@ -98,7 +98,7 @@ async def portal_upload(request: Request, services: Services) -> HTMLResponse:
     finally:
         body.file.close()
     answer = await asyncio.to_thread(uploads.wait, ticket, services.settings.answer_wait_seconds)
-    return _page(request, services, "answer.html", **_shown(services, answer))
+    return page(request, services, "answer.html", **_shown(services, answer))
 
 
 async def _file_of(upload: Any, text: Any) -> tuple[bytes, str]:

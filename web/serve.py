@@ -16,6 +16,8 @@ from workers.runtime import Runtime, build_runtime
 
 log = logging.getLogger("airlock.web")
 
+LOGINS_PER_MINUTE = 10  # console sign-in attempts per client address
+
 
 def handover_for(runtime: Runtime) -> Handover:
     """Embedded: the runner's hand-over (processed here). With a broker: the watcher's
@@ -36,10 +38,10 @@ def web_services(settings: Settings) -> Iterator[WebServices]:
     uploads = Uploads(runtime.engine, runtime.inbox, runtime.outbox, handover_for(runtime))
     uploads.start()
     try:
-        yield WebServices(settings=settings, engine=runtime.engine,
-                          processor=runtime.processor, uploads=uploads,
+        yield WebServices(runtime=runtime, uploads=uploads,
                           links=Links(link_key(runtime.keyring)),
-                          limiter=RateLimiter(settings.portal_uploads_per_minute))
+                          limiter=RateLimiter(settings.portal_uploads_per_minute),
+                          logins=RateLimiter(LOGINS_PER_MINUTE))
     finally:
         uploads.close()
         runtime.close()
