@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.archives import archive_format
 from pipelines.tokens import Caller, authenticate
@@ -37,9 +41,8 @@ def caller(services: Services,
     found = None if credentials is None else authenticate(
         services.engine, credentials.credentials, now=services.now())
     if found is None:
-        raise HTTPException(401, detail={"reason": "unauthorized",
-                                         "message": "A valid customer token is needed."},
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "unauthorized", "A valid customer token is needed.",
+                       headers={"WWW-Authenticate": "Bearer"})
     return found
 
 
@@ -95,15 +98,27 @@ def _model(answer: Answer) -> AnswerModel:
                  for name in answer.results])
 
 
-_NOT_FOUND = {"reason": "not_found", "message": "No such job, batch or result."}
+class ApiError(Exception):
+    """An API refusal: its status and the reason and sentence of the body."""
+
+    def __init__(self, status: int, reason: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.headers = status, reason, message, headers
+
+
+def _not_found() -> ApiError:
+    return ApiError(404, "not_found", "No such job, batch or result.")
+
+
 _ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorModel}, 404: {"model": ErrorModel}}
+    401: {"model": ErrorModel}, 404: {"model": ErrorModel}, 422: {"model": ErrorModel}}
 
 
 def _owned(services: WebServices, who: Caller, kind: TicketKind, ident: int) -> Ticket:
     ticket = services.uploads.find(who.tenant, kind, ident)
     if ticket is None:
-        raise HTTPException(404, detail=_NOT_FOUND)
+        raise _not_found()
     return ticket
 
 
@@ -135,9 +150,8 @@ async def upload(request: Request, response: Response, services: Services, who: 
             if idempotency_key:
                 ticket = uploads.remember(idempotency_key, body.sha256, ticket, services.now())
     except IdempotencyConflict:
-        raise HTTPException(409, detail={
-            "reason": "idempotency_key_reused",
-            "message": "This Idempotency-Key was used for another file."}) from None
+        raise ApiError(409, "idempotency_key_reused",
+                       "This Idempotency-Key was used for another file.") from None
     finally:
         body.file.close()
     answer = await asyncio.to_thread(uploads.wait, ticket,
@@ -165,7 +179,7 @@ def get_batch(services: Services, who: Authorized,
 def _download(services: WebServices, ticket: Ticket, name: str) -> Response:
     content = services.uploads.result(ticket, name)
     if content is None:
-        raise HTTPException(404, detail=_NOT_FOUND)
+        raise _not_found()
     return Response(content, media_type="application/octet-stream",
                     headers={"Content-Disposition": attachment(name)})
 
@@ -203,7 +217,30 @@ def get_outbox(services: Services, who: Authorized,
     """The answers of jobs finished since a time, oldest first (page with the last
     entry's time)."""
     if since.tzinfo is None:
-        raise HTTPException(422, detail={"reason": "naive_time",
-                                         "message": "Give the time with its zone, e.g. Z."})
+        raise ApiError(422, "naive_time", "Give the time with its zone, e.g. Z.")
     return [OutboxEntry(**row, url=f"/api/v1/jobs/{row['job_id']}/results/{row['name']}")
             for row in services.uploads.since(who.tenant, since, limit)]
+
+
+def install(app: Any) -> None:
+    """Every API refusal as ``{"reason", "message"}``, request validation included."""
+
+    @app.exception_handler(ApiError)
+    async def _refused(_request: Request, exc: ApiError) -> Response:
+        return JSONResponse(status_code=exc.status, headers=exc.headers,
+                            content={"reason": exc.reason, "message": exc.message})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if not request.url.path.startswith(router.prefix + "/"):
+            return await http_exception_handler(request, exc)
+        reason = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+        return JSONResponse(status_code=exc.status_code, headers=exc.headers,
+                            content={"reason": reason, "message": str(exc.detail)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in error.get('loc', ()))}: "
+                             f"{error.get('msg', 'invalid')}" for error in exc.errors()[:5])
+        return JSONResponse(status_code=422, content={"reason": "invalid_request",
+                                                      "message": problems[:500]})

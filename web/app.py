@@ -61,8 +61,7 @@ class WebServices:
 
 
 def create_app(services: WebServices) -> FastAPI:
-    from web import console
-    from web.api import router as api_router
+    from web import api, console
     from web.portal import router as portal_router
     from web.portal import templates_for
 
@@ -72,7 +71,8 @@ def create_app(services: WebServices) -> FastAPI:
     app.state.services = services
     app.state.templates = templates_for(services.settings)
     app.mount("/static", StaticFiles(directory=PACKAGE / "static"), name="static")
-    app.include_router(api_router)
+    app.include_router(api.router)
+    api.install(app)
     app.include_router(portal_router)
     app.include_router(console.router)
     console.install(app)
