@@ -19,7 +19,7 @@ from bench import scenarios
 # PostgreSQL last: its checkpoint and autovacuum after 20,000 activations would
 # otherwise run beside the next scenario.
 SCENARIOS = ("baseline", "embedded", "backlog", "latency", "activation", "distributed", "bulk",
-             "activation-postgres")
+             "portal", "activation-postgres")
 
 BASELINE_RATIOS = ("embedded", "backlog")  # reported as a share of the baseline's files/s
 
@@ -80,6 +80,10 @@ def _one(name: str, root: Path, **kw: Any) -> dict[str, Any]:
             from bench.distributed import bulk
 
             return bulk(ws, files, kw["timeout"], kw["redis_url"])
+        if name == "portal":
+            from bench.portal import portal
+
+            return portal(ws, files)
         raise ValueError(f"unknown scenario {name!r}")
     finally:
         ws.close()

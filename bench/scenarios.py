@@ -218,13 +218,13 @@ def latency(ws: Workspace, samples: int, gap: float = 0.02,
     finally:
         rss = runner.stop()
     ms = sorted(d * 1000 for d in delays)
-    return {"samples": len(ms), "p50_ms": round(_pct(ms, 50), 1),
-            "p95_ms": round(_pct(ms, 95), 1), "p99_ms": round(_pct(ms, 99), 1),
+    return {"samples": len(ms), "p50_ms": round(percentile(ms, 50), 1),
+            "p95_ms": round(percentile(ms, 95), 1), "p99_ms": round(percentile(ms, 99), 1),
             "max_ms": round(ms[-1], 1), "mean_ms": round(statistics.fmean(ms), 1),
             "peak_rss_mib": {"runner": rss}}
 
 
-def _pct(sorted_values: list[float], pct: float) -> float:
+def percentile(sorted_values: list[float], pct: float) -> float:
     index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values)) - 1))
     return sorted_values[index]
 

@@ -45,6 +45,7 @@ Handover = Callable[[list[Arrival]], list[Arrival]]
 """The mode's hand-over of claimed arrivals; returns those not finished (still in hand)."""
 
 HANDOVER_BATCH = 64  # uploads handed over together at most
+GATHER_SECONDS = 0.004  # how long a hand-over waits for more uploads to join it
 RETRY_AFTER = 5.0  # seconds before a file whose hand-over failed is handed over again
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
 
@@ -138,7 +139,9 @@ class Uploads:
             done = self._archives.submit(self._hand_over_archive, arrival)
             return self._batch_ticket(tenant, sha256, done, archive_wait)
         data = fileobj.read()
-        if not self.inbox.put_if_absent(key, data):
+        # Not synced on its own: the registration commits these bytes with the job row
+        # before any answer, and archiving syncs the inbox once for the whole batch.
+        if not self.inbox.put_if_absent(key, data, durable=False):
             raise RuntimeError(f"upload name {key} taken")  # a random tag: not expected
         pending = _Pending(Arrival(tenant, stored, key, data, sha256, size))
         self._queue.put(pending)
@@ -162,9 +165,12 @@ class Uploads:
             if first is None:
                 return
             batch = [] if first is _RETRY else [first]
+            # Wait a moment for uploads close behind: a batch costs little more than
+            # one file, so a few milliseconds here save many in the queue.
+            until = time.monotonic() + GATHER_SECONDS
             while len(batch) < HANDOVER_BATCH:
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is None:

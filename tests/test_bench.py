@@ -19,7 +19,7 @@ def test_every_scenario_reports_its_figures(tmp_path: Path, fresh_pg_url: str,
     bench_redis = REDIS_URL.rsplit("/", 1)[0] + "/14"  # the smoke test's own database
     report = run_bench(files=30, workers=2,
                        chosen=["baseline", "embedded", "backlog", "latency", "activation",
-                               "activation-postgres", "distributed", "bulk"],
+                               "activation-postgres", "distributed", "bulk", "portal"],
                        database_url=None, postgres_url=fresh_pg_url, redis_url=bench_redis,
                        json_path=tmp_path / "out.json", timeout=180)
     figures = report["scenarios"]
@@ -39,6 +39,9 @@ def test_every_scenario_reports_its_figures(tmp_path: Path, fresh_pg_url: str,
     assert figures["distributed"]["celery_noop_tasks_per_s"] > 0
     assert figures["bulk"]["results"] == 30 and figures["bulk"]["report"]
     assert all(v > 0 for v in figures["bulk"]["peak_rss_mib"].values())
+    assert figures["portal"]["uploads"] == 30 and figures["portal"]["not_accepted"] == 0
+    assert figures["portal"]["files_per_s"] > 0
+    assert figures["portal"]["p50_ms"] <= figures["portal"]["p99_ms"]
 
 
 def test_refuses_a_database_that_holds_data(tmp_path: Path) -> None:
