@@ -84,6 +84,11 @@ class Answer:
         return self.status in (JobStatus.DONE, BatchStatus.REPORTED) and not self.reason
 
 
+class NotYetRegistered(Exception):
+    """The upload is stored and will be handed over again, but has no job yet: the same
+    bytes sent again a little later get its answer."""
+
+
 class IdempotencyConflict(Exception):
     """The key was used before for other bytes."""
 
@@ -105,8 +110,10 @@ class _Pending:
 class Uploads:
     """Store, hand over and answer uploads; `start` before use, `close` at the end."""
 
-    def __init__(self, engine: Engine, inbox: Store, outbox: Store, handover: Handover) -> None:
+    def __init__(self, engine: Engine, inbox: Store, outbox: Store, handover: Handover, *,
+                 retry_after: float = RETRY_AFTER) -> None:
         self.engine = engine
+        self.retry_after = retry_after
         self.inbox = inbox
         self.outbox = outbox
         self.handover = handover
@@ -157,7 +164,7 @@ class Uploads:
     def _run(self) -> None:
         """The hand-over thread: whatever is waiting, together (up to a batch)."""
         while True:
-            timeout = RETRY_AFTER if self._left else None
+            timeout = self.retry_after if self._left else None
             try:
                 first = self._queue.get(timeout=timeout)
             except queue.Empty:
@@ -187,9 +194,10 @@ class Uploads:
         try:
             left = self.handover(arrivals) if arrivals else []
         except Exception as exc:  # the files stay in hand; told as pending, tried again
-            log.warning("upload hand-over failed (tried again in %.0f s): %s", RETRY_AFTER, exc)
+            log.warning("upload hand-over failed (tried again in %.0f s): %s",
+                        self.retry_after, exc)
             left = arrivals
-        self._left.extend((now + RETRY_AFTER, arrival) for arrival in left)
+        self._left.extend((now + self.retry_after, arrival) for arrival in left)
         for pending in batch:
             pending.done.set_result(None)
 
@@ -200,7 +208,7 @@ class Uploads:
             job_id = conn.execute(select(JOB.c.id).where(JOB.c.tenant == tenant,
                                                          JOB.c.sha256 == sha256)).scalar()
         if job_id is None:  # the hand-over failed before registering: registered later
-            raise RuntimeError("the upload could not be registered yet")
+            raise NotYetRegistered(sha256)
         return Ticket(TicketKind.JOB, int(job_id), tenant)
 
     def _batch_ticket(self, tenant: str, sha256: str, done: Future[None], wait: float) -> Ticket:
@@ -213,7 +221,7 @@ class Uploads:
                 return Ticket(TicketKind.BATCH, int(batch_id), tenant)
             if done.done():
                 done.result()  # raises what the import raised
-                raise RuntimeError("the archive could not be registered")
+                raise NotYetRegistered(sha256)
             if time.monotonic() > deadline:
                 raise TimeoutError("the archive is still being read")
             time.sleep(0.05)

@@ -39,9 +39,10 @@ def test_every_scenario_reports_its_figures(tmp_path: Path, fresh_pg_url: str,
     assert figures["distributed"]["celery_noop_tasks_per_s"] > 0
     assert figures["bulk"]["results"] == 30 and figures["bulk"]["report"]
     assert all(v > 0 for v in figures["bulk"]["peak_rss_mib"].values())
-    assert figures["portal"]["uploads"] == 30 and figures["portal"]["not_accepted"] == 0
-    assert figures["portal"]["files_per_s"] > 0
-    assert figures["portal"]["p50_ms"] <= figures["portal"]["p99_ms"]
+    levels = figures["portal"]["by_clients"]
+    assert set(levels) == {"1", "4", "8"}
+    assert all(level["uploads"] == 30 and level["not_accepted"] == 0 for level in levels.values())
+    assert all(0 < level["p50_ms"] <= level["p99_ms"] for level in levels.values())
 
 
 def test_refuses_a_database_that_holds_data(tmp_path: Path) -> None:

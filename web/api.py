@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.archives import archive_format
 from pipelines.tokens import Caller, authenticate
-from pipelines.uploads import Answer, IdempotencyConflict, Ticket, TicketKind
+from pipelines.uploads import Answer, IdempotencyConflict, NotYetRegistered, Ticket, TicketKind
 from web.app import WebServices
 from web.body import read_body
 
@@ -47,6 +47,10 @@ def caller(services: Services,
 
 
 Authorized = Annotated[Caller, Depends(caller)]
+
+
+TRY_AGAIN = ("The file is stored and will be processed; send it again in a few seconds "
+             "to get its answer.")
 
 
 class ResultLink(BaseModel):
@@ -124,7 +128,8 @@ def _owned(services: WebServices, who: Caller, kind: TicketKind, ident: int) -> 
 
 @router.post("/files", response_model=AnswerModel, status_code=200,
              responses={202: {"model": AnswerModel, "description": "Accepted, not yet final"},
-                        409: {"model": ErrorModel}, 413: {"model": ErrorModel}, **_ERRORS},
+                        409: {"model": ErrorModel}, 413: {"model": ErrorModel},
+                        503: {"model": ErrorModel}, **_ERRORS},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/octet-stream": {"schema": {"type": "string",
                                                          "format": "binary"}}}}})
@@ -229,6 +234,11 @@ def install(app: Any) -> None:
     async def _refused(_request: Request, exc: ApiError) -> Response:
         return JSONResponse(status_code=exc.status, headers=exc.headers,
                             content={"reason": exc.reason, "message": exc.message})
+
+    @app.exception_handler(NotYetRegistered)
+    async def _later(_request: Request, _exc: NotYetRegistered) -> Response:
+        return JSONResponse(status_code=503, headers={"Retry-After": "5"}, content={
+            "reason": "try_again", "message": TRY_AGAIN})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -21,8 +21,8 @@ from config.settings import Settings
 from pipelines.errors import Rejection
 from pipelines.owner import owner_of
 from pipelines.render import device_file_name
-from pipelines.uploads import Answer, TicketKind
-from web.api import attachment, services_of
+from pipelines.uploads import Answer, NotYetRegistered, TicketKind
+from web.api import TRY_AGAIN, attachment, services_of
 from web.app import PACKAGE, WebServices
 from web.body import body_of, limit_body
 
@@ -95,6 +95,8 @@ async def portal_upload(request: Request, services: Services) -> HTMLResponse:
     try:
         ticket = await asyncio.to_thread(uploads.receive, tenant, name, body.file,
                                          sha256=body.sha256, size=body.size)
+    except NotYetRegistered:
+        return page(request, services, "answer.html", 503, pending=True, message=TRY_AGAIN)
     finally:
         body.file.close()
     answer = await asyncio.to_thread(uploads.wait, ticket, services.settings.answer_wait_seconds)

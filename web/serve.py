@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from config.settings import Settings
@@ -12,6 +12,7 @@ from pipelines.uploads import Handover, Uploads
 from web.app import WebServices
 from web.links import Links, link_key
 from web.ratelimit import RateLimiter
+from workers.handover import ProcessHandover
 from workers.runtime import Runtime, build_runtime
 
 log = logging.getLogger("airlock.web")
@@ -19,23 +20,24 @@ log = logging.getLogger("airlock.web")
 LOGINS_PER_MINUTE = 10  # console sign-in attempts per client address
 
 
-def handover_for(runtime: Runtime) -> Handover:
-    """Embedded: the runner's hand-over (processed here). With a broker: the watcher's
+def handover_for(runtime: Runtime) -> tuple[Handover, Callable[[], None]]:
+    """The hand-over and how to end it. Embedded: the runner's, in a child process
+    (processed there, not beside the request threads). With a broker: the watcher's
     (registered, then queued for the workers)."""
     if runtime.settings.embedded:
-        from workers.embedded import EmbeddedRunner
-
-        return EmbeddedRunner(runtime).on_batch
+        child = ProcessHandover(runtime.settings)
+        return child, child.close
     from workers.celery_app import make_celery
     from workers.dispatch import Watcher
 
-    return Watcher(runtime, make_celery(runtime.settings)).on_batch
+    return Watcher(runtime, make_celery(runtime.settings)).on_batch, lambda: None
 
 
 @contextmanager
 def web_services(settings: Settings) -> Iterator[WebServices]:
     runtime = build_runtime(settings)
-    uploads = Uploads(runtime.engine, runtime.inbox, runtime.outbox, handover_for(runtime))
+    handover, end_handover = handover_for(runtime)
+    uploads = Uploads(runtime.engine, runtime.inbox, runtime.outbox, handover)
     uploads.start()
     try:
         yield WebServices(runtime=runtime, uploads=uploads,
@@ -44,6 +46,7 @@ def web_services(settings: Settings) -> Iterator[WebServices]:
                           logins=RateLimiter(LOGINS_PER_MINUTE))
     finally:
         uploads.close()
+        end_handover()
         runtime.close()
 
 
