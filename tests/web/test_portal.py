@@ -157,3 +157,41 @@ def _settings(tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-d
 
     return Settings(home=tmp_path / "var", **overrides)  # type: ignore[arg-type]
 
+
+
+def test_a_user_activation_and_a_deactivation_find_their_customer(
+        served: Served, tmp_path: Path) -> None:
+    key = served.license(max_activations=1, users={"ana@beta.example": "s3cret-pass"},
+                         customer_code="BETA")
+    device = _sdk_device(served, tmp_path)
+    request = device.request_activation(product="pro", email="ana@beta.example",
+                                        password="s3cret-pass")
+    with served.client() as client:
+        page = client.post("/", files={"file": ("user.req", request)})
+        assert 'class="accepted"' in page.text, page.text
+        (link,) = _links(page.text)
+        device.load(client.get(link).content)
+        assert license_info(served.engine, key)["active_devices"] == 1
+        deactivation = device.deactivate()
+        off = client.post("/", files={"file": ("off.req", deactivation)})
+    assert 'class="accepted"' in off.text, off.text
+    assert license_info(served.engine, key)["active_devices"] == 0
+    with reading(served.engine) as conn:
+        tenants = set(conn.execute(select(JOB.c.tenant)).scalars())
+    assert tenants == {"BETA"}  # the license's owner, from the verified file
+
+
+def test_a_user_known_to_two_customers_is_refused_like_a_wrong_password(
+        served: Served, tmp_path: Path) -> None:
+    for customer in ("ACME", "BETA"):
+        served.license(users={"same@example.com": "pass-" + customer}, customer_code=customer)
+    request = _sdk_device(served, tmp_path).request_activation(
+        product="pro", email="same@example.com", password="pass-ACME")
+    wrong = _sdk_device(served, tmp_path, "HW-2").request_activation(
+        product="pro", email="nobody@example.com", password="x")
+    with served.client() as client:
+        ambiguous = client.post("/", files={"file": ("a.req", request)})
+        unknown = client.post("/", files={"file": ("b.req", wrong)})
+    for page_ in (ambiguous, unknown):
+        assert page_.status_code == 422 and 'id="reason">bad_credentials<' in page_.text
+    assert _jobs(served) == 0
