@@ -138,7 +138,7 @@ def _archive_sha256(engine: Engine, job: dict[str, Any]) -> str | None:
 
 def _archived(inbox: Store, base: str, sha256: str | None) -> str | None:
     """The archive of that name holding the content `sha256`: ``base`` itself or
-    ``base.<sha12>[.n]`` (`layout.unique_archive_key`)."""
+    ``base.<sha12>[.n]`` (`layout.archive_key_candidates`)."""
     try:
         stored = [info.key for info in inbox.list(base)
                   if not info.key.endswith(ERROR_SUFFIX)]

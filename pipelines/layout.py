@@ -21,14 +21,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from models.ledger import JobStatus
 from pipelines.catalog import CODE
 from pipelines.storage.base import InvalidKey, check_key
-
-if TYPE_CHECKING:
-    from pipelines.storage.base import Store
 
 OPERATOR = "_operator"
 PROCESSING = "_processing"
@@ -171,17 +167,6 @@ def archive_key(disposition: str, area: str, name: str) -> str:
 def error_report_key(archived_key: str) -> str:
     """The ``.error.json`` report that sits beside an archived (rejected/quarantined) file."""
     return check_key(check_key(archived_key) + ERROR_SUFFIX)
-
-
-def unique_archive_key(store: Store, disposition: str, area: str, name: str,
-                       sha256: str) -> str:
-    """An archive key not used yet in `store`: the plain one, else ``<name>.<sha12>``,
-    else ``<name>.<sha12>.<n>`` (n = 2, 3, ...), so an earlier archive is never replaced.
-
-    The check is not atomic; a single archiver per area is assumed.
-    """
-    return next(key for key in archive_key_candidates(disposition, area, name, sha256)
-                if not store.exists(key))
 
 
 def archive_key_candidates(disposition: str, area: str, name: str,

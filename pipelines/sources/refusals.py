@@ -30,7 +30,7 @@ from pipelines.layout import ERROR_SUFFIX, OPERATOR, PROCESSING, Disposition
 from pipelines.storage.base import MAX_KEY_BYTES, InvalidKey, check_key
 
 _FOLDER_BYTES = max(len(PROCESSING), *(len(d.folder) for d in Disposition)) + 1
-# ``.<sha12>.<n>`` that `layout.unique_archive_key` may add (n below 1000), or the
+# ``.<sha12>.<n>`` that `layout.archive_key_candidates` may add (n below 1000), or the
 # ``.claim-<12 hex>`` of a claim under a name still in hand.
 _SUFFIX_BYTES = max(len(".0123456789ab.999"), len(".claim-0123456789ab"))
 LONGEST_ARRIVAL_KEY = MAX_KEY_BYTES - _FOLDER_BYTES - _SUFFIX_BYTES - len(ERROR_SUFFIX)

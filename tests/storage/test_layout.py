@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 
@@ -11,6 +10,7 @@ from pipelines.layout import (
     OPERATOR,
     Arrival,
     archive_key,
+    archive_key_candidates,
     error_report_key,
     is_temporary_name,
     make_arrival,
@@ -18,9 +18,8 @@ from pipelines.layout import (
     parse_arrival_key,
     parse_processing_key,
     processing_key,
-    unique_archive_key,
 )
-from pipelines.storage import InvalidKey, LocalStore
+from pipelines.storage import InvalidKey
 
 SHA = hashlib.sha256(b"payload").hexdigest()
 
@@ -148,25 +147,19 @@ def test_outbox_key(tenant: str, name: str, expected: str) -> None:
     assert outbox_key(tenant, name) == expected
 
 
-def test_unique_archive_key_never_replaces_an_earlier_archive(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
-    first = unique_archive_key(store, "processed", "ACME", "x.req", SHA)
-    assert first == "_processed/ACME/x.req"
-    store.put(first, b"1")
-    second = unique_archive_key(store, "processed", "ACME", "x.req", SHA)
-    assert second == f"_processed/ACME/x.req.{SHA[:12]}"
-    store.put(second, b"2")
-    third = unique_archive_key(store, "processed", "ACME", "x.req", SHA)
-    assert third == f"_processed/ACME/x.req.{SHA[:12]}.2"
-    store.put(third, b"3")
-    assert unique_archive_key(store, "processed", "ACME", "x.req", SHA).endswith(".3")
-    assert unique_archive_key(store, "rejected", "ACME", "x.req", SHA) == "_rejected/ACME/x.req"
+def test_archive_key_candidates_go_plain_then_hashed_then_counted() -> None:
+    names = archive_key_candidates("processed", "ACME", "x.req", SHA)
+    assert [next(names) for _ in range(4)] == [
+        "_processed/ACME/x.req", f"_processed/ACME/x.req.{SHA[:12]}",
+        f"_processed/ACME/x.req.{SHA[:12]}.2", f"_processed/ACME/x.req.{SHA[:12]}.3"]
+    assert next(archive_key_candidates("rejected", "ACME", "x.req", SHA)) == \
+        "_rejected/ACME/x.req"
 
 
 @pytest.mark.parametrize("bad", ["", "ABC", SHA.upper(), SHA[:-1] + "g"])
-def test_unique_archive_key_needs_a_sha256(tmp_path: Path, bad: str) -> None:
+def test_archive_key_candidates_need_a_sha256(bad: str) -> None:
     with pytest.raises(ValueError):
-        unique_archive_key(LocalStore(tmp_path), "processed", "ACME", "x", bad)
+        next(archive_key_candidates("processed", "ACME", "x", bad))
 
 
 def test_make_arrival() -> None:
