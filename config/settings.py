@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     portal_public: bool = Field(default=True, description="The account-free upload page")
     portal_uploads_per_minute: int = Field(default=30, gt=0, description="Per client address")
     portal_title: str = Field(default="Airlock offline activation", max_length=120)
-    portal_logo: str | None = Field(default=None, description="Logo URL or path")
+    portal_logo: str | None = Field(default=None, description="https:// URL or image file")
     portal_accent: str = Field(default="#2f5d8a", description="Accent colour, #rgb or #rrggbb")
     portal_support: str | None = Field(default=None, max_length=200)
     portal_footer: str | None = Field(default=None, max_length=500)
@@ -101,6 +101,13 @@ class Settings(BaseSettings):
         if value.startswith("s3://") and len(value) <= len("s3://"):
             raise ValueError("an s3:// location needs a bucket: s3://bucket/prefix")
         return value
+
+    @field_validator("portal_logo")
+    @classmethod
+    def _logo(cls, value: str | None) -> str | None:
+        if value and "://" in value and not value.startswith("https://"):
+            raise ValueError("must be an https:// URL or the path of an image file")
+        return value or None
 
     @field_validator("portal_accent")
     @classmethod

@@ -25,7 +25,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import IO, Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -306,32 +306,37 @@ class Uploads:
 
     # --- idempotency ---------------------------------------------------------------------
 
-    def recall(self, tenant: str, key: str, sha256: str) -> Ticket | None:
-        """The ticket an earlier upload with this key got; `IdempotencyConflict` if that
-        upload had other bytes."""
-        with reading(self.engine) as conn:
+    def claim_key(self, tenant: str, key: str, sha256: str, now: datetime) -> Ticket | None:
+        """Claim `key` for these bytes before they are handed over: the ticket an earlier
+        upload with the key got (None: this is the first, or the first is still in
+        flight: the same bytes find the same job either way); `IdempotencyConflict` if
+        the key was claimed for other bytes, which are then never processed."""
+        insert = pg_insert if is_postgres(self.engine) else sqlite_insert
+        with session_scope(self.engine) as session:
+            conn = session.connection()
+            conn.execute(insert(IDEMPOTENT).values(tenant=tenant, key=key, sha256=sha256,
+                                                   created_at=now)
+                         .on_conflict_do_nothing(index_elements=["tenant", "key"]))
             row = conn.execute(select(IDEMPOTENT.c.sha256, IDEMPOTENT.c.job_id,
                                       IDEMPOTENT.c.batch_id)
                                .where(IDEMPOTENT.c.tenant == tenant, IDEMPOTENT.c.key == key)
-                               ).first()
-        if row is None:
-            return None
+                               ).one()
         if row.sha256 != sha256:
             raise IdempotencyConflict(key)
         if row.job_id is not None:
             return Ticket(TicketKind.JOB, row.job_id, tenant)
-        return Ticket(TicketKind.BATCH, row.batch_id, tenant)
+        if row.batch_id is not None:
+            return Ticket(TicketKind.BATCH, row.batch_id, tenant)
+        return None
 
-    def remember(self, key: str, sha256: str, ticket: Ticket, now: datetime) -> Ticket:
-        """Record the key's first answer; a concurrent first upload's record wins."""
-        insert = pg_insert if is_postgres(self.engine) else sqlite_insert
+    def remember(self, key: str, ticket: Ticket) -> None:
+        """Record what the claimed key's upload became."""
+        kind = IDEMPOTENT.c.job_id if ticket.kind is TicketKind.JOB else IDEMPOTENT.c.batch_id
         with session_scope(self.engine) as session:
-            session.connection().execute(insert(IDEMPOTENT).values(
-                tenant=ticket.tenant, key=key, sha256=sha256, created_at=now,
-                job_id=ticket.id if ticket.kind is TicketKind.JOB else None,
-                batch_id=ticket.id if ticket.kind is TicketKind.BATCH else None,
-            ).on_conflict_do_nothing(index_elements=["tenant", "key"]))
-        return self.recall(ticket.tenant, key, sha256) or ticket
+            session.connection().execute(
+                update(IDEMPOTENT).where(IDEMPOTENT.c.tenant == ticket.tenant,
+                                         IDEMPOTENT.c.key == key)
+                .values({kind.name: ticket.id}))
 
 
 _RETRY = _Pending(Arrival("_", "_", "_", b"", "", 0))  # wakes the thread for the retries

@@ -147,13 +147,14 @@ async def upload(request: Request, response: Response, services: Services, who: 
     body = await read_body(request, limit)
     uploads = services.uploads
     try:
-        ticket = uploads.recall(who.tenant, idempotency_key, body.sha256) \
+        ticket = await asyncio.to_thread(uploads.claim_key, who.tenant, idempotency_key,
+                                         body.sha256, services.now()) \
             if idempotency_key else None
         if ticket is None:
             ticket = await asyncio.to_thread(uploads.receive, who.tenant, name, body.file,
                                              sha256=body.sha256, size=body.size)
             if idempotency_key:
-                ticket = uploads.remember(idempotency_key, body.sha256, ticket, services.now())
+                await asyncio.to_thread(uploads.remember, idempotency_key, ticket)
     except IdempotencyConflict:
         raise ApiError(409, "idempotency_key_reused",
                        "This Idempotency-Key was used for another file.") from None

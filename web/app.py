@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -27,8 +28,14 @@ log = logging.getLogger("airlock.web")
 PACKAGE = Path(__file__).parent
 
 # Pages and answers load nothing from elsewhere; the API docs page loads Swagger UI.
-_CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
-        "form-action 'self'; frame-ancestors 'none'")
+def page_csp(logo: str | None) -> str:
+    """The pages' policy; a logo at an https URL adds its origin to the images allowed."""
+    origin = ""
+    if logo and logo.startswith("https://"):
+        parts = urlsplit(logo)
+        origin = f" https://{parts.netloc}"
+    return (f"default-src 'self'; img-src 'self' data:{origin}; object-src 'none'; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 _DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.com; "
              "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
              "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; object-src 'none'; "
@@ -64,19 +71,20 @@ class WebServices:
 class SecurityHeaders:
     """CSP and the usual headers on every answer (plain ASGI: no per-request task)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, csp: str) -> None:
         self.app = app
+        self.csp = csp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        csp = (_DOCS_CSP if scope["path"] == "/docs" else _CSP).encode()
+        csp = _DOCS_CSP if scope["path"] == "/docs" else self.csp
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers["Content-Security-Policy"] = csp.decode()
+                headers["Content-Security-Policy"] = csp
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["X-Frame-Options"] = "DENY"
                 headers["Referrer-Policy"] = "no-referrer"
@@ -103,7 +111,7 @@ def create_app(services: WebServices) -> FastAPI:
     app.include_router(console.router)
     console.install(app)
 
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, csp=page_csp(services.settings.portal_logo))
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge) -> Response:

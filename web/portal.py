@@ -8,7 +8,9 @@ as a plain HTML form; the script only adds drag and drop.
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -43,7 +45,7 @@ def page(request: Request, services: WebServices, name: str, status: int = 200,
           **context: Any) -> HTMLResponse:
     templates: Jinja2Templates = request.app.state.templates
     settings = services.settings
-    brand = {"title": settings.portal_title, "logo": settings.portal_logo,
+    brand = {"title": settings.portal_title, "logo": logo_url(settings),
              "accent": settings.portal_accent, "support": settings.portal_support,
              "footer": settings.portal_footer}
     return templates.TemplateResponse(request, name, {"brand": brand, **context},
@@ -59,6 +61,30 @@ def _public(services: WebServices) -> None:
 def portal(request: Request, services: Services) -> HTMLResponse:
     _public(services)
     return page(request, services, "portal.html")
+
+
+def logo_url(settings: Settings) -> str | None:
+    """Where pages load the logo from: its https URL, or ours for a file on this host."""
+    logo = settings.portal_logo
+    if not logo or logo.startswith("https://"):
+        return logo
+    return "/brand/logo"
+
+
+@router.get("/brand/logo")
+def logo(services: Services) -> Response:
+    """The white-label logo when AIRLOCK_PORTAL_LOGO names a file here."""
+    path = services.settings.portal_logo
+    if not path or path.startswith("https://"):
+        raise HTTPException(404)
+    try:
+        content = Path(path).read_bytes()
+    except OSError:
+        raise HTTPException(404) from None
+    media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    if not media.startswith("image/"):
+        raise HTTPException(404)
+    return Response(content, media_type=media, headers={"Cache-Control": "max-age=300"})
 
 
 @router.get("/theme.css")

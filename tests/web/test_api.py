@@ -6,6 +6,7 @@ import io
 import json
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from sqlalchemy import func, select
@@ -117,6 +118,23 @@ def test_idempotent_retry_returns_the_first_answer(served: Served) -> None:
     with reading(served.engine) as conn:
         assert conn.execute(select(func.count()).select_from(IDEMPOTENT)).scalar() == 1
         assert conn.execute(select(func.count()).select_from(DEVICE)).scalar() == 1
+
+
+def test_a_key_raced_by_two_different_files_processes_only_one(served: Served) -> None:
+    key = served.license(max_activations=10)
+    files = [served.device(f"HW-{n}").activation(license_key=key) for n in range(6)]
+    token = served.token()
+
+    def send(data: bytes) -> int:
+        with served.client(token) as client:
+            return int(_upload(client, data, **{"Idempotency-Key": "race"}).status_code)
+
+    with ThreadPoolExecutor(len(files)) as pool:
+        codes = sorted(pool.map(send, files))
+    assert codes == [200] + [409] * 5
+    assert _active_devices(served, key) == 1
+    with reading(served.engine) as conn:
+        assert conn.execute(select(func.count()).select_from(JOB)).scalar() == 1
 
 
 def test_oversized_upload_is_refused_while_streaming(served: Served) -> None:

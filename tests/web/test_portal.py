@@ -195,3 +195,22 @@ def test_a_user_known_to_two_customers_is_refused_like_a_wrong_password(
     for page_ in (ambiguous, unknown):
         assert page_.status_code == 422 and 'id="reason">bad_credentials<' in page_.text
     assert _jobs(served) == 0
+
+
+def test_a_logo_file_is_served_and_a_logo_url_is_allowed_by_the_policy(tmp_path: Path) -> None:
+    png = tmp_path / "logo.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16)
+    with serving(_settings(tmp_path, portal_logo=str(png))) as served, \
+            served.client() as client:
+        page = client.get("/").text
+        logo = client.get("/brand/logo")
+    assert 'src="/brand/logo"' in page
+    assert logo.status_code == 200 and logo.headers["content-type"] == "image/png"
+    assert logo.content == png.read_bytes()
+    with serving(_settings(tmp_path / "b", portal_logo="https://cdn.contoso.example/l.svg")
+                 ) as served, served.client() as client:
+        page = client.get("/")
+        assert client.get("/brand/logo").status_code == 404
+    assert 'src="https://cdn.contoso.example/l.svg"' in page.text
+    assert "img-src 'self' data: https://cdn.contoso.example;" in \
+        page.headers["content-security-policy"]
