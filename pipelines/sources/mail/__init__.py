@@ -1,0 +1,1 @@
+"""The mailbox intake: request files by email, answers by reply."""
