@@ -100,7 +100,8 @@ def _register_optional() -> None:
 
     for module, name in (("cli.device", "device"), ("cli.pipeline", None), ("cli.demo", None),
                          ("cli.distributed", None), ("cli.ops", None), ("cli.bench", None),
-                         ("cli.web", None), ("cli.operators", "operator")):
+                         ("cli.web", None), ("cli.operators", "operator"),
+                         ("cli.mail", None)):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

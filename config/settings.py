@@ -79,6 +79,18 @@ class Settings(BaseSettings):
     portal_footer: str | None = Field(default=None, max_length=500)
     portal_templates: Path | None = Field(default=None, description="Pages that override ours")
 
+    # `airlock mail`: request files by email, answers by reply.
+    imap_url: str | None = Field(default=None, description="imaps://USER:PASS@HOST/FOLDER")
+    smtp_url: str | None = Field(default=None, description="smtps:// or smtp:// (STARTTLS)")
+    mail_from: str | None = Field(default=None, description="The replies' From address")
+    # Take a sender only when the receiving server's Authentication-Results (under
+    # `mail_authserv_id`) says DKIM or SPF passed for its domain.
+    mail_require_auth: bool = False
+    mail_authserv_id: str | None = Field(default=None, max_length=200)
+    mail_poll_seconds: float = Field(default=60.0, gt=0, description="Without IDLE")
+    mail_max_message_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    mail_max_attachments: int = Field(default=50, gt=0)
+
     @field_validator("database_url")
     @classmethod
     def _database_scheme(cls, value: str) -> str:

@@ -26,6 +26,7 @@ from models.licensing import (
     LicenseUser,
     Product,
 )
+from models.mail import MailMessage, MailSender, MailStatus
 
 __all__ = [
     "ApiToken",
@@ -50,6 +51,9 @@ __all__ = [
     "LicenseType",
     "LicenseUser",
     "LoginFailure",
+    "MailMessage",
+    "MailSender",
+    "MailStatus",
     "Operator",
     "OperatorSession",
     "Product",

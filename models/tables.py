@@ -26,6 +26,8 @@ from models import (
     LicenseFeature,
     LicenseUser,
     LoginFailure,
+    MailMessage,
+    MailSender,
     Operator,
     OperatorSession,
     Product,
@@ -50,6 +52,8 @@ FEATURE = _table(LicenseFeature)
 JOB = _table(Job)
 LICENSE = _table(License)
 LOGIN_FAILURE = _table(LoginFailure)
+MAIL_MESSAGE = _table(MailMessage)
+MAIL_SENDER = _table(MailSender)
 OPERATOR = _table(Operator)
 OPERATOR_SESSION = _table(OperatorSession)
 OUTPUT = _table(JobOutput)

@@ -41,6 +41,7 @@ class _Metrics:
     processing: Any
     retries: Any
     outages: Any
+    mail: Any
 
 
 @cache
@@ -56,6 +57,8 @@ def _metrics() -> _Metrics:
                         ["what"]),
         outages=Counter("airlock_dependency_outages", "Times a dependency was found "
                         "unreachable", ["dependency"]),
+        mail=Counter("airlock_mail_messages", "Mail messages handled, by outcome (taken, "
+                     "rejected with the reason)", ["outcome", "reason"]),
     )
 
 
@@ -74,6 +77,10 @@ def record_outcome(outcome: Outcome) -> None:
 
 def record_retry(what: str) -> None:
     _metrics().retries.labels(what=what).inc()
+
+
+def record_mail(outcome: str, reason: str = "") -> None:
+    _metrics().mail.labels(outcome=outcome, reason=reason).inc()
 
 
 def record_outage(dependency: str) -> None:

@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from config.settings import Settings
-from pipelines.uploads import Handover, Uploads
+from pipelines.uploads import Uploads
 from web.app import WebServices
 from web.links import Links, link_key
 from web.ratelimit import RateLimiter
-from workers.handover import ProcessHandover
-from workers.runtime import Runtime, build_runtime
+from workers.handover import handover_for
+from workers.runtime import build_runtime
 
 log = logging.getLogger("airlock.web")
 
 LOGINS_PER_MINUTE = 10  # console sign-in attempts per client address
-
-
-def handover_for(runtime: Runtime) -> tuple[Handover, Callable[[], None]]:
-    """The hand-over and how to end it. Embedded: the runner's, in a child process
-    (processed there, not beside the request threads). With a broker: the watcher's
-    (registered, then queued for the workers)."""
-    if runtime.settings.embedded:
-        child = ProcessHandover(runtime.settings)
-        return child, child.close
-    from workers.celery_app import make_celery
-    from workers.dispatch import Watcher
-
-    return Watcher(runtime, make_celery(runtime.settings)).on_batch, lambda: None
 
 
 @contextmanager

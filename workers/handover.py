@@ -1,4 +1,4 @@
-"""Embedded mode's hand-over in a process of its own, for a process that also serves.
+"""Embedded mode's hand-over in a process of its own, for `airlock serve` and `airlock mail`.
 
 `airlock serve` answers HTTP on an event loop and hands uploads over for processing.
 In one interpreter the two share a single lock: measured with eight clients, a
@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from config.settings import Settings
 from pipelines.layout import Arrival
+from pipelines.uploads import Handover
+from workers.runtime import Runtime
 
 log = logging.getLogger("airlock.run")
 
@@ -96,3 +99,16 @@ def _child_main(settings: Settings, conn: Connection, log_level: str) -> None:
             conn.send(left)
     finally:
         runtime.close()
+
+
+def handover_for(runtime: Runtime) -> tuple[Handover, Callable[[], None]]:
+    """The hand-over and how to end it. Embedded: the runner's, in a child process
+    (processed there, not beside the request threads). With a broker: the watcher's
+    (registered, then queued for the workers)."""
+    if runtime.settings.embedded:
+        child = ProcessHandover(runtime.settings)
+        return child, child.close
+    from workers.celery_app import make_celery
+    from workers.dispatch import Watcher
+
+    return Watcher(runtime, make_celery(runtime.settings)).on_batch, lambda: None

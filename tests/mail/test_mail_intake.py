@@ -1,0 +1,231 @@
+"""The mail intake against a real Dovecot and an SMTP server run by the test (aiosmtpd)."""
+
+from __future__ import annotations
+
+import email
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import func, select
+
+from airlock_sdk.device import Device
+from config.settings import Settings
+from models.db import make_engine, reading, session_scope
+from models.migrate import upgrade
+from models.tables import JOB, MAIL_MESSAGE
+from pipelines.keyring import VendorKeyring, init_keyring
+from pipelines.sources.mail.senders import add_sender
+from tests.factories import add_license, license_info, vendor
+from tests.mail.conftest import Dovecot, _free_port
+from workers.mail import run_mail
+
+pytestmark = pytest.mark.mail
+
+
+@dataclass
+class Sink:
+    """What the SMTP server received."""
+
+    messages: list[EmailMessage] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.messages.append(email.message_from_bytes(  # type: ignore[arg-type]
+                envelope.original_content, policy=email.policy.default))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Sink, int]]:
+    sink = Sink()
+    port = _free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield sink, port
+    finally:
+        controller.stop()
+
+
+@dataclass
+class Workspace:
+    settings: Settings
+    keyring: VendorKeyring
+    dovecot: Dovecot
+    folder: str
+    root: Path
+
+    def run(self, **overrides: Any) -> None:
+        settings = self.settings.model_copy(update=overrides) if overrides else self.settings
+        run_mail(settings, threading.Event(), once=True)
+
+    def folder_count(self, folder: str | None = None) -> int:
+        client = self.dovecot.connect()
+        try:
+            client.select(f'"{folder or self.folder}"')
+            found = client.uid("SEARCH", "ALL")[1][0] or b""
+            return len(found.split())
+        finally:
+            client.logout()
+
+    def device(self, hardware_id: str) -> Device:
+        return Device.init(self.root / hardware_id, hardware_id, self.keyring.public_bundle())
+
+
+@pytest.fixture
+def mail(tmp_path: Path, dovecot: Dovecot, smtp: tuple[Sink, int]) -> Workspace:
+    folder = f"T{uuid.uuid4().hex[:10]}"
+    client = dovecot.connect()
+    assert client.create(folder)[0] == "OK"
+    client.logout()
+    settings = Settings(
+        home=tmp_path / "var", answer_wait_seconds=10, mail_from="licensing@vendor.example",
+        imap_url=f"imap://{dovecot.user.replace('@', '%40')}:{dovecot.password}@127.0.0.1:"
+                 f"{dovecot.port}/{folder}",
+        smtp_url=f"smtp://127.0.0.1:{smtp[1]}")
+    settings.home.mkdir(parents=True)
+    upgrade(settings.resolved_database_url)
+    keyring, _ = init_keyring(settings.resolved_keys_dir)
+    engine = make_engine(settings.resolved_database_url)
+    vendor(engine)
+    with session_scope(engine) as session:
+        add_sender(session=session, customer="ACME", domain="acme.example")
+    engine.dispose()
+    return Workspace(settings, keyring, dovecot, folder, tmp_path)
+
+
+def _engine(ws: Workspace) -> Any:
+    return make_engine(ws.settings.resolved_database_url)
+
+
+def _message(sender: str = "Ana <ana@acme.example>", **headers: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = "licensing@vendor.example"
+    message["Subject"] = "two devices"
+    message["Message-ID"] = f"<{uuid.uuid4().hex}@acme.example>"
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    return message
+
+
+def _with_requests(ws: Workspace, key: str, *hardware: str, **headers: str
+                   ) -> tuple[EmailMessage, list[Device]]:
+    message = _message(**headers)
+    message.set_content("Please activate these.")
+    devices = [ws.device(hw) for hw in hardware]
+    for device in devices:
+        message.add_attachment(device.request_activation(product="pro", license_key=key),
+                               maintype="application", subtype="octet-stream",
+                               filename=f"{device.hardware_id}.req")
+    return message, devices
+
+
+def test_two_files_one_reply_with_two_answers_and_nothing_twice(
+        mail: Workspace, smtp: tuple[Sink, int]) -> None:
+    sink, _ = smtp
+    engine = _engine(mail)
+    key = add_license(engine, max_activations=5)
+    message, devices = _with_requests(mail, key, "HW-1", "HW-2")
+    mail.dovecot.append(message.as_bytes(), mail.folder)
+    mail.run()
+    (reply,) = sink.messages
+    assert reply["In-Reply-To"] == message["Message-ID"]
+    assert message["Message-ID"] in reply["References"]
+    assert reply["Auto-Submitted"] == "auto-replied"
+    assert reply["To"] == "ana@acme.example"
+    answers = [part for part in reply.iter_attachments()]
+    assert sorted(part.get_filename() for part in answers) == ["license-2.lic", "license.lic"]
+    loaded = set()
+    for part in answers:
+        content = part.get_content()
+        data = content if isinstance(content, bytes) else content.encode()
+        for device in devices:
+            try:
+                device.load(data)
+                loaded.add(device.hardware_id)
+            except Exception:  # noqa: BLE001 - the other device's license
+                continue
+    assert loaded == {"HW-1", "HW-2"}
+    body = reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "HW-1.req" in body and "accepted" in body
+    assert mail.folder_count() == 0
+    assert license_info(engine, key)["active_devices"] == 2
+    # the same message again (a reconnect, a copy put back): nothing applied, no reply
+    mail.dovecot.append(message.as_bytes(), mail.folder)
+    mail.run()
+    assert len(sink.messages) == 1
+    assert license_info(engine, key)["active_devices"] == 2
+    assert mail.folder_count() == 0
+    with reading(engine) as conn:
+        assert conn.execute(select(func.count()).select_from(JOB)).scalar() == 2
+        assert conn.execute(select(func.count()).select_from(MAIL_MESSAGE)).scalar() == 2
+    engine.dispose()
+
+
+def test_a_crash_before_the_reply_sends_exactly_one_after_restart(
+        mail: Workspace, smtp: tuple[Sink, int]) -> None:
+    sink, port = smtp
+    engine = _engine(mail)
+    key = add_license(engine, max_activations=5)
+    message, _ = _with_requests(mail, key, "HW-1")
+    mail.dovecot.append(message.as_bytes(), mail.folder)
+    dead = f"smtp://127.0.0.1:{_free_port()}"  # nothing listens: the reply cannot go out
+    with pytest.raises(OSError):
+        mail.run(smtp_url=dead)
+    assert sink.messages == [] and mail.folder_count() == 1  # applied, not answered, kept
+    assert license_info(engine, key)["active_devices"] == 1
+    mail.run()
+    mail.run()
+    assert len(sink.messages) == 1
+    assert mail.folder_count() == 0
+    assert license_info(engine, key)["active_devices"] == 1
+    engine.dispose()
+
+
+def test_unknown_senders_and_auto_replies_get_no_reply(
+        mail: Workspace, smtp: tuple[Sink, int]) -> None:
+    sink, _ = smtp
+    engine = _engine(mail)
+    key = add_license(engine, max_activations=5)
+    stranger, _ = _with_requests(mail, key, "HW-1")
+    stranger.replace_header("From", "eve@evil.example")
+    auto, _ = _with_requests(mail, key, "HW-2", Auto_Submitted="auto-replied")
+    for message in (stranger, auto):
+        mail.dovecot.append(message.as_bytes(), mail.folder)
+    mail.run()
+    assert sink.messages == []
+    assert mail.folder_count() == 0
+    assert license_info(engine, key)["active_devices"] == 1  # the stranger's file: never
+    with reading(engine) as conn:
+        rows = {r.sender: (r.status, r.reason) for r in conn.execute(
+            select(MAIL_MESSAGE.c.sender, MAIL_MESSAGE.c.status, MAIL_MESSAGE.c.reason))}
+    assert rows["eve@evil.example"] == ("rejected", "unknown_sender")
+    assert rows["ana@acme.example"] == ("done", None)
+    engine.dispose()
+
+
+def test_malformed_mime_gets_a_reply_with_the_reason(
+        mail: Workspace, smtp: tuple[Sink, int]) -> None:
+    sink, _ = smtp
+    raw = (b"From: ana@acme.example\r\nTo: licensing@vendor.example\r\nSubject: files\r\n"
+           b"Message-ID: <broken@acme.example>\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=XYZ\r\n\r\n--XYZ\r\n"
+           b"Content-Type: application/octet-stream\r\n"
+           b"Content-Disposition: attachment; filename=a.req\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nQUxL\r\n")
+    mail.dovecot.append(raw, mail.folder)
+    mail.run()
+    (reply,) = sink.messages
+    assert reply["In-Reply-To"] == "<broken@acme.example>"
+    assert "not well-formed MIME" in reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert list(reply.iter_attachments()) == []
+    assert mail.folder_count() == 0
