@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -229,3 +230,57 @@ def test_malformed_mime_gets_a_reply_with_the_reason(
     assert "not well-formed MIME" in reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert list(reply.iter_attachments()) == []
     assert mail.folder_count() == 0
+
+
+def test_with_required_authentication_a_spoofed_sender_is_refused(
+        mail: Workspace, smtp: tuple[Sink, int]) -> None:
+    sink, _ = smtp
+    engine = _engine(mail)
+    key = add_license(engine, max_activations=5)
+    spoofed, _ = _with_requests(mail, key, "HW-1")
+    spoofed["Authentication-Results"] = "mx.evil.example; dkim=pass header.d=acme.example"
+    genuine, _ = _with_requests(mail, key, "HW-2")
+    genuine["Authentication-Results"] = "mx.vendor.example; dkim=pass header.d=acme.example"
+    for message in (spoofed, genuine):
+        mail.dovecot.append(message.as_bytes(), mail.folder)
+    mail.run(mail_require_auth=True, mail_authserv_id="mx.vendor.example")
+    assert license_info(engine, key)["active_devices"] == 1
+    assert [m["In-Reply-To"] for m in sink.messages] == [genuine["Message-ID"]]
+    with reading(engine) as conn:
+        reasons = sorted(str(r) for r in conn.execute(select(MAIL_MESSAGE.c.reason)).scalars())
+    assert reasons == ["None", "unauthenticated_sender"]
+    engine.dispose()
+
+
+def test_too_many_attachments_get_a_reply_and_nothing_is_applied(
+        mail: Workspace, smtp: tuple[Sink, int]) -> None:
+    sink, _ = smtp
+    engine = _engine(mail)
+    key = add_license(engine, max_activations=5)
+    message, _ = _with_requests(mail, key, "HW-1", "HW-2", "HW-3")
+    mail.dovecot.append(message.as_bytes(), mail.folder)
+    mail.run(mail_max_attachments=2)
+    (reply,) = sink.messages
+    assert "more attachments than are accepted" in \
+        reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert license_info(engine, key)["active_devices"] == 0
+    assert mail.folder_count() == 0 and mail.folder_count("Airlock/Rejected") >= 1
+    engine.dispose()
+
+
+def test_idle_wakes_when_mail_arrives(mail: Workspace) -> None:
+    from pipelines.sources.mail.endpoints import parse_endpoint
+    from pipelines.sources.mail.imap import open_mailbox
+
+    endpoint = parse_endpoint(mail.settings.imap_url or "", "imap")
+    with open_mailbox(endpoint) as box:
+        assert "IDLE" in box.client.capabilities
+        timer = threading.Timer(0.3, mail.dovecot.append,
+                                args=(_message().as_bytes(), mail.folder))
+        timer.start()
+        began = time.monotonic()
+        box.wait(30)
+        waited = time.monotonic() - began
+        timer.join()
+        assert waited < 25  # woken by the new message, not the timeout
+        assert len(box.uids()) == 1
