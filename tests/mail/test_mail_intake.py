@@ -284,3 +284,50 @@ def test_idle_wakes_when_mail_arrives(mail: Workspace) -> None:
         timer.join()
         assert waited < 25  # woken by the new message, not the timeout
         assert len(box.uids()) == 1
+
+
+def test_an_archive_over_the_limits_gets_its_report_and_is_rejected(
+        mail: Workspace, smtp: tuple[Sink, int]) -> None:
+    import io
+    import zipfile
+
+    sink, _ = smtp
+    engine = _engine(mail)
+    key = add_license(engine, max_activations=5)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for hw in ("HW-1", "HW-2", "HW-3"):
+            archive.writestr(f"{hw}.req", mail.device(hw).request_activation(
+                product="pro", license_key=key))
+    message = _message()
+    message.set_content("our site's devices")
+    message.add_attachment(buffer.getvalue(), maintype="application", subtype="zip",
+                           filename="site.zip")
+    mail.dovecot.append(message.as_bytes(), mail.folder)
+    mail.run(max_archive_members=2)
+    (reply,) = sink.messages
+    body = reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "site.zip" in body and "refused" in body and "archive_too_large" in body
+    assert any(str(part.get_filename()).endswith(".report.json")
+               for part in reply.iter_attachments())
+    assert license_info(engine, key)["active_devices"] == 0
+    assert mail.folder_count() == 0
+    with reading(engine) as conn:
+        (status,) = conn.execute(select(MAIL_MESSAGE.c.status)).scalars()
+    assert status == "rejected"
+    engine.dispose()
+
+
+def test_an_oversized_message_is_refused_from_its_header(
+        mail: Workspace, smtp: tuple[Sink, int]) -> None:
+    sink, _ = smtp
+    message = _message()
+    message.set_content("x" * 200_000)
+    message.add_attachment(b"y" * 10, maintype="application", subtype="octet-stream",
+                           filename="a.req")
+    mail.dovecot.append(message.as_bytes(), mail.folder)
+    mail.run(mail_max_message_bytes=100_000)
+    (reply,) = sink.messages
+    assert "larger than the accepted limit" in \
+        reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert mail.folder_count() == 0 and mail.folder_count("Airlock/Rejected") >= 1

@@ -58,9 +58,10 @@ class Mailbox:
                 return int(match[1])
         return None
 
-    def fetch(self, uid: int) -> bytes | None:
-        """The whole message, without marking it seen; None if it is gone."""
-        status, data = self.client.uid("FETCH", str(uid), "(BODY.PEEK[])")
+    def fetch(self, uid: int, *, header_only: bool = False) -> bytes | None:
+        """The whole message (or its header), without marking it seen; None if gone."""
+        part = "BODY.PEEK[HEADER]" if header_only else "BODY.PEEK[]"
+        status, data = self.client.uid("FETCH", str(uid), f"({part})")
         if status != "OK":
             raise MailboxError(f"fetch failed: {_text(data)}")
         for item in data:

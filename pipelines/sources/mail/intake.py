@@ -31,7 +31,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from models import MailStatus
+from models import BatchStatus, MailStatus
 from models.db import is_postgres, reading, session_scope
 from models.tables import MAIL_MESSAGE
 from models.types import utcnow
@@ -92,10 +92,13 @@ class MailIntake:
 
     def handle(self, box: Mailbox, uid: int) -> bool:
         """Take one message as far as it can go now; True once it left the folder."""
-        raw = box.fetch(uid)
+        size = box.size(uid)
+        # an oversized message is not downloaded: its header says whom to tell
+        raw = box.fetch(uid, header_only=size is not None
+                        and size > self.policy.limits.max_message_bytes)
         if raw is None:
             return False
-        item = parse_message(raw, self.policy.limits)
+        item = parse_message(raw, self.policy.limits, size=size)
         row = self._row(box, uid) or self._first_sight(box, uid, raw, item)
         status = MailStatus(row["status"])
         if status is MailStatus.TAKEN:
@@ -105,8 +108,8 @@ class MailIntake:
         if status is MailStatus.ANSWERED:
             if self._wants_reply(row, item) and row["replied_at"] is None:
                 self._reply(row, item)
-            status = self._set(row, status=MailStatus.REJECTED if row["reason"]
-                               else MailStatus.DONE)
+            bad = row["reason"] or self._archive_refused(row)
+            status = self._set(row, status=MailStatus.REJECTED if bad else MailStatus.DONE)
         box.move(uid, REJECTED if status is MailStatus.REJECTED else PROCESSED)
         return True
 
@@ -172,6 +175,12 @@ class MailIntake:
 
     def _all_final(self, row: dict[str, Any]) -> bool:
         return all(self.uploads.wait(ticket, self.policy.answer_wait).final
+                   for _, ticket in self._tickets(row))
+
+    def _archive_refused(self, row: dict[str, Any]) -> bool:
+        """An archive refused as a whole (over the limits, unsafe) is bad mail too."""
+        return any(ticket.kind is TicketKind.BATCH
+                   and self.uploads.answer(ticket).status == BatchStatus.REJECTED
                    for _, ticket in self._tickets(row))
 
     def _reply(self, row: dict[str, Any], item: MailItem) -> None:

@@ -84,9 +84,11 @@ class _Refused(Exception):
         self.refusal = refusal
 
 
-def parse_message(raw: bytes, limits: MailLimits = MailLimits()) -> MailItem:
-    """Read `raw` (a whole RFC 5322 message); never raises on what a sender can send."""
-    too_large = len(raw) > limits.max_message_bytes
+def parse_message(raw: bytes, limits: MailLimits = MailLimits(), *,
+                  size: int | None = None) -> MailItem:
+    """Read `raw` (a whole RFC 5322 message, or only its header when the server's
+    `size` for it is over the limit); never raises on what a sender can send."""
+    too_large = max(len(raw), size or 0) > limits.max_message_bytes
     try:
         if too_large:  # only its headers are read, to know whom to tell
             head = raw[:64 * 1024].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
