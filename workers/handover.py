@@ -38,11 +38,16 @@ class ProcessHandover:
     def _start(self) -> Connection:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
-        self._child = context.Process(target=_child_main, name="airlock-handover",
-                                      args=(self.settings, child, self.log_level), daemon=True)
-        self._child.start()
-        child.close()
-        self._conn = parent
+        process = context.Process(target=_child_main, name="airlock-handover",
+                                  args=(self.settings, child, self.log_level), daemon=True)
+        try:
+            process.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self._child, self._conn = process, parent
         return parent
 
     def __call__(self, arrivals: list[Arrival]) -> list[Arrival]:
