@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -45,6 +46,7 @@ Handover = Callable[[list[Arrival]], list[Arrival]]
 """The mode's hand-over of claimed arrivals; returns those not finished (still in hand)."""
 
 HANDOVER_BATCH = 64  # uploads handed over together at most
+HANDOVER_TIMEOUT = 60.0  # an upload waits this long for its hand-over, then: try again
 GATHER_SECONDS = 0.004  # how long a hand-over waits for more uploads to join it
 RETRY_AFTER = 5.0  # seconds before a file whose hand-over failed is handed over again
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
@@ -93,12 +95,18 @@ class IdempotencyConflict(Exception):
     """The key was used before for other bytes."""
 
 
-def upload_name(name: str) -> str:
-    """A safe inbox name for an uploaded file: a random tag (two uploads never share a
-    name) and what is left of the sender's name once unsafe characters are replaced."""
+def safe_name(name: str) -> str:
+    """What is left of the sender's name once folders and unsafe characters go: the
+    name an upload is judged by (an archive or not) and stored under."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     cleaned = "".join(ch if ch in _NAME_CHARS else "_" for ch in base).lstrip(".")[-100:]
-    return f"upload-{secrets.token_hex(6)}-{cleaned or 'file'}"
+    return cleaned or "file"
+
+
+def upload_name(name: str) -> str:
+    """A safe inbox name for an uploaded file: a random tag (two uploads never share a
+    name) and its `safe_name`."""
+    return f"upload-{secrets.token_hex(6)}-{safe_name(name)}"
 
 
 @dataclass
@@ -111,9 +119,13 @@ class Uploads:
     """Store, hand over and answer uploads; `start` before use, `close` at the end."""
 
     def __init__(self, engine: Engine, inbox: Store, outbox: Store, handover: Handover, *,
-                 retry_after: float = RETRY_AFTER) -> None:
+                 archive_handover: Handover | None = None, retry_after: float = RETRY_AFTER,
+                 handover_timeout: float = HANDOVER_TIMEOUT) -> None:
         self.engine = engine
         self.retry_after = retry_after
+        self.handover_timeout = handover_timeout
+        # archives on a hand-over of their own: a long import holds back no single file
+        self.archive_handover = archive_handover or handover
         self.inbox = inbox
         self.outbox = outbox
         self.handover = handover
@@ -152,11 +164,14 @@ class Uploads:
             raise RuntimeError(f"upload name {key} taken")  # a random tag: not expected
         pending = _Pending(Arrival(tenant, stored, key, data, sha256, size))
         self._queue.put(pending)
-        pending.done.result()
+        try:
+            pending.done.result(timeout=self.handover_timeout)
+        except FutureTimeout:  # stored and in the queue: answered when it is done
+            raise NotYetRegistered(sha256) from None
         return self._job_ticket(tenant, sha256)
 
     def _hand_over_archive(self, arrival: Arrival) -> None:
-        left = self.handover([arrival])
+        left = self.archive_handover([arrival])
         if left:
             log.warning("%s/%s: archive hand-over did not finish; it stays in hand",
                         arrival.area, arrival.name)
@@ -222,8 +237,8 @@ class Uploads:
             if done.done():
                 done.result()  # raises what the import raised
                 raise NotYetRegistered(sha256)
-            if time.monotonic() > deadline:
-                raise TimeoutError("the archive is still being read")
+            if time.monotonic() > deadline:  # still being read: answered when asked again
+                raise NotYetRegistered(sha256)
             time.sleep(0.05)
 
     def answer(self, ticket: Ticket) -> Answer:

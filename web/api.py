@@ -7,7 +7,7 @@ job, batch or result is answered exactly like one that does not exist (404).
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -20,7 +20,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.archives import archive_format
 from pipelines.tokens import Caller, authenticate
-from pipelines.uploads import Answer, IdempotencyConflict, NotYetRegistered, Ticket, TicketKind
+from pipelines.uploads import (
+    Answer,
+    IdempotencyConflict,
+    NotYetRegistered,
+    Ticket,
+    TicketKind,
+    safe_name,
+)
 from web.app import WebServices
 from web.body import read_body
 
@@ -143,7 +150,8 @@ async def upload(request: Request, response: Response, services: Services, who: 
     at once when it is ready within a few seconds; otherwise 202 and the job or batch
     to follow. With an ``Idempotency-Key``, a retried upload gets the first answer."""
     settings = services.settings
-    limit = settings.max_archive_bytes if archive_format(name) else settings.max_file_bytes
+    limit = settings.max_archive_bytes if archive_format(safe_name(name)) \
+        else settings.max_file_bytes
     body = await read_body(request, limit)
     uploads = services.uploads
     try:
@@ -224,6 +232,10 @@ def get_outbox(services: Services, who: Authorized,
     entry's time)."""
     if since.tzinfo is None:
         raise ApiError(422, "naive_time", "Give the time with its zone, e.g. Z.")
+    try:
+        since = since.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(422, "invalid_request", "The time is out of range.") from None
     return [OutboxEntry(**row, url=f"/api/v1/jobs/{row['job_id']}/results/{row['name']}")
             for row in services.uploads.since(who.tenant, since, limit)]
 

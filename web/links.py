@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 
 from pipelines.keyring import VendorKeyring
 
 LINK_SECONDS = 3600
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 def link_key(keyring: VendorKeyring) -> bytes:
@@ -34,5 +36,6 @@ class Links:
         return f"/portal/results/{job_id}/{expires}/{self.sign(job_id, name, expires)}/{name}"
 
     def valid(self, job_id: int, name: str, expires: int, signature: str, *, now: float) -> bool:
-        return expires >= now and hmac.compare_digest(self.sign(job_id, name, expires),
-                                                      signature)
+        if expires < now or not _HEX32.fullmatch(signature):
+            return False
+        return hmac.compare_digest(self.sign(job_id, name, expires).encode(), signature.encode())

@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import UploadFile
 
 from config.settings import Settings
-from pipelines.errors import Rejection
+from pipelines.errors import Rejection, RejectReason
 from pipelines.owner import owner_of
 from pipelines.render import device_file_name
 from pipelines.uploads import Answer, NotYetRegistered, TicketKind
@@ -31,6 +31,7 @@ from web.body import body_of, limit_body
 router = APIRouter(include_in_schema=False)
 Services = Annotated[WebServices, Depends(services_of)]
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the other fields
+PORTAL_NAME = "portal.req"
 
 
 def templates_for(settings: Settings) -> Jinja2Templates:
@@ -104,7 +105,7 @@ async def portal_upload(request: Request, services: Services) -> HTMLResponse:
                      message="Too many uploads from your address; wait a minute and try again.")
     limit = services.settings.max_file_bytes
     form = await limit_body(request, limit + FORM_OVERHEAD).form(max_files=1, max_fields=4)
-    data, name = await _file_of(form.get("file"), form.get("text"))
+    data, _name = await _file_of(form.get("file"), form.get("text"))
     if not data:
         return page(request, services, "answer.html", 400, refused=True,
                      message="Choose a request file, or paste its text, then upload.")
@@ -119,14 +120,16 @@ async def portal_upload(request: Request, services: Services) -> HTMLResponse:
     body = body_of(data)
     uploads = services.uploads
     try:
-        ticket = await asyncio.to_thread(uploads.receive, tenant, name, body.file,
+        # never the sender's name: a public upload is one request file, never an archive
+        ticket = await asyncio.to_thread(uploads.receive, tenant, PORTAL_NAME, body.file,
                                          sha256=body.sha256, size=body.size)
     except NotYetRegistered:
         return page(request, services, "answer.html", 503, pending=True, message=TRY_AGAIN)
     finally:
         body.file.close()
     answer = await asyncio.to_thread(uploads.wait, ticket, services.settings.answer_wait_seconds)
-    return page(request, services, "answer.html", **_shown(services, answer))
+    status = 422 if answer.final and not answer.accepted else 200  # as a door refusal is
+    return page(request, services, "answer.html", status, **_shown(services, answer))
 
 
 async def _file_of(upload: Any, text: Any) -> tuple[bytes, str]:
@@ -142,9 +145,13 @@ def _shown(services: WebServices, answer: Answer) -> dict[str, Any]:
         return {"pending": True, "message": "The file is still being processed. Upload the "
                 "same file again in a minute to get its answer."}
     now = time.time()
+    # A refused sign-in looks the same whether or not the user exists (the door refuses
+    # an unknown one with no file to download).
+    hidden = answer.reason == RejectReason.BAD_CREDENTIALS
     downloads = [{"name": device_file_name(name),
                   "url": services.links.path(answer.ticket.id, name, now=now)}
-                 for name in answer.results] if answer.ticket.kind is TicketKind.JOB else []
+                 for name in answer.results] \
+        if answer.ticket.kind is TicketKind.JOB and not hidden else []
     return {"refused": not answer.accepted, "reason": answer.reason,
             "message": answer.message or "Accepted: download the answer and load it on the "
             "device.", "downloads": downloads, "kind": answer.kind}

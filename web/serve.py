@@ -24,7 +24,9 @@ LOGINS_PER_MINUTE = 10  # console sign-in attempts per client address
 def web_services(settings: Settings) -> Iterator[WebServices]:
     runtime = build_runtime(settings)
     handover, end_handover = handover_for(runtime)
-    uploads = Uploads(runtime.engine, runtime.inbox, runtime.outbox, handover)
+    archives, end_archives = handover_for(runtime)  # started on the first archive
+    uploads = Uploads(runtime.engine, runtime.inbox, runtime.outbox, handover,
+                      archive_handover=archives)
     uploads.start()
     try:
         yield WebServices(runtime=runtime, uploads=uploads,
@@ -34,6 +36,7 @@ def web_services(settings: Settings) -> Iterator[WebServices]:
     finally:
         uploads.close()
         end_handover()
+        end_archives()
         runtime.close()
 
 

@@ -60,7 +60,9 @@ def run_mail(settings: Settings, stop: threading.Event, *, once: bool = False) -
     setup = mail_setup(settings)
     runtime = build_runtime(settings)
     handover, end_handover = handover_for(runtime)
-    uploads = Uploads(runtime.engine, runtime.inbox, runtime.outbox, handover)
+    archives, end_archives = handover_for(runtime)  # started on the first archive
+    uploads = Uploads(runtime.engine, runtime.inbox, runtime.outbox, handover,
+                      archive_handover=archives)
     uploads.start()
     intake = MailIntake(runtime.engine, uploads, setup.smtp, setup.policy)
     failures = 0
@@ -86,4 +88,5 @@ def run_mail(settings: Settings, stop: threading.Event, *, once: bool = False) -
     finally:
         uploads.close()
         end_handover()
+        end_archives()
         runtime.close()

@@ -201,3 +201,21 @@ def test_outbox_lists_results_since_a_time(served: Served) -> None:
     assert [entry["job_id"] for entry in listed] == [answer["id"]]
     assert later == []
     assert naive.status_code == 422
+
+
+def test_hostile_names_times_and_links_get_clear_refusals(served: Served) -> None:
+    limit = served.settings.max_file_bytes
+    with served.client(served.token()) as client:
+        # ".zip" loses its dot when stored: it is a single file, held to the file limit
+        dotted = _upload(client, b"x" * (limit + 1), name=".zip")
+        traversal = _upload(client, b"junk", name="../../etc/passwd").json()
+        far = client.get("/api/v1/outbox", params={"since": "9999-12-31T23:59:59-23:59"})
+        early = client.get("/api/v1/outbox", params={"since": "0001-01-01T00:00:00+23:59"})
+    assert dotted.status_code == 413
+    assert traversal["final"] and traversal["reason"] == "malformed"
+    assert far.status_code == 422 and early.status_code == 422
+    assert far.json()["reason"] == "invalid_request"
+    assert list((served.settings.home / "inbox" / "_rejected" / "ACME").glob("upload-*-passwd"))
+    with served.client() as anonymous:
+        forged = anonymous.get("/portal/results/1/99999999999/%C3%A9/license.lic")
+    assert forged.status_code == 404

@@ -214,3 +214,32 @@ def test_a_logo_file_is_served_and_a_logo_url_is_allowed_by_the_policy(tmp_path:
     assert 'src="https://cdn.contoso.example/l.svg"' in page.text
     assert "img-src 'self' data: https://cdn.contoso.example;" in \
         page.headers["content-security-policy"]
+
+
+def test_a_portal_upload_is_one_file_whatever_its_name(served: Served, tmp_path: Path) -> None:
+    key = served.license()
+    request = _sdk_device(served, tmp_path).request_activation(product="pro", license_key=key)
+    with served.client() as client:
+        page_ = client.post("/", files={"file": ("site.zip", request)})
+    assert page_.status_code == 200 and 'class="accepted"' in page_.text
+    inbox = served.settings.home / "inbox"
+    assert list(inbox.glob("_processed/ACME/upload-*-portal.req"))
+    assert not list(inbox.glob("_batches/**/*"))
+
+
+def test_a_wrong_password_reads_the_same_for_a_known_and_an_unknown_user(
+        served: Served, tmp_path: Path) -> None:
+    served.license(users={"ana@acme.example": "right-password"})
+    known = _sdk_device(served, tmp_path, "HW-1").request_activation(
+        product="pro", email="ana@acme.example", password="wrong")
+    unknown = _sdk_device(served, tmp_path, "HW-2").request_activation(
+        product="pro", email="nobody@acme.example", password="wrong")
+    with served.client() as client:
+        pages = [client.post("/", files={"file": ("a.req", data)}) for data in (known, unknown)]
+    assert [p.status_code for p in pages] == [422, 422]
+    for answer in pages:
+        assert 'id="reason">bad_credentials<' in answer.text
+        assert _links(answer.text) == []
+    shown = [re.sub(r"\s+", " ", re.search(r'<p id="message">(.*?)</p>', p.text, re.S)[1])  # type: ignore[index]
+             for p in pages]
+    assert shown[0] == shown[1]
