@@ -80,12 +80,15 @@ def job_statuses(engine: Engine) -> list[str]:
         return sorted(str(s) for s in conn.execute(select(JOB.c.status)).scalars())
 
 
-def assert_one_line_each_way(log: str, dependency: str) -> None:
-    """One line when `dependency` went away, one when it was back, no tracebacks."""
+def assert_one_line_each_way(log: str, dependency: str, *, swept: bool = False) -> None:
+    """One line when `dependency` went away, one when it was back, no tracebacks.
+    `swept`: the sweep may have published every waiting file before the source's own
+    next try (the worker then archived them, so the source had nothing left to hand
+    over and no success to report): the line for "back" may then be missing."""
     down = [line for line in log.splitlines() if f"{dependency} unreachable:" in line]
     back = [line for line in log.splitlines() if f"{dependency} reachable again after" in line]
     assert len(down) == 1 and down[0].rstrip().endswith("; retrying"), log[-4000:]
-    assert len(back) == 1, log[-4000:]
+    assert len(back) == 1 or (swept and not back and "published again" in log), log[-4000:]
     assert "Traceback" not in log, log[-4000:]
 
 
@@ -158,7 +161,7 @@ def test_watch_and_worker_ride_out_a_broker_restart(deployment: Deployment) -> N
         assert watch.alive() and worker.proc is not None and worker.proc.poll() is None
         assert job_statuses(dep.engine) == ["done"] * 5
         log = watch.log()
-        assert_one_line_each_way(log, "broker")
+        assert_one_line_each_way(log, "broker", swept=True)
         # Queued once the broker was back, never during the outage (the first file
         # through may be logged just before the line saying the broker is back). A file
         # may instead be published by the sweep (its row owed, its queue empty) before
