@@ -22,7 +22,7 @@ class LogFormat(StrEnum):
 
 
 FIELDS = ("customer", "job", "request_id", "reason")
-_NOISY = ("botocore", "boto3", "urllib3", "watchdog", "s3transfer", "amqp", "kombu")
+_NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "amqp", "kombu")
 # scheme://user:password@host → scheme://user:***@host; password=… and token=… too
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
 _SECRET_PARAM = re.compile(r"(?i)(?P<head>\b(?:password|passwd|token|secret)=)[^&\s\"']+")

@@ -20,20 +20,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import OperationalError
-from watchdog.observers import Observer
 
 from pipelines.layout import Arrival
 from pipelines.outage import Backoff
 from pipelines.sources import dropfolder
-from pipelines.sources.dropfolder import DropFolderSource, fs
+from pipelines.sources.dropfolder import DropFolderSource, fs, inotify
 from pipelines.sources.settle import KERNEL_CLOSE_GRACE, SettleTracker
 
-try:
-    from watchdog.observers.inotify import InotifyObserver
-except ImportError:  # pragma: no cover - not Linux
-    InotifyObserver = None  # type: ignore[assignment,misc]
-
-needs_inotify = pytest.mark.skipif(Observer is not InotifyObserver,
+needs_inotify = pytest.mark.skipif(not inotify.available(),
                                    reason="needs inotify open/close events")
 WAIT = 30.0  # liveness bound for background work, never a speed requirement
 

@@ -3,9 +3,9 @@ scans are rare while the file-system events work, and never take most of the tim
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -14,11 +14,10 @@ from pathlib import Path
 from config.settings import Settings
 from models.migrate import upgrade
 from pipelines.keyring import init_keyring
-from pipelines.sources.dropfolder import DropFolderSource
+from pipelines.sources.dropfolder import DropFolderSource, inotify
 from pipelines.sources.dropfolder.fs import Root
 from pipelines.sources.dropfolder.loop import EVENTS_RESCAN, SCAN_SHARE
-from pipelines.sources.dropfolder.observer import Signals, Watches
-from pipelines.sources.dropfolder.tree import WarnOnce
+from pipelines.sources.dropfolder.observer import Signals
 from pipelines.sources.settle import SettleTracker
 
 FOLDERS = 20_000
@@ -77,16 +76,46 @@ def test_full_scans_are_rare_while_every_area_is_watched_and_never_dominate(tmp_
 
 
 def test_an_inotify_overflow_asks_for_a_full_scan(tmp_path: Path):
+    """A real overflow: more events than the kernel queues (max_queued_events) while
+    the reader cannot read them, then one scan is asked for."""
     root = Root(str(tmp_path))
     signals = Signals(root, SettleTracker(0.1))
-    watches = Watches(root, signals, WarnOnce())
-    watches.start([], 1.0)
+    reader = inotify.Inotify(signals.record, signals.request_full)
+    area = tmp_path / "ACME"
+    area.mkdir()
+    reader.add(str(area), inotify.FOLDER_MASK, recursive=True)
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    # Not started yet: the queue only fills. Two files in turn, since the kernel merges
+    # an event identical to the one queued last.
+    with (area / "f.req").open("wb") as one, (area / "g.req").open("wb") as two:
+        for _ in range(limit // 2 + 10):
+            for handle in (one, two):
+                handle.write(b"x")
+                handle.flush()
+    assert not signals.take_full_request()
+    reader.start()
     try:
-        logging.getLogger("watchdog.observers.inotify_c").warning(
-            "Inotify queue overflowed; filesystem events were lost")
-        assert signals.take_full_request()
+        deadline = time.monotonic() + 30.0
+        while not signals.take_full_request():
+            assert time.monotonic() < deadline, "no overflow reported"
+            time.sleep(0.01)
     finally:
-        watches.stop(5.0)
-    logging.getLogger("watchdog.observers.inotify_c").warning(
-        "Inotify queue overflowed; filesystem events were lost")
-    assert not signals.take_full_request()  # stopped: the alarm is gone
+        reader.stop(5.0)
+    assert not reader.is_alive()
+
+
+def test_inotify_events_decode_to_the_changes_the_loop_uses():
+    def event(wd: int, mask: int, name: bytes) -> bytes:
+        padded = name + b"\0" * (16 - len(name) % 16)
+        return struct.pack("iIII", wd, mask, 0, len(padded)) + padded
+
+    buffer = (event(1, inotify.Mask.CREATE, b"a.req") + event(1, inotify.Mask.MODIFY, b"a.req")
+              + event(1, inotify.Mask.CLOSE_WRITE, b"a.req")
+              + event(2, inotify.Mask.MOVED_TO | inotify.Mask.ISDIR, b"sub")
+              + struct.pack("iIII", -1, inotify.Mask.Q_OVERFLOW, 0, 0))
+    decoded = inotify.decode(buffer)
+    assert [(wd, name) for wd, _, name in decoded] == [(1, b"a.req")] * 3 + [(2, b"sub"), (-1, b"")]
+    assert [inotify.change_of(mask) for _, mask, _ in decoded] == [
+        inotify.Change.CREATED, inotify.Change.MODIFIED, inotify.Change.CLOSED,
+        inotify.Change.MOVED_IN, None]
+    assert inotify.decode(buffer[:10]) == []  # a torn header is not an event

@@ -16,9 +16,9 @@ is read again a few times, then quarantined ``unreadable``.
 How a file travels:
 
 1. **Seen** (`tree`, `observer`). A reconciling scan (``os.scandir``, one ``stat`` per
-   candidate) is the authority. The watchdog observer (one recursive watch per area
-   folder, plus the root for new folders; the reserved folders are not watched) only
-   wakes the loop early and feeds the settle rule; inotify drops events silently on
+   candidate) is the authority. The inotify reader (`inotify`, one thread; one recursive watch
+   per area folder, plus the root for new folders; the reserved folders are not
+   watched) only wakes the loop early and feeds the settle rule; inotify drops events silently on
    overflow, so nothing depends on an event arriving: while every area is watched
    the scan still runs, once a minute (and at once after an overflow). `drain` runs
    on scans alone.
