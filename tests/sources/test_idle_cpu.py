@@ -3,6 +3,7 @@ scans are rare while the file-system events work, and never take most of the tim
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import struct
@@ -119,3 +120,27 @@ def test_inotify_events_decode_to_the_changes_the_loop_uses():
         inotify.Change.CREATED, inotify.Change.MODIFIED, inotify.Change.CLOSED,
         inotify.Change.MOVED_IN, None]
     assert inotify.decode(buffer[:10]) == []  # a torn header is not an event
+
+
+def test_a_folder_that_cannot_be_watched_makes_the_watches_unhealthy(tmp_path: Path,
+                                                                     monkeypatch):
+    """Out of inotify watches (ENOSPC) for a folder below an area: the loop must not
+    trust the events for that area and keeps scanning at its normal interval."""
+    (tmp_path / "ACME" / "deep").mkdir(parents=True)
+    real_add = inotify.Inotify._add_one
+
+    def add_one(self: inotify.Inotify, watch: inotify.Watch, path: str) -> None:
+        if path.endswith("deep"):
+            raise OSError(errno.ENOSPC, "no watches left", path)
+        real_add(self, watch, path)
+
+    monkeypatch.setattr(inotify.Inotify, "_add_one", add_one)
+    source = DropFolderSource(tmp_path, on_batch=lambda batch: [], settle_seconds=0.1,
+                              scan_interval=0.5)
+    source._watches.start(source._tree.arrival_areas(), 0.5)
+    try:
+        assert str(tmp_path / "ACME") in source._watches.watched
+        assert not source._watches.healthy()
+        assert source._full_scan_gap(took=0.0) == 0.5
+    finally:
+        source._watches.stop(5.0)

@@ -132,6 +132,7 @@ class Watch:
         self.mask = mask
         self.recursive = recursive
         self.wds: set[int] = set()
+        self.incomplete = False  # a folder below could not be watched (no watches left)
 
 
 class Inotify:
@@ -187,8 +188,10 @@ class Inotify:
             for name in names:
                 try:
                     self._add_one(watch, os.path.join(folder, name))
+                except FileNotFoundError:
+                    pass  # gone meanwhile
                 except OSError:
-                    pass  # gone meanwhile, or no watches left: the scans still see it
+                    watch.incomplete = True  # no watches left (ENOSPC): the scans see it
 
     # --- the thread ----------------------------------------------------------------------
 
@@ -256,6 +259,8 @@ class Inotify:
                 try:
                     self._add_one(watch, path)
                     self._add_below(watch, path)
+                except FileNotFoundError:
+                    pass  # gone again: the scan asked for below sees what became of it
                 except OSError:
-                    pass  # gone again, or not watchable: the scan asked for below sees it
+                    watch.incomplete = True
             self._on_change(path, change, is_dir)

@@ -97,10 +97,12 @@ class Watches:
 
     def healthy(self) -> bool:
         """True while events can be relied on to wake the loop: the reader runs and
-        every area folder is watched. (Lost events are still possible; scans stay.)"""
+        every area folder is watched, with every folder below it. (Lost events are still
+        possible; scans stay.)"""
         with self._lock:
             reader = self._reader
-            return reader is not None and reader.is_alive() and not self._unwatched
+            return (reader is not None and reader.is_alive() and not self._unwatched
+                    and not any(watch.incomplete for watch, _ in self.watched.values()))
 
     def start(self, areas: list[Area], scan_interval: float) -> None:
         if self._reader is not None:
