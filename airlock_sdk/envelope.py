@@ -369,7 +369,9 @@ def _finite_float(what: str, text: str) -> float:
 
 def _parse_json_object(raw: bytes, what: str, *, reencode: bool = True) -> dict[str, Any]:
     value = strict_json_loads(raw, what)
-    if reencode:  # must re-encode: no lone surrogate escapes
+    # Must re-encode: no lone surrogate escapes. UTF-8 cannot carry a surrogate, so
+    # only a \u escape can make one: text without any needs no second look.
+    if reencode and b"\\u" in raw:
         try:
             canonical_json(value)
         except (UnicodeError, ValueError, RecursionError):

@@ -56,21 +56,42 @@ def wait_rss(proc: subprocess.Popen[bytes], timeout: float) -> int:
 
 def tree_peak_rss(pid: int) -> int:
     """The largest VmHWM (MiB) of `pid` and its descendants still running."""
+    return max((_vm_hwm_mib(one) for one in _tree(pid)), default=0)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by `pid` and its descendants still
+    running (with what their exited children used)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for one in _tree(pid):
+        fields = _stat_fields(one)
+        if fields is not None:  # utime stime cutime cstime: fields 14-17 of /proc/pid/stat
+            total += sum(int(value) for value in fields[11:15])
+    return total / ticks
+
+
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (from the state on)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants still running."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as handle:
-                    fields = handle.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
+        if entry.isdigit() and (fields := _stat_fields(entry)) is not None:
             children.setdefault(int(fields[1]), []).append(int(entry))
-    peak, todo = 0, [pid]
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
-        peak = max(peak, _vm_hwm_mib(current))
+        found.append(current)
         todo.extend(children.get(current, []))
-    return peak
+    return found
 
 
 def _vm_hwm_mib(pid: int) -> int:
@@ -84,10 +105,11 @@ def _vm_hwm_mib(pid: int) -> int:
     return 0
 
 
-def wait_for_log(child: Child, needle: str, timeout: float = 60.0) -> None:
+def wait_for_log(child: Child, needle: str, timeout: float = 60.0, *, times: int = 1) -> None:
+    """Wait until `child` has logged `needle` `times` times (once per runner process)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if needle in child.log.read_text(errors="replace"):
+        if child.log.read_text(errors="replace").count(needle) >= times:
             return
         if child.proc.poll() is not None:
             raise RuntimeError(f"{child.name} exited: {child.log.read_text()[-2000:]}")

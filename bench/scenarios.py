@@ -25,7 +25,7 @@ from bench.fleet import (
     deactivation_file,
     deactivation_files,
 )
-from bench.procs import spawn, wait_for_log
+from bench.procs import spawn, tree_cpu_seconds, wait_for_log
 from models.db import make_engine
 from models.migrate import upgrade
 from models.types import utcnow
@@ -145,7 +145,8 @@ def embedded(ws: Workspace, files: int, timeout: float, processes: int = 1) -> d
     runner = spawn("run", ["cli", "run", "--processes", str(processes)], ws.env,
                    ws.home / "logs")
     try:
-        wait_for_log(runner, "watching")
+        wait_for_log(runner, "watching", times=processes)  # every runner is ready
+        cpu_before = tree_cpu_seconds(runner.proc.pid)
         inbox = ws.inbox()
         inbox.mkdir(exist_ok=True)
         first = time.time()
@@ -153,20 +154,24 @@ def embedded(ws: Workspace, files: int, timeout: float, processes: int = 1) -> d
             _write(inbox / f"d{i:07d}.req", blob)
         dropped = time.time()
         done = _wait_until(lambda: _count(ws.outbox()) >= files, timeout, poll=1.0)
+        cpu = tree_cpu_seconds(runner.proc.pid) - cpu_before
     finally:
         rss = runner.stop()
-    return _drained(ws, files, processes, done, first, rss,
+    return _drained(ws, files, processes, done, first, rss, cpu,
                     drop_seconds=round(dropped - first, 3), setup_seconds=round(setup, 1))
 
 
 def _drained(ws: Workspace, files: int, processes: int, done: bool, first: float, rss: int,
-             **extra: Any) -> dict[str, Any]:
-    """The figures of a run that processed `files` from `first` to the last result."""
+             cpu: float, **extra: Any) -> dict[str, Any]:
+    """The figures of a run that processed `files` from `first` to the last result,
+    using `cpu` seconds of the runner processes' CPU (up to a second after the last)."""
     last = max((e.stat().st_mtime for e in os.scandir(ws.outbox())), default=first)
     processed = _count(ws.home / "inbox" / "_processed" / CUSTOMER)
+    seconds = max(last - first, 1e-9)
     return {"files": files, "processes": processes, "completed": done, "processed": processed,
-            "seconds": round(last - first, 3),
-            "files_per_s": round(files / max(last - first, 1e-9), 1), **extra,
+            "seconds": round(seconds, 3), "files_per_s": round(files / seconds, 1),
+            "cpu_ms_per_file": round(1000 * cpu / files, 3),
+            "cpu_share": round(cpu / (seconds * (os.cpu_count() or 1)), 2), **extra,
             "peak_rss_mib": {"runner": rss}}
 
 
@@ -185,9 +190,11 @@ def backlog(ws: Workspace, files: int, timeout: float, processes: int = 1) -> di
         wait_for_log(runner, "watching")
         started = time.time() - first
         done = _wait_until(lambda: _count(ws.outbox()) >= files, timeout, poll=1.0)
+        cpu = tree_cpu_seconds(runner.proc.pid)  # the start-up's imports included
     finally:
         rss = runner.stop()
-    return _drained(ws, files, processes, done, first, rss, start_seconds=round(started, 2),
+    return _drained(ws, files, processes, done, first, rss, cpu,
+                    start_seconds=round(started, 2),
                     setup_seconds=round(setup, 1))
 
 

@@ -13,6 +13,8 @@ from sqlalchemy import ColumnElement, Connection, Engine, and_, create_engine, e
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel
 
+from models.write_lock import LOCK_SUFFIX, WriteLockedConnection
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "airlock_read_only"
 DATABASE_FILE_MODE = 0o600  # the database holds license state: owner only
@@ -29,14 +31,19 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
 def _sqlite_engine(url: str, *, echo: bool) -> Engine:
     database = make_url(url).database
+    lock_file: str | None = None
     if database and database != ":memory:" and not database.startswith("file:"):
         _prepare_private_file(Path(database))
-    engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        lock_file = f"{Path(database).resolve()}{LOCK_SUFFIX}"
+    engine = create_engine(url, echo=echo, connect_args={
+        "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "factory": WriteLockedConnection})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
         # Let SQLAlchemy issue BEGIN itself (pysqlite's own BEGIN is deferred).
         dbapi_connection.isolation_level = None
+        if lock_file is not None:
+            dbapi_connection.use_lock_file(lock_file)
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
@@ -52,8 +59,16 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
         # beside a writer.
         if conn.get_execution_options().get(READ_ONLY):
             conn.exec_driver_sql("BEGIN")
-        else:
+            return
+        dbapi_connection = conn.connection.dbapi_connection
+        if isinstance(dbapi_connection, WriteLockedConnection):
+            dbapi_connection.lock_for_write(SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            if isinstance(dbapi_connection, WriteLockedConnection):
+                dbapi_connection.release_write_lock()
+            raise
 
     return engine
 

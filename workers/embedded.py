@@ -25,10 +25,11 @@ DRAIN_TIMEOUT = 3600.0  # `airlock run --drain` without --timeout
 class EmbeddedRunner:
     """Feeds the configured inbox's source (folder or s3://) to the intake."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, slot: tuple[int, int] = (0, 1)) -> None:
         self.runtime = runtime
         self.intake = runtime.intake()
-        self.source: Source = make_source(runtime.settings, runtime.inbox, self.on_batch)
+        self.source: Source = make_source(runtime.settings, runtime.inbox, self.on_batch,
+                                          slot=slot)
 
     def on_batch(self, arrivals: list[Arrival]) -> list[Arrival]:
         """Handle a batch; the arrivals not finished (still in the inbox) come back."""
@@ -66,13 +67,13 @@ def run_embedded(settings: Settings, stop: threading.Event, *, processes: int = 
         metrics.use_directory(settings.home / "metrics")
     context = multiprocessing.get_context("spawn")
     children = [context.Process(target=_child, name=f"airlock-run-{n}",
-                                args=(settings, drain, timeout, log_level))
+                                args=(settings, drain, timeout, log_level, (n, processes)))
                 for n in range(1, processes)]
     for child in children:
         child.start()
     try:
         mine = _run_one(settings, stop, drain=drain, timeout=timeout, log_level=log_level,
-                        serve=True)
+                        slot=(0, processes), serve=True)
     finally:
         if not drain or stop.is_set():
             for child in children:
@@ -86,13 +87,14 @@ def run_embedded(settings: Settings, stop: threading.Event, *, processes: int = 
 
 
 def _run_one(settings: Settings, stop: threading.Event, *, drain: bool,
-             timeout: float | None, log_level: str, serve: bool = False) -> bool:
+             timeout: float | None, log_level: str, slot: tuple[int, int],
+             serve: bool = False) -> bool:
     setup_logging(log_level, settings.log_format)
     runtime = build_runtime(settings)
     server = serve_metrics(runtime) if serve else None
     try:
         runtime.remove_stale_temp()
-        runner = EmbeddedRunner(runtime)
+        runner = EmbeddedRunner(runtime, slot)
         if drain:
             return runner.drain(stop, timeout=timeout)
         runner.run(stop)
@@ -103,7 +105,8 @@ def _run_one(settings: Settings, stop: threading.Event, *, drain: bool,
         runtime.close()
 
 
-def _child(settings: Settings, drain: bool, timeout: float | None, log_level: str) -> None:
+def _child(settings: Settings, drain: bool, timeout: float | None, log_level: str,
+           slot: tuple[int, int]) -> None:
     stop = threading.Event()
 
     def _stop(_signum: int, _frame: Any) -> None:
@@ -111,5 +114,6 @@ def _child(settings: Settings, drain: bool, timeout: float | None, log_level: st
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches all
-    if not _run_one(settings, stop, drain=drain, timeout=timeout, log_level=log_level):
+    if not _run_one(settings, stop, drain=drain, timeout=timeout, log_level=log_level,
+                    slot=slot):
         raise SystemExit(1)

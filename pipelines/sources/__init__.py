@@ -14,9 +14,11 @@ __all__ = ["OnBatch", "Source", "make_source"]
 BATCH_SIZE = 200  # files handed over together: one transaction and one sync for all
 
 
-def make_source(settings: Settings, inbox: Store, on_batch: OnBatch) -> Source:
+def make_source(settings: Settings, inbox: Store, on_batch: OnBatch,
+                slot: tuple[int, int] = (0, 1)) -> Source:
     """The source for the configured inbox: an S3 poller for ``s3://``, else a drop
-    folder watcher (which hands over a pass's ready files together)."""
+    folder watcher (which hands over a pass's ready files together); `slot`: this
+    runner's (index, count) among those sharing the drop folder."""
     location = settings.resolved_inbox
     if location.startswith("s3://"):
         from pipelines.sources.s3poller import S3Source
@@ -33,4 +35,4 @@ def make_source(settings: Settings, inbox: Store, on_batch: OnBatch) -> Source:
                             settle_seconds=settings.settle_seconds,
                             scan_interval=settings.scan_interval_seconds,
                             limits=SizeLimits.from_settings(settings),
-                            open_hold=settings.open_hold_seconds)
+                            open_hold=settings.open_hold_seconds, slot=slot)

@@ -34,6 +34,7 @@ _TEMP_NAME = re.compile(r"^\..*\.airlock-[0-9a-f]{16}\.tmp$", re.DOTALL)
 # owner read/write, group read (the operator's tooling); folders owner + group.
 DEFAULT_FILE_MODE = 0o640
 DEFAULT_DIR_MODE = 0o750
+_LAYOUT_DEPTH = 2  # folder levels below the root that only the operator changes
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -47,6 +48,13 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 
 _SYNCFS = _load_syncfs()  # Linux: flush one file system, not every mounted one
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of `data` to `fd` (a write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _is_own_temp(name: str) -> bool:
@@ -105,6 +113,7 @@ class LocalStore:
         self._root_text = str(self.root)
         self.location = self.root.as_uri()
         self._made_dirs: set[Path] = set()  # folders known to exist: no mkdir per write
+        self._plain_dirs: set[str] = set()  # layout folders found not to be symlinks
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -116,25 +125,45 @@ class LocalStore:
         path (following any symlinked folders) would leave the store root. With
         `follow=False` a symlink that is the key's last segment is the entry itself
         (to move it, never to read through it), so where it points does not matter."""
+        return Path(self._resolve(key, follow=follow)[0])
+
+    def _resolve(self, key: str, *, follow: bool = True, look_at_last: bool = True
+                 ) -> tuple[str, os.stat_result | None]:
+        """`path_for` as text, with the ``lstat`` of the entry itself (None if it is
+        missing, or not looked at: `look_at_last=False` for a rename's target, which
+        replaces a symlink there rather than following it)."""
         check_key(key)
-        last = key.count("/")
+        parts = key.split("/")
+        last = len(parts) - 1
         # The root was resolved once, when the operator configured it. Below it, a
         # symlinked folder or file could point anywhere: each existing component is
-        # lstat'ed (cheap), and only a symlink costs a full resolve and check. Plain
-        # strings: building pathlib objects per component cost more than the lstats.
+        # lstat'ed (cheap), and only a symlink costs a full resolve and check. The
+        # folders of the first two levels are the operator's layout (``_processed/``,
+        # an area): found to be plain folders once, they are not looked at again.
+        # Plain strings: building pathlib objects per component cost more than lstats.
         current = self._root_text
-        for index, part in enumerate(key.split("/")):
+        entry: os.stat_result | None = None
+        for index, part in enumerate(parts):
             current = f"{current}{os.sep}{part}"
+            if index < last and current in self._plain_dirs:
+                continue
+            if index == last and not look_at_last:
+                break
             try:
-                mode = os.lstat(current).st_mode
+                st = os.lstat(current)
             except (FileNotFoundError, NotADirectoryError):
                 break  # the rest does not exist: nothing to follow
-            if stat.S_ISLNK(mode) and not (index == last and not follow):
+            if stat.S_ISLNK(st.st_mode) and not (index == last and not follow):
                 resolved = Path(os.path.realpath(f"{self._root_text}{os.sep}{key}"))
                 if not resolved.is_relative_to(self.root) or resolved == self.root:
                     raise InvalidKey(f"key {key!r} resolves outside {self.location}")
+                entry = os.lstat(current) if index == last else None
                 break
-        return Path(f"{self._root_text}{os.sep}{key}")
+            if index == last:
+                entry = st
+            elif index < _LAYOUT_DEPTH and stat.S_ISDIR(st.st_mode):
+                self._plain_dirs.add(current)
+        return f"{self._root_text}{os.sep}{key}", entry
 
     def _file_stat(self, key: str) -> os.stat_result:
         path = self.path_for(key)
@@ -212,14 +241,19 @@ class LocalStore:
             self._ensure_dir(path.parent)
             fd = self._open_new(tmp)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                if isinstance(data, bytes | bytearray | memoryview):
-                    fh.write(data)
-                else:
+            if isinstance(data, bytes | bytearray | memoryview):
+                try:  # straight to the descriptor: a file object costs three syscalls more
+                    write_all(fd, data)
+                    if fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+            else:
+                with os.fdopen(fd, "wb") as fh:
                     shutil.copyfileobj(data, fh, 1024 * 1024)
-                if fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                    if fsync:
+                        fh.flush()
+                        os.fsync(fh.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -245,7 +279,9 @@ class LocalStore:
             self.sync()
 
     def _put(self, key: str, data: bytes | IO[bytes], *, durable: bool) -> None:
-        path = self.path_for(key)
+        # The replace takes the place of whatever entry is at `key` (a symlink there is
+        # replaced, never written through): only the folders on the way are checked.
+        path = Path(self._resolve(key, look_at_last=False)[0])
         tmp = self._write_temp(path, data, fsync=durable)
         try:
             os.replace(tmp, path)
@@ -434,32 +470,33 @@ class LocalStore:
         symlink's rename moves the link, never its target.
         """
         rename = os.replace if replace else rename_noreplace
-        src_path = self.path_for(src, follow=False)
-        dst_path = self.path_for(dst)
-        st = self._lstat_entry(src_path, src)
+        src_text, st = self._resolve(src, follow=False)
+        if st is None or stat.S_ISDIR(st.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "no such object", src)
+        dst_text, _ = self._resolve(dst, look_at_last=False)
+        dst_path = Path(dst_text)
         self._ensure_dir(dst_path.parent)
         try:
-            rename(str(src_path), str(dst_path))
+            rename(src_text, dst_text)
         except FileNotFoundError:
-            if os.path.lexists(src_path):  # our folder was removed since we made it
+            if os.path.lexists(src_text):  # our folder was removed since we made it
                 self._made_dirs.discard(dst_path.parent)
+                self._plain_dirs.clear()
                 self._ensure_dir(dst_path.parent)
-                rename(str(src_path), str(dst_path))
+                rename(src_text, dst_text)
             else:
                 raise
         if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != self.file_mode:
-            self._set_file_mode(dst_path)  # a rename keeps the mode: only then look again
+            self._set_file_mode(dst_text)  # a rename keeps the mode: only then chmod
         if durable:
             self._sync_dir(dst_path.parent)
 
-    def _set_file_mode(self, path: Path) -> None:
-        """chmod a file just moved into place to `file_mode`. A symlink (which has no
-        mode of its own) is left alone rather than followed; so is a file another user
-        owns (a shared drop folder), which we may not chmod: the move has happened."""
+    def _set_file_mode(self, path: str) -> None:
+        """chmod the regular file just moved to `path` (in a folder of ours) to
+        `file_mode`; a file another user owns (a shared drop folder), which we may not
+        chmod, is left as it is: the move has happened."""
         try:
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != self.file_mode:
-                os.chmod(path, self.file_mode)
+            os.chmod(path, self.file_mode)
         except (FileNotFoundError, PermissionError):
             return
 

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import IO, TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -35,6 +33,8 @@ from pipelines.storage.base import (
 )
 
 if TYPE_CHECKING:
+    import boto3
+
     from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,11 @@ _SESSION: boto3.session.Session | None = None
 
 
 def _session() -> boto3.session.Session:
-    """One boto3 session per process, so service models are loaded only once."""
+    """One boto3 session per process, so service models are loaded only once. boto3
+    is imported here, when a client is first made: a drop-folder runner never needs it,
+    and it was a tenth of every process's start-up."""
+    import boto3
+
     global _SESSION
     if _SESSION is None:
         _SESSION = boto3.session.Session()
@@ -103,6 +107,8 @@ def make_client(service: str, source: Settings | S3ClientParams | None = None) -
 
     Credentials come from the usual boto3 chain unless `S3ClientParams` names them.
     """
+    from botocore.config import Config
+
     params = _params(source)
     config = Config(
         region_name=params.region,

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from pipelines.layout import Arrival
 from pipelines.outage import Backoff
 from pipelines.sources import dropfolder
-from pipelines.sources.dropfolder import DropFolderSource, fs, inotify
+from pipelines.sources.dropfolder import DropFolderSource, fs, inotify, loop
 from pipelines.sources.settle import KERNEL_CLOSE_GRACE, SettleTracker
 
 needs_inotify = pytest.mark.skipif(not inotify.available(),
@@ -378,6 +378,55 @@ def test_two_sources_on_one_folder_never_hand_over_the_same_file(root, make_sour
     assert all(r.stop(timeout=10) for r in running)
     assert first.drain(timeout=5)
     assert sorted(n for _, n, _ in recorder.seen) == [f"{i:03d}.req" for i in range(300)]
+
+
+def test_runner_slots_split_the_files_and_each_takes_the_rest_last(root, make_source):
+    """Runner i of n takes the files whose name hashes to it first (name order), then
+    the others' from the end: two runners start at different files."""
+    ready = {"ACME": [(f"{i:03d}.req", f"ACME/{i:03d}.req", os.lstat(root)) for i in range(60)]}
+    names = [f"{i:03d}.req" for i in range(60)]
+    mine0, theirs0 = loop._shares(ready, (0, 2))
+    mine1, theirs1 = loop._shares(ready, (1, 2))
+    first = [name for name, _, _ in mine0["ACME"]]
+    second = [name for name, _, _ in mine1["ACME"]]
+    assert first and second and sorted(first + second) == names
+    assert first == sorted(first) and second == sorted(second)
+    assert [name for name, _, _ in theirs0["ACME"]] == second[::-1]
+    assert [name for name, _, _ in theirs1["ACME"]] == first[::-1]
+    alone, nobody = loop._shares(ready, (0, 1))
+    assert [name for name, _, _ in alone["ACME"]] == names and nobody == {}
+    with pytest.raises(ValueError):
+        make_source(Recorder(root), slot=(2, 2))
+
+
+def test_a_runner_alone_in_its_slot_still_takes_the_other_share(root, make_source):
+    """The runner whose share a file is may be gone: another takes it in the same pass."""
+    recorder = Recorder(root)
+    for i in range(50):
+        (root / "ACME" / f"{i:03d}.req").write_bytes(b"%d" % i)
+    for i in range(50):  # settled: a backlog
+        os.utime(root / "ACME" / f"{i:03d}.req", (time.time() - 60, time.time() - 60))
+    assert make_source(recorder, slot=(1, 2)).drain(timeout=10)
+    assert sorted(n for _, n, _ in recorder.seen) == [f"{i:03d}.req" for i in range(50)]
+
+
+def test_two_slotted_runners_drain_a_backlog_once_each_file(root, make_source):
+    recorder = Recorder(root)
+    for i in range(400):
+        (root / "ACME" / f"{i:03d}.req").write_bytes(b"%d" % i)
+        os.utime(root / "ACME" / f"{i:03d}.req", (time.time() - 60, time.time() - 60))
+    sources = [make_source(recorder, slot=(n, 2), batch_size=25) for n in range(2)]
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda s=s: results.append(s.drain(timeout=30)))
+               for s in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == [True, True]
+    assert sorted(n for _, n, _ in recorder.seen) == [f"{i:03d}.req" for i in range(400)]
+    assert list((root / "ACME").iterdir()) == []
+    assert list((root / "_processing" / "ACME").iterdir()) == []
 
 
 # --- failures and crashes ----------------------------------------------------------------------

@@ -185,14 +185,14 @@ def test_a_file_over_the_limit_is_refused_from_its_stat_never_read(root, make_so
         handle.truncate(300 * 1024 * 1024)
     (root / "ACME" / "big.zip").write_bytes(b"z" * (128 * 1024 + 1))  # archive limit
     (root / "ACME" / "fits.zip").write_bytes(b"z" * (100 * 1024))  # over the file limit only
-    real_open = claims.open if hasattr(claims, "open") else open
+    real_read = claims.fs.read_up_to
     opened: list[int] = []
 
-    def counting_open(fd: Any, *args: Any, **kwargs: Any) -> Any:
+    def counting_read(fd: int, limit: int) -> bytes:
         opened.append(fd)
-        return real_open(fd, *args, **kwargs)
+        return real_read(fd, limit)
 
-    monkeypatch.setattr(claims, "open", counting_open, raising=False)
+    monkeypatch.setattr(claims.fs, "read_up_to", counting_read)
     assert drained(source)
     assert entries(root / "_rejected" / "ACME") == [
         "big.zip", "big.zip.error.json", "fits.zip", "fits.zip.error.json", "huge.req",

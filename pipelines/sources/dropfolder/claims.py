@@ -111,7 +111,8 @@ class Claims:
         try:
             target = self._move_into_processing(key, processing_key(area, final))
         except FileNotFoundError:
-            log.debug("%s was claimed by another source", escaped(key))
+            if log.isEnabledFor(logging.DEBUG):  # routine with several runners
+                log.debug("%s was claimed by another source", escaped(key))
             return None
         except OSError as exc:
             log.warning("cannot claim %s: %s", escaped(key), exc)
@@ -214,8 +215,7 @@ class Claims:
             return self._refused(area, name, key, held, RejectReason.TOO_LARGE,
                                  refusals.too_large_detail(held.st_size, limit), fd)
         try:
-            with open(fd, "rb", closefd=False) as handle:
-                data = handle.read(limit + 1)
+            data = fs.read_up_to(fd, limit + 1)
         except OSError as exc:
             os.close(fd)
             return self._failed_read(area, name, key, held, exc)

@@ -47,6 +47,20 @@ class Root:
         return path[len(prefix):].replace(os.sep, "/")
 
 
+def read_up_to(fd: int, limit: int) -> bytes:
+    """Read from `fd` until its end or `limit` bytes, whichever comes first (straight
+    from the descriptor: a file object costs three syscalls more per file)."""
+    parts: list[bytes] = []
+    left = limit
+    while left > 0:
+        part = os.read(fd, min(left, 1024 * 1024))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
 def hold(path: str) -> int | None:
     """Open and lock the regular file `path`; the descriptor, or None if it is gone or
     held by another. `NotAFile` for anything else (never blocks on a FIFO, never
@@ -64,12 +78,13 @@ def hold(path: str) -> int | None:
             raise NotAFile(path) from exc
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mine = os.fstat(fd)  # the inode an fd names never changes: one look is enough
+        if not stat.S_ISREG(mine.st_mode):
             raise NotAFile(path)
         os.set_blocking(fd, True)
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        mine, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+        there = os.stat(path, follow_symlinks=False)
         if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
             return fd
     except (BlockingIOError, FileNotFoundError):

@@ -9,6 +9,7 @@ import os
 import stat
 import threading
 import time
+import zlib
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +45,40 @@ Ready = dict[str, list[tuple[str, str, os.stat_result]]]  # area: [(name, key, l
 
 
 def _round_robin(groups: Ready) -> Iterator[tuple[str, str, str, os.stat_result]]:
-    """(area, name, key, lstat) in name order per area, areas taking turns."""
-    ordered = [[(area, *item) for item in sorted(groups[area])] for area in sorted(groups)]
+    """(area, name, key, lstat) in each area's order, areas taking turns."""
+    ordered = [[(area, *item) for item in groups[area]] for area in sorted(groups)]
     for batch in itertools.zip_longest(*ordered):
         yield from (item for item in batch if item is not None)
+
+
+def _shares(groups: Ready, slot: tuple[int, int]) -> tuple[Ready, Ready]:
+    """This runner's share of the ready files in name order, and the others' in reverse.
+
+    Runner `index` of `count` sharing the inbox takes first the files whose name hashes
+    to it, then what is left of the others' from the end of their list: runners walking
+    one list in step would race for every file (a loser's rename is wasted work), while
+    these meet only where one that finished its share meets the owner of the rest. One
+    runner alone has every file in its share, in name order."""
+    index, count = slot
+    mine: Ready = {}
+    theirs: Ready = {}
+    for area, items in groups.items():
+        items = sorted(items)
+        if count == 1:
+            mine[area] = items
+            continue
+        mine[area] = [item for item in items if _share(item[0], count) == index]
+        theirs[area] = [item for item in reversed(items) if _share(item[0], count) != index]
+    return mine, theirs
+
+
+def _count(groups: Ready) -> int:
+    return sum(len(items) for items in groups.values())
+
+
+def _share(name: str, count: int) -> int:
+    """The runner (of `count`) that takes the file `name` first: the same in each."""
+    return zlib.crc32(name.encode("utf-8", "surrogateescape")) % count
 
 
 def _names(held: list[Held]) -> str:
@@ -78,6 +109,7 @@ class DropFolderSource:
     and of reads that failed. `limits`: the largest file read (larger ones are
     refused from their ``stat``).
     `clock` (seconds, monotonic) and `sleep` (used by `drain`) are the time it runs on.
+    `slot` (index, count): this source's place among `count` sharing the inbox.
     """
 
     def __init__(self, root: Path, *, on_batch: OnBatch, batch_size: int = 200,
@@ -86,7 +118,9 @@ class DropFolderSource:
                  sleep: Callable[[float], None] = time.sleep,
                  close_grace: float | None = None, open_hold: float | None = None,
                  backoff: Backoff | None = None, limits: SizeLimits | None = None,
-                 probe: WriterProbe = KERNEL) -> None:
+                 probe: WriterProbe = KERNEL, slot: tuple[int, int] = (0, 1)) -> None:
+        if not 0 <= slot[0] < slot[1]:
+            raise ValueError("slot must be (index, count) with 0 <= index < count")
         if scan_interval <= 0:
             raise ValueError("scan_interval must be > 0")
         if batch_size < 1:
@@ -96,6 +130,7 @@ class DropFolderSource:
         self.scan_interval = scan_interval
         self._on_batch = on_batch
         self._batch_size = batch_size
+        self._slot = slot
         self._clock = clock
         self._sleep = sleep
         self._tracker = SettleTracker(settle_seconds, close_grace=close_grace,
@@ -153,6 +188,8 @@ class DropFolderSource:
             now = self._clock()
             if now >= deadline or stopping():
                 return False
+            if result.claimed:
+                continue  # more may be ready at once (or lost to another source)
             self._sleep(max(0.005, min(result.next_due - now, self.scan_interval,
                                        deadline - now)))
 
@@ -226,20 +263,42 @@ class DropFolderSource:
                     next_due = min(next_due, due)
             if full:
                 self._tracker.prune(seen)
-            claimed = 0
             held: list[Held] = []
-            for area, name, key, st in _round_robin(ready) if claim else ():
-                if stopping():
-                    break
-                one = self._claims.claim(area, name, key, st)
-                if one is not None:
-                    claimed += 1
-                    held.append(one)
-                    if len(held) >= self._batch_size:
-                        self._deliver(held)
-                        held = []
+            mine, theirs = _shares(ready, self._slot) if claim else ({}, {})
+            claimed = self._claim_each(mine, held, stopping)
+            gone = 0  # the others' files that another runner took meanwhile
+            if theirs and not stopping():
+                left = self._still_there(theirs)  # looked at once ours are claimed
+                gone = _count(theirs) - _count(left)
+                claimed += self._claim_each(left, held, stopping)
             self._deliver(held)  # claimed files are always handed over
-            return _PassResult(claimed, len(seen) - claimed, next_due)
+            return _PassResult(claimed, len(seen) - claimed - gone, next_due)
+
+    def _claim_each(self, ready: Ready, held: list[Held], stopping: Stopping) -> int:
+        """Claim `ready` into `held`, handing over each full batch; how many were taken."""
+        claimed = 0
+        for area, name, key, st in _round_robin(ready):
+            if stopping():
+                break
+            one = self._claims.claim(area, name, key, st)
+            if one is not None:
+                claimed += 1
+                held.append(one)
+                if len(held) >= self._batch_size:
+                    self._deliver(held)
+                    held.clear()
+        return claimed
+
+    def _still_there(self, ready: Ready) -> Ready:
+        """The entries of `ready` still in the arrival folders. Asked just before they
+        are claimed: the other runners will have taken most of their own share meanwhile,
+        and a look costs less than a claim that fails."""
+        left: Ready = {}
+        for area, items in ready.items():
+            for item in items:
+                if os.path.lexists(self._where.of(item[1])):
+                    left.setdefault(area, []).append(item)
+        return left
 
     def _rechecked(self) -> Iterator[tuple[str, os.stat_result]]:
         keys = self._signals.take_woken().union(self._tracker.pending())
