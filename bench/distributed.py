@@ -10,11 +10,10 @@ from typing import Any
 
 from celery import Celery
 
-from bench.fleet import CUSTOMER, active_fleet, deactivation_files
+from bench.fleet import CUSTOMER
 from bench.procs import spawn, wait_for_log, wait_rss
 from bench.scenarios import Workspace, _count, _wait_until, _write, deactivation_fleet
 from config.settings import Settings
-from models.types import utcnow
 from workers.broker import purge, queue_depths, unacknowledged
 from workers.celery_app import NOOP, make_celery
 
@@ -93,15 +92,13 @@ def bulk(ws: Workspace, files: int, timeout: float,
     """One zip of `files` members through `airlock import` and the workers."""
     _broker(redis_url)
     env = {**ws.env, "AIRLOCK_BROKER_URL": redis_url}
-    now = utcnow()
+    blobs, setup = deactivation_fleet(ws, files)
     began = time.perf_counter()
-    fleet = active_fleet(ws.engine, files, now=now)
-    bundle = ws.keyring.public_bundle()
     archive = ws.home / "fleet.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for i, blob in enumerate(deactivation_files(fleet, bundle, now=now)):
-            zf.writestr(f"deactivations/d{i:07d}.req", blob)  # member by member
-    setup = time.perf_counter() - began
+        for i, blob in enumerate(blobs):
+            zf.writestr(f"deactivations/d{i:07d}.req", blob)
+    setup += time.perf_counter() - began
     worker = spawn("worker", ["cli", "worker", "--concurrency", "2", "--loglevel", "WARNING"],
                    env, ws.home / "logs")
     try:

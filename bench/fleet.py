@@ -41,15 +41,16 @@ __all__ = ["CUSTOMER", "PRODUCT", "BenchDevice", "activation_files", "active_fle
 
 
 def create_catalogue(engine: Engine, licenses: int, *, seats: int = DEVICES_PER_LICENSE,
-                     now: datetime) -> list[str]:
+                     now: datetime, keys: list[str] | None = None) -> list[str]:
     """A customer, a product and `licenses` consumption licenses with one consumption
     feature each, inserted as rows (the admin path, one license at a time, would add
-    seconds of setup per scenario)."""
+    seconds of setup per scenario); `keys`: the licenses' keys, new ones if not given."""
     with session_scope(engine) as session:
         customer = catalog.add_customer(session=session, code=CUSTOMER,
                                         name="Benchmark customer")
         product = catalog.add_product(session=session, code=PRODUCT, name="Benchmark product")
-    keys = list(dict.fromkeys(catalog.generate_license_key() for _ in range(licenses)))
+    if keys is None:
+        keys = list(dict.fromkeys(catalog.generate_license_key() for _ in range(licenses)))
     with engine.begin() as conn:
         conn.execute(insert(License), [{
             "key": key, "customer_id": customer.id, "product_id": product.id,
@@ -65,14 +66,18 @@ def create_catalogue(engine: Engine, licenses: int, *, seats: int = DEVICES_PER_
     return keys
 
 
-def active_fleet(engine: Engine, count: int, *, now: datetime) -> list[BenchDevice]:
-    """`count` devices already active on ceil(count / 50) licenses."""
-    keys = create_catalogue(engine, -(-count // DEVICES_PER_LICENSE), now=now)
+def active_fleet(engine: Engine, count: int, *, now: datetime,
+                 like: list[BenchDevice] | None = None) -> list[BenchDevice]:
+    """`count` devices already active on ceil(count / 50) licenses; with `like`, those
+    devices and their licenses (made for another scenario's database) instead of new ones."""
+    keys = create_catalogue(engine, -(-count // DEVICES_PER_LICENSE), now=now, keys=None
+                            if like is None else list(dict.fromkeys(d.license_key for d in like)))
     with session_scope(engine) as session:
         ids: dict[str, int] = dict(session.exec(  # type: ignore[arg-type]
             select(License.key, License.id)).all())
-    devices = [BenchDevice(f"BENCH-HW-{i:07d}", SigningKey.generate(),
-                           keys[i // DEVICES_PER_LICENSE]) for i in range(count)]
+    devices = like if like is not None else [
+        BenchDevice(f"BENCH-HW-{i:07d}", SigningKey.generate(), keys[i // DEVICES_PER_LICENSE])
+        for i in range(count)]
     rows: list[dict[str, object]] = [{
              "license_id": ids[d.license_key], "hardware_id": d.hardware_id,
              "public_key": b64u(bytes(d.key.verify_key)), "status": DeviceStatus.ACTIVE,

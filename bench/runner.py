@@ -31,10 +31,11 @@ def run_bench(*, files: int, workers: int, chosen: list[str], database_url: str 
     root = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
     report: dict[str, Any] = {"files": files, "workers": workers, "machine": _machine(),
                               "scenarios": {}}
+    fleets = scenarios.Fleets(root / "keys")
     try:
         for name in chosen:
             started = time.perf_counter()
-            figures = _one(name, root, files=files, workers=workers,
+            figures = _one(name, root, fleets, files=files, workers=workers,
                            database_url=database_url, postgres_url=postgres_url,
                            redis_url=redis_url, timeout=timeout)
             figures["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -51,13 +52,13 @@ def run_bench(*, files: int, workers: int, chosen: list[str], database_url: str 
     return report
 
 
-def _one(name: str, root: Path, **kw: Any) -> dict[str, Any]:
+def _one(name: str, root: Path, fleets: scenarios.Fleets, **kw: Any) -> dict[str, Any]:
     files, database_url = kw["files"], kw["database_url"]
     if name == "activation-postgres":
         if not kw["postgres_url"]:
             return {"skipped": "no --postgres-url given"}
         database_url = kw["postgres_url"]
-    ws = scenarios.open_workspace(root, name, database_url)
+    ws = scenarios.open_workspace(root, name, database_url, fleets)
     try:
         if name == "baseline":
             from bench.baseline import framework_free

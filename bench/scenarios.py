@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from sqlmodel import SQLModel
 from bench.files import clean_context
 from bench.fleet import (
     CUSTOMER,
+    BenchDevice,
     activation_files,
     active_fleet,
     create_catalogue,
@@ -38,6 +40,34 @@ class RefusedDatabase(Exception):
     """The database given holds data: the benchmark never runs against it."""
 
 
+class Fleets:
+    """The vendor keyring and the deactivation files of one benchmark run, made once:
+    sealing and signing 20,000 files takes seconds that every scenario would spend
+    again. Each scenario's workspace gets a copy of the keyring, and its own database
+    the devices' rows."""
+
+    def __init__(self, keys_dir: Path) -> None:
+        self.keys_dir = keys_dir
+        self._made: dict[int, tuple[list[BenchDevice], list[bytes]]] = {}
+
+    def keyring(self) -> Path:
+        init_keyring(self.keys_dir)
+        return self.keys_dir
+
+    def deactivations(self, ws: Workspace, files: int) -> list[bytes]:
+        """`files` active devices in `ws`'s database and their deactivation files (each
+        file once per scenario: every scenario has its own database)."""
+        now = utcnow()
+        made = self._made.get(files)
+        if made is not None:
+            active_fleet(ws.engine, files, now=now, like=made[0])
+            return made[1]
+        fleet = active_fleet(ws.engine, files, now=now)
+        blobs = list(deactivation_files(fleet, ws.keyring.public_bundle(), now=now))
+        self._made[files] = (fleet, blobs)
+        return blobs
+
+
 @dataclass
 class Workspace:
     """A scenario's own home folder and database, removed again afterwards."""
@@ -46,6 +76,7 @@ class Workspace:
     database_url: str
     engine: Engine
     keyring: VendorKeyring
+    fleets: Fleets
 
     @property
     def env(self) -> dict[str, str]:
@@ -64,17 +95,20 @@ class Workspace:
         self.engine.dispose()
 
 
-def open_workspace(root: Path, name: str, database_url: str | None) -> Workspace:
+def open_workspace(root: Path, name: str, database_url: str | None,
+                   fleets: Fleets | None = None) -> Workspace:
     home = root / name
     home.mkdir(parents=True)
     url = database_url or f"sqlite:///{home / 'airlock.db'}"
     engine = make_engine(url)
     refuse_if_in_use(engine)
     upgrade(url)
-    ring, _ = init_keyring(home / "keys")
+    fleets = fleets or Fleets(root / f"{name}-keys")
+    shutil.copytree(fleets.keyring(), home / "keys")  # modes kept: the keys stay 0600
+    ring = load_keyring(home / "keys")
     for folder in ("inbox", "outbox"):
         (home / folder).mkdir()
-    return Workspace(home, url, engine, ring)
+    return Workspace(home, url, engine, ring, fleets)
 
 
 def refuse_if_in_use(engine: Engine) -> None:
@@ -134,9 +168,7 @@ def deactivation_fleet(ws: Workspace, files: int) -> tuple[list[bytes], float]:
     """`files` active devices in the workspace's database and their deactivation files;
     also the seconds this setup took."""
     began = time.perf_counter()
-    now = utcnow()
-    fleet = active_fleet(ws.engine, files, now=now)
-    blobs = list(deactivation_files(fleet, ws.keyring.public_bundle(), now=now))
+    blobs = ws.fleets.deactivations(ws, files)
     return blobs, time.perf_counter() - began
 
 

@@ -56,3 +56,28 @@ def test_refuses_a_database_that_holds_data(tmp_path: Path) -> None:
     ws.engine.dispose()
     with pytest.raises(RefusedDatabase):
         open_workspace(tmp_path, "second", url)
+
+
+def test_the_files_of_a_run_are_made_once_and_hold_in_every_scenario(tmp_path: Path) -> None:
+    from sqlmodel import select
+
+    from bench.scenarios import Fleets
+    from models import Device, DeviceStatus
+    from models.db import session_scope
+    from pipelines.ledger import Submission
+    from pipelines.process import Processor, process_many
+
+    fleets = Fleets(tmp_path / "keys")
+    first = open_workspace(tmp_path, "first", None, fleets)
+    second = open_workspace(tmp_path, "second", None, fleets)
+    blobs = fleets.deactivations(first, 5)
+    assert fleets.deactivations(second, 5) is blobs  # the same files, not made again
+    assert (second.home / "keys").stat().st_mode & 0o077 == 0
+    for ws in (first, second):  # each database has the devices: every file applies
+        outcomes = process_many([Submission(tenant="BENCH", data=b) for b in blobs],
+                                engine=ws.engine, processor=Processor(keyring=ws.keyring))
+        assert [o.status for o in outcomes] == ["done"] * 5
+        with session_scope(ws.engine) as session:
+            statuses = session.exec(select(Device.status)).all()
+        assert statuses == [DeviceStatus.DEACTIVATED] * 5
+        ws.close()
