@@ -70,8 +70,8 @@ def active_fleet(engine: Engine, count: int, *, now: datetime,
                  like: list[BenchDevice] | None = None) -> list[BenchDevice]:
     """`count` devices already active on ceil(count / 50) licenses; with `like`, those
     devices and their licenses (made for another scenario's database) instead of new ones."""
-    keys = create_catalogue(engine, -(-count // DEVICES_PER_LICENSE), now=now, keys=None
-                            if like is None else list(dict.fromkeys(d.license_key for d in like)))
+    given = None if like is None else list(dict.fromkeys(d.license_key for d in like))
+    keys = create_catalogue(engine, -(-count // DEVICES_PER_LICENSE), now=now, keys=given)
     with session_scope(engine) as session:
         ids: dict[str, int] = dict(session.exec(  # type: ignore[arg-type]
             select(License.key, License.id)).all())

@@ -47,12 +47,9 @@ class Fleets:
     the devices' rows."""
 
     def __init__(self, keys_dir: Path) -> None:
+        init_keyring(keys_dir)
         self.keys_dir = keys_dir
         self._made: dict[int, tuple[list[BenchDevice], list[bytes]]] = {}
-
-    def keyring(self) -> Path:
-        init_keyring(self.keys_dir)
-        return self.keys_dir
 
     def deactivations(self, ws: Workspace, files: int) -> list[bytes]:
         """`files` active devices in `ws`'s database and their deactivation files (each
@@ -104,7 +101,7 @@ def open_workspace(root: Path, name: str, database_url: str | None,
     refuse_if_in_use(engine)
     upgrade(url)
     fleets = fleets or Fleets(root / f"{name}-keys")
-    shutil.copytree(fleets.keyring(), home / "keys")  # modes kept: the keys stay 0600
+    shutil.copytree(fleets.keys_dir, home / "keys")  # modes kept: the keys stay 0600
     ring = load_keyring(home / "keys")
     for folder in ("inbox", "outbox"):
         (home / folder).mkdir()
