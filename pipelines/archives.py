@@ -20,15 +20,14 @@ import io
 import json
 import re
 import stat
-import struct
 import tarfile
 import unicodedata
-import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
+from pipelines import zipformat
 from pipelines.errors import MESSAGES, RejectReason
 
 if TYPE_CHECKING:
@@ -38,10 +37,11 @@ ZIP, TAR, NDJSON = "zip", "tar", "ndjson"
 _SUFFIXES = ((".tar.gz", TAR), (".tgz", TAR), (".tar", TAR), (".zip", ZIP),
              (".ndjson", NDJSON), (".jsonl", NDJSON))
 MAX_NAME_BYTES = 512
-# zipfile reads the whole central directory, then holds one ZipInfo per entry: both are
-# bounded before it parses anything. 32 MiB is ~160 bytes an entry at the 200,000-member
-# cap (short names), or 512-byte names for 50,000 members; an entry's record is 46 bytes
-# plus its name, extra field and comment, allowed `_ZIP_ENTRY_SLACK` bytes beyond the name.
+# The central directory is read one entry at a time (`pipelines.zipformat`), but its size
+# is still bounded, since reading it is work: 32 MiB is ~160 bytes an entry at the
+# 200,000-member cap (short names), or 512-byte names for 50,000 members; an entry's
+# record is 46 bytes plus its name, extra field and comment, allowed `_ZIP_ENTRY_SLACK`
+# bytes beyond the name.
 MAX_CENTRAL_DIRECTORY_BYTES = 32 * 1024 * 1024
 _ZIP_ENTRY_FIXED = 46
 _ZIP_ENTRY_SLACK = 128
@@ -232,101 +232,100 @@ def iter_entries(fileobj: IO[bytes], fmt: str, limits: ArchiveLimits
 # --- zip ---------------------------------------------------------------------------------
 
 
-def _zip_check_end(fileobj: IO[bytes], limits: ArchiveLimits) -> None:
-    """Check the end-of-central-directory record before zipfile parses the directory:
-    the entry count against the member cap, and the directory's size against the cap
-    and against what that many entries can take (a count that under-states the entries
-    would let zipfile build far more ZipInfo objects than the cap allows)."""
+def _zip_directory(fileobj: IO[bytes], limits: ArchiveLimits) -> zipformat.Directory:
+    """The end record, checked before any entry is read: the entry count against the
+    member cap, and the directory's size against the cap and against what that many
+    entries can take (the entries are then read and counted against it exactly)."""
     try:
-        end = zipfile._EndRecData(fileobj)  # type: ignore[attr-defined]  # stable helper
-    except (OSError, ValueError, AttributeError, struct.error):
-        end = None
-    if not end:
-        raise _unsupported("It is not a readable zip archive (no end of central directory).")
-    entries = int(end[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
-    size = int(end[zipfile._ECD_SIZE])  # type: ignore[attr-defined]
-    if entries > limits.max_members:
+        where = zipformat.directory(fileobj)
+    except zipformat.ZipFormatError as exc:
+        raise _unsupported(f"It is not a readable zip archive ({exc.detail}).") from None
+    if where.entries > limits.max_members:
         raise _too_large(f"It has more than {limits.max_members} members.")
-    if size > MAX_CENTRAL_DIRECTORY_BYTES:
-        raise _too_large(f"Its central directory is {size} bytes "
+    if where.size > MAX_CENTRAL_DIRECTORY_BYTES:
+        raise _too_large(f"Its central directory is {where.size} bytes "
                          f"(at most {MAX_CENTRAL_DIRECTORY_BYTES}).")
-    most = entries * (_ZIP_ENTRY_FIXED + MAX_NAME_BYTES + _ZIP_ENTRY_SLACK)
-    if size > most or size < entries * _ZIP_ENTRY_FIXED:
-        raise _unsafe(f"Its central directory ({size} bytes) does not match the "
-                      f"{entries} entries its end record declares.")
+    most = where.entries * (_ZIP_ENTRY_FIXED + MAX_NAME_BYTES + _ZIP_ENTRY_SLACK)
+    if where.size > most or where.size < where.entries * _ZIP_ENTRY_FIXED:
+        raise _unsafe(f"Its central directory ({where.size} bytes) does not match the "
+                      f"{where.entries} entries its end record declares.")
+    return where
 
 
-def _zip_member_type(info: zipfile.ZipInfo) -> str:
+def _zip_member_type(entry: zipformat.Entry) -> str:
     """``file``, ``dir`` or what else the entry is (from its Unix mode, when it has one)."""
-    mode = info.external_attr >> 16
-    kind = stat.S_IFMT(mode)
+    kind = stat.S_IFMT(entry.mode)
     if kind == stat.S_IFLNK:
         return "symlink"
     if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
         return "special file"
-    if info.is_dir() or kind == stat.S_IFDIR:
+    if entry.is_dir or kind == stat.S_IFDIR:
         return "dir"
     return "file"
 
 
+def _zip_entries(fileobj: IO[bytes], where: zipformat.Directory
+                 ) -> Iterator[zipformat.Entry]:
+    try:
+        yield from zipformat.entries(fileobj, where)
+    except zipformat.ZipFormatError as exc:
+        if exc.kind is zipformat.Damage.UNSUPPORTED:
+            raise _unsupported(f"It uses a zip feature that is not supported "
+                               f"({exc.detail}).") from None
+        raise _unsupported(f"It is not a readable zip archive ({exc.detail}).") from None
+
+
 def _zip_members(fileobj: IO[bytes], budget: _Budget) -> Iterator[Member]:
-    """Check the whole central directory now; the returned iterator reads the data."""
-    _zip_check_end(fileobj, budget.limits)
-    try:
-        archive = zipfile.ZipFile(fileobj)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        raise _unsupported(f"It is not a readable zip archive ({exc}).") from None
-    try:
-        files = _zip_check_directory(archive, budget, fileobj.seek(0, io.SEEK_END))
-    except BaseException:
-        archive.close()
-        raise
-    return _zip_read(archive, files, budget)
-
-
-def _zip_check_directory(archive: zipfile.ZipFile, budget: _Budget,
-                         archive_size: int) -> list[tuple[zipfile.ZipInfo, str]]:
-    files: list[tuple[zipfile.ZipInfo, str]] = []
+    """Check the whole central directory now, one entry at a time; the returned
+    iterator reads it again, with the data (nothing per entry is held in between)."""
+    where = _zip_directory(fileobj, budget.limits)
+    archive_size = fileobj.seek(0, io.SEEK_END)
     total_declared = 0
-    for info in archive.infolist():
-        budget.entry()
-        kind = _zip_member_type(info)
-        if kind == "dir":
-            budget.folder(info.filename)
-            continue
-        name = budget.name(info.filename)
-        if kind != "file":
-            raise _unsafe(f"Member {name!r} is a {kind}.")
-        if info.flag_bits & 0x1:
-            raise _unsupported(f"Member {name!r} is encrypted.")
-        budget.declared(name, info.file_size)
-        budget.ratio(f"Member {name!r}", info.file_size, info.compress_size)
-        total_declared += info.file_size
-        files.append((info, name))
+    for entry in _zip_entries(fileobj, where):
+        name = _zip_check_entry(entry, budget)
+        if name is not None:
+            total_declared += entry.size
     if total_declared > budget.limits.max_total_bytes:
         raise _too_large(f"Its members add up to more than "
                          f"{budget.limits.max_total_bytes} bytes.")
     budget.ratio("The archive", total_declared, archive_size, STREAM_RATIO_FLOOR)
-    return files
+    return _zip_read(fileobj, where, budget)
 
 
-def _zip_read(archive: zipfile.ZipFile, files: list[tuple[zipfile.ZipInfo, str]],
+def _zip_check_entry(entry: zipformat.Entry, budget: _Budget) -> str | None:
+    """The member's checked name, or None for a folder; `ArchiveError` if refused."""
+    budget.entry()
+    kind = _zip_member_type(entry)
+    if kind == "dir":
+        budget.folder(entry.name)
+        return None
+    name = budget.name(entry.name)
+    if kind != "file":
+        raise _unsafe(f"Member {name!r} is a {kind}.")
+    if entry.encrypted:
+        raise _unsupported(f"Member {name!r} is encrypted.")
+    budget.declared(name, entry.size)
+    budget.ratio(f"Member {name!r}", entry.size, entry.compressed)
+    return name
+
+
+def _zip_read(fileobj: IO[bytes], where: zipformat.Directory,
               budget: _Budget) -> Iterator[Member]:
-    with archive:
-        for info, name in files:
-            try:
-                with archive.open(info) as handle:
-                    data = budget.read(name, handle, info.file_size)
-            except ArchiveError:
-                raise
-            except NotImplementedError as exc:
-                raise _unsupported(f"Member {name!r} uses an unsupported method ({exc}).") \
+    for entry in _zip_entries(fileobj, where):
+        if _zip_member_type(entry) == "dir":
+            continue
+        name = safe_member_name(entry.name)  # checked, duplicates too, by the first pass
+        try:
+            data = zipformat.read(fileobj, entry)  # its size was checked against the cap
+        except zipformat.ZipFormatError as exc:
+            if exc.kind is zipformat.Damage.UNSUPPORTED:
+                raise _unsupported(f"Member {name!r} cannot be read: {exc.detail}.") \
                     from None
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-                raise _unsafe(f"Member {name!r} is damaged or its declared size is wrong "
-                              f"({exc}).") from None
-            budget.ratio(f"Member {name!r}", len(data), info.compress_size)
-            yield Member(name, data)
+            raise _unsafe(f"Member {name!r} is damaged or its declared size is wrong "
+                          f"({exc.detail}).") from None
+        budget.add(len(data))
+        budget.ratio(f"Member {name!r}", len(data), entry.compressed)
+        yield Member(name, data)
 
 
 # --- tar -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from pipelines import archives
+from pipelines import archives, zipformat
 from pipelines.archives import (
     NDJSON,
     TAR,
@@ -270,22 +270,28 @@ def _central_directory_size(data: bytes) -> int:
 
 def test_zip_whose_end_record_understates_its_entries_is_refused_before_parsing(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """2,000 entries behind an end record that says 3: zipfile would build all 2,000
-    ZipInfo objects (at scale: a 100 MB directory, a gigabyte of them) before any
-    member count could be checked."""
+    """2,000 entries behind an end record that says 3: the directory's size gives the
+    lie away before a single entry is read."""
     honest = make_zip([(f"d/{i:05d}.req", b"x") for i in range(2000)])
     lying = _with_entry_count(honest, 3)
     parsed: list[object] = []
-    real_init = zipfile.ZipFile.__init__
+    real_entries = zipformat.entries
 
-    def spy(self: zipfile.ZipFile, *args: object, **kwargs: object) -> None:
+    def spy(*args: object) -> object:
         parsed.append(args)
-        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+        return real_entries(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(zipfile.ZipFile, "__init__", spy)
+    monkeypatch.setattr(zipformat, "entries", spy)
     error = refused(lying, ZIP, ArchiveLimits(10_000, 10**7, 1000, 1e9))
     assert error.reason == "unsafe_archive" and "central directory" in error.message
-    assert parsed == []  # refused from the end record: the directory was never parsed
+    assert parsed == []  # refused from the end record: the directory was never read
+
+
+def test_zip_directory_with_more_entries_than_declared_is_refused() -> None:
+    """An end record that understates its entries by a little (its size still fits)."""
+    honest = make_zip([(f"{i}.req", b"x") for i in range(3)])
+    error = refused(_with_entry_count(honest, 2), ZIP)
+    assert error.reason == "unsupported_archive" and "more entries" in error.message
 
 
 def test_zip_whose_end_record_overstates_its_entries_is_refused() -> None:
@@ -315,3 +321,124 @@ def test_an_archive_file_over_its_own_limit_is_refused_from_its_size(fmt: str) -
     assert error.reason == "archive_too_large" and str(len(data)) in error.message
     ok = ArchiveLimits(100, 10**7, 1000, 1e9, max_archive_bytes=len(data))
     assert len(members(data, fmt, ok)) == 20
+
+
+# --- the zip reader: one central-directory entry at a time --------------------------------
+
+
+def test_zip_reading_never_builds_the_whole_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """zipfile would hold one ZipInfo per entry; the reader holds none, so memory stays
+    flat in the member count (the set of names for duplicate checks aside)."""
+    import tracemalloc
+
+    limits = ArchiveLimits(100_000, 10**9, 1000, 1e9)
+    archives_of = {count: make_zip([(f"{i:06d}.req", b"x") for i in range(count)],
+                                   zipfile.ZIP_STORED) for count in (2_000, 20_000)}
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", _never)
+
+    def peak(count: int) -> int:
+        data = archives_of[count]
+        tracemalloc.start()
+        for _ in read_members(io.BytesIO(data), ZIP, limits):
+            pass
+        size = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return size
+
+    small, large = peak(2_000), peak(20_000)
+    # Measured: ~190 bytes an entry (the names); zipfile's ZipInfo objects and name index
+    # took ~730 bytes an entry, 13 MB more at 20,000.
+    assert large - small < 18_000 * 400, (small, large)
+
+
+def _never(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("zipfile.ZipFile was used")
+
+
+def test_zip64_directory_and_a_prepended_stub_are_read() -> None:
+    """More than 65,535 entries need the Zip64 end record; a self-extractor's stub in
+    front moves every offset."""
+    count = 65_600
+    data = make_zip([(f"{i:05d}", b"") for i in range(count)] + [("last.req", b"payload")],
+                    zipfile.ZIP_STORED)
+    assert b"PK\x06\x06" in data[-200:]  # the Zip64 end record
+    limits = ArchiveLimits(count + 1, 10**9, 1000, 1e9)
+    got = members(b"#!/bin/sh\nexit 0\n" + data, ZIP, limits)
+    assert len(got) == count + 1 and got[-1] == ("last.req", b"payload")
+
+
+def test_zip64_sizes_in_the_extra_field_are_used() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, \
+            archive.open("big.req", "w", force_zip64=True) as handle:
+        handle.write(b"abc" * 1000)
+    data = _with_zip64_sizes(buffer.getvalue())
+    assert members(data, ZIP) == [("big.req", b"abc" * 1000)]
+
+
+def _with_zip64_sizes(data: bytes) -> bytes:
+    """The archive with the central entry's sizes moved into a Zip64 extra field."""
+    central = data.find(b"PK\x01\x02")
+    (compressed, size) = struct.unpack_from("<II", data, central + 20)
+    name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, central + 28)
+    extra = struct.pack("<HHQQ", 0x0001, 16, size, compressed)
+    fixed = bytearray(data[central:central + 46])
+    struct.pack_into("<II", fixed, 20, 0xFFFFFFFF, 0xFFFFFFFF)
+    struct.pack_into("<H", fixed, 30, len(extra))
+    name = data[central + 46:central + 46 + name_len]
+    end = data.find(b"PK\x05\x06")
+    directory = bytes(fixed) + name + extra
+    record = bytearray(data[end:])
+    struct.pack_into("<I", record, 12, len(directory))
+    assert extra_len == 0 and comment_len == 0 and data[central + 46 + name_len:end] == b""
+    return data[:central] + directory + bytes(record)
+
+
+def test_bzip2_members_are_read_and_other_methods_refused() -> None:
+    assert members(make_zip([("a.req", b"x" * 50)], zipfile.ZIP_BZIP2), ZIP) == [
+        ("a.req", b"x" * 50)]
+    error = refused(make_zip([("a.req", b"x" * 50)], zipfile.ZIP_LZMA), ZIP)
+    assert error.reason == "unsupported_archive" and "method 14" in error.message
+
+
+def test_zip_member_with_a_wrong_crc_is_refused() -> None:
+    data = bytearray(make_zip([("a.req", b"the real content")]))
+    central = data.find(b"PK\x01\x02")
+    data[central + 16] ^= 0xFF
+    error = refused(bytes(data), ZIP)
+    assert error.reason == "unsafe_archive" and "CRC-32" in error.message
+
+
+def test_zip_whose_local_header_names_another_file_is_refused() -> None:
+    """Tools that trust the local header would write a different file than the one the
+    directory listed (and checked)."""
+    data = bytearray(make_zip([("a.req", b"content")]))
+    local = data.find(b"PK\x03\x04")
+    data[local + 30:local + 35] = b"b.req"
+    error = refused(bytes(data), ZIP)
+    assert error.reason == "unsafe_archive" and "local header" in error.message
+
+
+def test_zip_member_cut_short_or_overlapping_the_directory_is_refused() -> None:
+    data = bytearray(make_zip([("a.req", bytes(range(256)) * 20)]))
+    central = data.find(b"PK\x01\x02")
+    (compressed,) = struct.unpack_from("<I", data, central + 20)
+    struct.pack_into("<I", data, central + 20, compressed + 10**6)  # reads past the end
+    assert refused(bytes(data), ZIP).reason == "unsafe_archive"
+
+
+def test_zip_directory_cut_short_is_unsupported() -> None:
+    data = make_zip([("a.req", b"x"), ("b.req", b"y")])
+    central = data.find(b"PK\x01\x02")
+    end = data.find(b"PK\x05\x06")
+    cut = data[:central + 50] + data[end:]  # the end record still declares both entries
+    assert refused(cut, ZIP).reason in ("unsupported_archive", "unsafe_archive")
+
+
+def test_nul_in_a_zip_member_name_is_refused_not_truncated() -> None:
+    """zipfile cuts a name at its first NUL ("a.req\\0../x" becomes "a.req")."""
+    data = bytearray(make_zip([("a.req/../x", b"1")]))
+    for start in (data.find(b"PK\x03\x04") + 30, data.find(b"PK\x01\x02") + 46):
+        data[start + 5] = 0
+    error = refused(bytes(data), ZIP)
+    assert error.reason == "unsafe_archive" and "control character" in error.message
