@@ -14,7 +14,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 
 from models import JobStatus
-from models.db import is_postgres, pairs_in
+from models.db import pairs_in
+from models.fastrows import RowWriter
 from models.ledger import FINAL_STATUSES
 from models.tables import JOB, OUTPUT
 from pipelines.errors import FIXABLE_REASONS
@@ -38,6 +39,12 @@ class Submission:
 
 
 _JOB, _OUTPUT = JOB, OUTPUT
+# executemany of one cached statement: a multi-row VALUES is compiled anew each time.
+_INSERT_JOBS = RowWriter(
+    lambda dialect: (pg_insert if dialect == "postgresql" else sqlite_insert)(_JOB)
+    .on_conflict_do_nothing(index_elements=["tenant", "sha256"]),
+    ["tenant", "sha256", "source", "size", "payload", "reason", "batch_id", "status",
+     "attempts", "created_at", "updated_at"])
 _REGISTERED = (_JOB.c.id, _JOB.c.tenant, _JOB.c.sha256, _JOB.c.status, _JOB.c.attempts)
 
 
@@ -62,10 +69,7 @@ def register(session: Session, submissions: Sequence[Submission], *, now: dateti
              "batch_id": s.batch_id, "status": JobStatus.PENDING, "attempts": 0,
              "created_at": now, "updated_at": now}
             for s in submissions]
-    dialect_insert = pg_insert if is_postgres(conn.engine) else sqlite_insert
-    # executemany of one cached statement: a multi-row VALUES is compiled anew each time.
-    conn.execute(dialect_insert(_JOB).on_conflict_do_nothing(
-        index_elements=["tenant", "sha256"]), rows)
+    _INSERT_JOBS.run(conn, rows)
     keys = list(dict.fromkeys((s.tenant, s.sha256) for s in submissions))
     if reevaluate:
         _reopen_fixable(conn, keys, now)

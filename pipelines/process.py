@@ -24,6 +24,7 @@ from airlock_sdk.envelope import open_envelope as _open_envelope
 from airlock_sdk.payloads import parse_time, validate
 from models import AuthMethod, JobStatus
 from models.db import is_postgres, reading, session_scope
+from models.fastrows import RowWriter
 from models.ledger import FINAL_STATUSES
 from models.tables import EVALUATION, JOB
 from models.types import utcnow
@@ -342,11 +343,13 @@ def _tenant_exists(conn: Connection, tenant: str, known: set[str]) -> bool:
     return True
 
 
-_FINISH_JOB = update(_JOB).where(_JOB.c.id == bindparam("row")).values(
-    {name: bindparam(name) for name in ("status", "reason", "public_reason", "message", "kind",
-                                        "request_id", "finished_at", "updated_at")})
-_INSERT_OUTPUT = insert(OUTPUT)
-_INSERT_EVALUATION = insert(EVALUATION)
+_FINISHED = ("status", "reason", "public_reason", "message", "kind", "request_id",
+             "finished_at", "updated_at")
+_FINISH_JOB = RowWriter(update(_JOB).where(_JOB.c.id == bindparam("row")).values(
+    {name: bindparam(name) for name in _FINISHED}), ["row", *_FINISHED])
+_INSERT_OUTPUT = RowWriter(insert(OUTPUT), ["job_id", "name", "content"])
+_INSERT_EVALUATION = RowWriter(insert(EVALUATION),
+                               ["job_id", "at", "status", "reason", "public_reason"])
 
 
 def _write_finished(conn: Connection, finished: list[dict[str, Any]]) -> None:
@@ -356,12 +359,11 @@ def _write_finished(conn: Connection, finished: list[dict[str, Any]]) -> None:
         return
     outputs = [{"job_id": f["row"], "name": name, "content": content}
                for f in finished for name, content in f.pop("outputs")]
-    conn.execute(_FINISH_JOB, finished)
-    conn.execute(_INSERT_EVALUATION, [
+    _FINISH_JOB.run(conn, finished)
+    _INSERT_EVALUATION.run(conn, [
         {"job_id": f["row"], "at": f["finished_at"], "status": f["status"],
          "reason": f["reason"], "public_reason": f["public_reason"]} for f in finished])
-    if outputs:
-        conn.execute(_INSERT_OUTPUT, outputs)
+    _INSERT_OUTPUT.run(conn, outputs)
 
 
 def _done(job: Any, envelope: Envelope, outputs: list[tuple[str, bytes]],

@@ -17,6 +17,7 @@ the final insert fail, and the caller runs the chunk again.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
@@ -27,6 +28,7 @@ from sqlalchemy.sql import Executable
 
 from models import DeviceStatus
 from models.db import is_postgres, pairs_in
+from models.fastrows import RowWriter
 from models.tables import (
     APPLIED,
     AUDIT,
@@ -343,17 +345,29 @@ class WorkSet:
                 record.dirty = set()
         self._touched = []
         for (table, fields), rows in groups.items():
-            statement = update(table).where(table.c.id == bindparam("row_id")).values(
-                {f: bindparam(f"v_{f}") for f in fields})
-            self.conn.execute(statement, rows)
+            _updater(table, fields).run(self.conn, rows)
 
     def _insert(self, table: Table) -> None:
         rows = self._rows.pop(table.name, [])
-        if not rows:
-            return
-        resolved = [{k: (v.id if isinstance(v, Record) else v) for k, v in row.items()}
-                    for row in rows]
-        self.conn.execute(insert(table), resolved)
+        by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:  # rules may leave out columns that have defaults
+            by_keys[tuple(row)].append(
+                {k: (v.id if isinstance(v, Record) else v) for k, v in row.items()})
+        for keys, resolved in by_keys.items():
+            _inserter(table, keys).run(self.conn, resolved)
+
+
+@functools.cache
+def _updater(table: Table, fields: tuple[str, ...]) -> RowWriter:
+    """The UPDATE by id of `fields` (bound as ``v_<field>``; the id as ``row_id``)."""
+    statement = update(table).where(table.c.id == bindparam("row_id")).values(
+        {f: bindparam(f"v_{f}") for f in fields})
+    return RowWriter(statement, ["row_id", *(f"v_{f}" for f in fields)])
+
+
+@functools.cache
+def _inserter(table: Table, keys: tuple[str, ...]) -> RowWriter:
+    return RowWriter(insert(table), keys)
 
 
 def _parts(items: list[Any]) -> Iterable[list[Any]]:
