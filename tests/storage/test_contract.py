@@ -7,6 +7,7 @@ import os
 import tempfile
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -491,3 +492,28 @@ def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path: Path) -> None
 
 def test_s3_has_no_temp_files_to_remove(make_store: StoreFactory) -> None:
     assert make_store().remove_stale_temp(older_than=0) == 0
+
+
+def _key_by_the_rules(key: str) -> bool:
+    """The key rules written out plainly, to hold the one-match fast path to."""
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    segments = key.split("/")
+    return (0 < size <= 1024 and "\\" not in key
+            and not any(unicodedata.category(ch) == "Cc" for ch in key)
+            and not key.startswith("/") and "" not in segments
+            and "." not in segments and ".." not in segments)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(["a", "B", "0", ".", "..", "/", "_", "-", "\\", "\x00",
+                                 "\x7f", "é", "~", "+", " ", "\ud800", "x" * 300]),
+                max_size=12).map("".join))
+def test_check_key_agrees_with_the_rules(key: str) -> None:
+    try:
+        accepted = check_key(key) == key
+    except InvalidKey:
+        accepted = False
+    assert accepted == _key_by_the_rules(key)
