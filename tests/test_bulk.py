@@ -558,3 +558,55 @@ def test_the_batch_report_gives_public_reasons_only(env: BulkParts, keyring) -> 
         reasons = set(session.exec(select(Job.reason).where(Job.tenant == "ACME")))
     assert reasons == {"wrong_tenant", "unknown_license"}
     assert license_info(env.engine, beta)["active_devices"] == 1
+
+
+def _batch_with_jobs(engine: Engine, statuses: list[str]) -> int:
+    with session_scope(engine) as session:
+        batch = Batch(tenant="ACME", source="cli:p.zip", sha256="cd" * 32, status="open",
+                      total=len(statuses), finished=0, created_at=NOW)
+        session.add(batch)
+        session.flush()
+        for n, status in enumerate(statuses):
+            session.add(Job(tenant="ACME", sha256=f"{n:064d}", source=f"m{n}", size=1,
+                            status=status, batch_id=batch.id, created_at=NOW,
+                            updated_at=NOW))
+        assert batch.id is not None
+        return batch.id
+
+
+def _progress(engine: Engine, batch_id: int) -> tuple[str, int, int]:
+    with session_scope(engine) as session:
+        batch = session.exec(select(Batch).where(Batch.id == batch_id)).one()
+        return batch.status, batch.finished, batch.total
+
+
+def test_a_batch_completes_when_no_job_is_pending_whatever_the_recount(
+        sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress is recounted at most every RECOUNT_SECONDS per process (a count reads
+    every job of the batch); completion is decided at once, from the pending jobs."""
+    monkeypatch.setattr(bulk.state, "RECOUNT_SECONDS", 3600.0)
+    batch_id = _batch_with_jobs(sqlite_engine, ["done", "rejected", "pending"])
+    assert update_progress(sqlite_engine, batch_id, now=NOW) == (False, "open")
+    assert _progress(sqlite_engine, batch_id) == ("open", 2, 3)  # the first call counts
+    with session_scope(sqlite_engine) as session:
+        session.execute(Job.__table__.update().where(  # type: ignore[attr-defined]
+            col(Job.batch_id) == batch_id, col(Job.status) == "pending").values(
+            status="quarantined"))
+    assert update_progress(sqlite_engine, batch_id, now=NOW) == (True, "complete")
+    assert _progress(sqlite_engine, batch_id) == ("complete", 3, 3)
+    assert update_progress(sqlite_engine, batch_id, now=NOW) == (False, "complete")
+
+
+def test_progress_between_recounts_is_the_last_count(
+        sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    batch_id = _batch_with_jobs(sqlite_engine, ["done", "pending", "pending"])
+    monkeypatch.setattr(bulk.state, "RECOUNT_SECONDS", 3600.0)
+    update_progress(sqlite_engine, batch_id, now=NOW)
+    with session_scope(sqlite_engine) as session:
+        session.execute(Job.__table__.update().where(  # type: ignore[attr-defined]
+            col(Job.sha256) == f"{1:064d}").values(status="done"))
+    update_progress(sqlite_engine, batch_id, now=NOW)
+    assert _progress(sqlite_engine, batch_id) == ("open", 1, 3)  # not recounted yet
+    monkeypatch.setattr(bulk.state, "RECOUNT_SECONDS", 0.0)
+    assert update_progress(sqlite_engine, batch_id, now=NOW) == (False, "open")
+    assert _progress(sqlite_engine, batch_id) == ("open", 2, 3)

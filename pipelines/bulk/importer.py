@@ -174,9 +174,10 @@ def _register_members(env: BulkEnv, batch: Batch, fmt: str, fileobj: IO[bytes],
             on_progress(handed, members)
 
     for member in read_members(fileobj, fmt, limits):
-        if manifest.readline() != _manifest_line(member.name, member.sha256):
+        digest = member.sha256
+        if manifest.readline() != _manifest_line(member.name, digest):
             raise RuntimeError(f"{batch.source} changed while it was being read")
-        chunk.append(Submission(tenant=batch.tenant, data=member.data,
+        chunk.append(Submission(tenant=batch.tenant, data=member.data, digest=digest,
                                 source=f"{batch.source}!{member.name}", batch_id=batch.id))
         if len(chunk) >= env.settings.chunk_size:
             flush()
