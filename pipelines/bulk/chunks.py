@@ -12,7 +12,7 @@ from sqlalchemy import select as sa_select
 
 from config.settings import Settings
 from models import BatchStatus
-from models.db import session_scope
+from models.db import reading
 from models.tables import JOB
 from pipelines.bulk.state import update_progress
 from pipelines.handler import apply_jobs
@@ -64,9 +64,9 @@ def run_chunk(env: BulkEnv, job_ids: Sequence[int], batch_id: int | None = None)
     """Apply a chunk (`handler.apply_jobs`: a failing file never holds up the others),
     deliver its results and update its batch's progress; then raise the first failure,
     so that the chunk's delivery is retried for the files that failed."""
-    with session_scope(env.engine) as session:
-        rows = session.execute(sa_select(JOB.c.id, JOB.c.batch_id)
-                               .where(JOB.c.id.in_(sorted(set(job_ids))))).all()
+    with reading(env.engine) as conn:  # no write lock for a read
+        rows = conn.execute(sa_select(JOB.c.id, JOB.c.batch_id)
+                            .where(JOB.c.id.in_(sorted(set(job_ids))))).all()
     applied = apply_jobs(env.engine, env.processor, sorted(row.id for row in rows))
     deliver(env.outbox, applied.outcomes)
     batches = {batch_id} if batch_id is not None else {row[1] for row in rows if row[1]}
