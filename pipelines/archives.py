@@ -281,7 +281,9 @@ def _zip_members(fileobj: IO[bytes], budget: _Budget) -> Iterator[Member]:
     where = _zip_directory(fileobj, budget.limits)
     archive_size = fileobj.seek(0, io.SEEK_END)
     total_declared = 0
+    extents = zipformat.Extents(where)
     for entry in _zip_entries(fileobj, where):
+        extents.add(entry)
         name = _zip_check_entry(entry, budget)
         if name is not None:
             total_declared += entry.size
@@ -289,7 +291,7 @@ def _zip_members(fileobj: IO[bytes], budget: _Budget) -> Iterator[Member]:
         raise _too_large(f"Its members add up to more than "
                          f"{budget.limits.max_total_bytes} bytes.")
     budget.ratio("The archive", total_declared, archive_size, STREAM_RATIO_FLOOR)
-    return _zip_read(fileobj, where, budget)
+    return _zip_read(fileobj, where, extents, budget)
 
 
 def _zip_check_entry(entry: zipformat.Entry, budget: _Budget) -> str | None:
@@ -309,14 +311,15 @@ def _zip_check_entry(entry: zipformat.Entry, budget: _Budget) -> str | None:
     return name
 
 
-def _zip_read(fileobj: IO[bytes], where: zipformat.Directory,
+def _zip_read(fileobj: IO[bytes], where: zipformat.Directory, extents: zipformat.Extents,
               budget: _Budget) -> Iterator[Member]:
     for entry in _zip_entries(fileobj, where):
         if _zip_member_type(entry) == "dir":
             continue
         name = safe_member_name(entry.name)  # checked, duplicates too, by the first pass
         try:
-            data = zipformat.read(fileobj, entry)  # its size was checked against the cap
+            # its size was checked against the cap by the first pass
+            data = zipformat.read(fileobj, entry, extents.end_of(entry))
         except zipformat.ZipFormatError as exc:
             if exc.kind is zipformat.Damage.UNSUPPORTED:
                 raise _unsupported(f"Member {name!r} cannot be read: {exc.detail}.") \

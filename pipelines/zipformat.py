@@ -16,6 +16,8 @@ feature not supported (`UNSUPPORTED`).
 
 from __future__ import annotations
 
+import array
+import bisect
 import bz2
 import enum
 import io
@@ -87,7 +89,8 @@ def directory(fileobj: IO[bytes]) -> Directory:
     """The end record's account of the central directory; nothing of it is read."""
     try:
         end = zipfile._EndRecData(fileobj)  # type: ignore[attr-defined]  # stable helper
-    except (OSError, ValueError, AttributeError, struct.error):
+    except (OSError, ValueError, AttributeError, OverflowError, struct.error,
+            zipfile.BadZipFile):  # BadZipFile: a Zip64 locator naming other disks
         end = None
     if not end:
         raise ZipFormatError(Damage.UNREADABLE, "no end of central directory")
@@ -124,6 +127,9 @@ def entries(fileobj: IO[bytes], where: Directory) -> Iterator[Entry]:
             raise ZipFormatError(Damage.UNREADABLE, "a member name is not valid UTF-8") \
                 from None
         size, compressed, offset = _zip64(extra, size, compressed, offset)
+        if not 0 <= offset + where.shift <= where.start - _LOCAL.size:
+            raise ZipFormatError(Damage.UNREADABLE, "a member's local header is not "
+                                 "between the archive's start and its central directory")
         yield Entry(name=name, raw_name=raw_name, flags=flags, method=method, crc=crc,
                     compressed=compressed, size=size, offset=offset + where.shift,
                     mode=external >> 16)
@@ -157,9 +163,40 @@ def _zip64(extra: bytes, size: int, compressed: int, offset: int) -> tuple[int, 
     return size, compressed, offset
 
 
-def read(fileobj: IO[bytes], entry: Entry) -> bytes:
+class Extents:
+    """Where each member's data may run: up to the next local header or the central
+    directory, whichever comes first. Overlapping members (several directory entries
+    sharing compressed data, or one's range running over another's header) let a small
+    archive cost many times its size to read; they are refused, as recent `zipfile`
+    does. Holds 8 bytes per member."""
+
+    def __init__(self, where: Directory) -> None:
+        self._starts = array.array("Q")
+        self._end = where.start
+        self._sorted = True
+
+    def add(self, entry: Entry) -> None:
+        if self._starts and entry.offset < self._starts[-1]:
+            self._sorted = False
+        self._starts.append(entry.offset)
+
+    def end_of(self, entry: Entry) -> int:
+        """The first offset past `entry`'s local header where another part begins."""
+        if not self._sorted:
+            self._starts = array.array("Q", sorted(self._starts))
+            self._sorted = True
+        first = bisect.bisect_left(self._starts, entry.offset)
+        at = bisect.bisect_right(self._starts, entry.offset)
+        if at - first > 1:
+            return entry.offset  # two entries share this header: nothing fits
+        return self._starts[at] if at < len(self._starts) else self._end
+
+
+def read(fileobj: IO[bytes], entry: Entry, end: int) -> bytes:
     """The member's bytes, decompressed, checked against its declared size and CRC-32;
-    decompressing stops as soon as more than the declared size comes out."""
+    decompressing stops as soon as more than the declared size comes out. Its header
+    and compressed data must end by `end` (`Extents.end_of`), and its compressed data
+    with its stream: nothing after it, no padding that makes a ratio look smaller."""
     if entry.flags & _PATCHED:
         raise ZipFormatError(Damage.UNSUPPORTED, "it is compressed patched data")
     if entry.encrypted:
@@ -171,6 +208,9 @@ def read(fileobj: IO[bytes], entry: Entry) -> bytes:
     name_len, extra_len = _LOCAL.unpack(head)[-2:]
     if fileobj.read(name_len) != entry.raw_name:
         raise ZipFormatError(Damage.DAMAGED, "its local header names another file")
+    if entry.offset + _LOCAL.size + name_len + extra_len + entry.compressed > end:
+        raise ZipFormatError(Damage.DAMAGED, "it overlaps another member or the central "
+                             "directory")
     fileobj.seek(extra_len, io.SEEK_CUR)
     inflate = _decompressor(entry.method)
     parts: list[bytes] = []
@@ -192,6 +232,11 @@ def read(fileobj: IO[bytes], entry: Entry) -> bytes:
                                  "says")
         crc = zlib.crc32(piece, crc)
         parts.append(piece)
+        if inflate is not None and inflate.eof:
+            if left or inflate.unused_data:
+                raise ZipFormatError(Damage.DAMAGED, "its compressed data runs on past "
+                                     "the end of its stream")
+            break
     if inflate is not None and not inflate.eof:
         raise ZipFormatError(Damage.DAMAGED, "its compressed data ends early")
     if produced != entry.size or crc != entry.crc:

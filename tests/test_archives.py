@@ -9,6 +9,7 @@ import stat
 import struct
 import tarfile
 import zipfile
+import zlib
 
 import pytest
 
@@ -442,3 +443,107 @@ def test_nul_in_a_zip_member_name_is_refused_not_truncated() -> None:
         data[start + 5] = 0
     error = refused(bytes(data), ZIP)
     assert error.reason == "unsafe_archive" and "control character" in error.message
+
+
+# --- hand-built zips: what a writer would never make ------------------------------------
+
+
+def _local(name: bytes, method: int, crc: int, csize: int, size: int) -> bytes:
+    return struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", 20, 0, 0, method, 0, 0, crc, csize,
+                       size, len(name), 0) + name
+
+
+def _central(name: bytes, offset: int, method: int, crc: int, csize: int, size: int,
+             extra: bytes = b"", flags: int = 0) -> bytes:
+    return struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, flags, method, 0, 0, crc,
+                       csize, size, len(name), len(extra), 0, 0, 0, 0o100644 << 16,
+                       offset) + name + extra
+
+
+def _end(entries: int, size: int, offset: int) -> bytes:
+    return struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, size, offset, 0)
+
+
+def _deflated(data: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(data) + packer.flush()
+
+
+def test_zip64_locator_naming_other_disks_is_unsupported() -> None:
+    honest = make_zip([("a.req", b"hello")])
+    end = honest.rfind(b"PK\x05\x06")
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 1, 0, 2)  # disk 1 of 2
+    assert refused(honest[:end] + locator + honest[end:], ZIP).reason == "unsupported_archive"
+
+
+@pytest.mark.parametrize("offset", [2**64 - 1, 2**63, 2**40])
+def test_a_member_offset_outside_the_archive_is_refused(offset: int) -> None:
+    crc = zlib.crc32(b"hi")
+    body = _local(b"a.req", 0, crc, 2, 2) + b"hi"
+    directory = _central(b"a.req", 0xFFFFFFFF, 0, crc, 2, 2,
+                         extra=struct.pack("<HHQ", 1, 8, offset))
+    data = body + directory + _end(1, len(directory), len(body))
+    assert refused(data, ZIP).reason == "unsupported_archive"
+
+
+def test_compressed_data_running_on_past_its_stream_is_refused() -> None:
+    """Declared compressed bytes beyond the deflate stream: read they cost quadratic
+    time in zlib's unused data, and as padding they make a ratio look smaller."""
+    payload = bytes(200_000)
+    stream = _deflated(payload)
+    padded = stream + bytes(len(payload) // 150 - len(stream))  # ratio 150 declared
+    crc = zlib.crc32(payload)
+    body = _local(b"a.req", 8, crc, len(padded), len(payload)) + padded
+    directory = _central(b"a.req", 0, 8, crc, len(padded), len(payload))
+    data = body + directory + _end(1, len(directory), len(body))
+    error = refused(data, ZIP, ArchiveLimits(100, 10**7, 256 * 1024, 200))
+    assert error.reason == "unsafe_archive" and "past the end of its stream" in error.message
+
+
+def test_members_sharing_compressed_data_are_refused() -> None:
+    """Overlapping entries: each directory entry's data runs over the next local header
+    to one shared tail, so reading costs members × tail (CVE-2024-0450's bomb)."""
+    tail = b"\x00\x00\x00\xff\xff" * 2000 + b"\x03\x00"  # empty stored blocks, an end
+    expected = b""
+    body = b""
+    # Two members: the first's stream quotes the second's local header in a stored
+    # block, then both run into the shared tail.
+    second_name = b"b.req"
+    second = _local(second_name, 8, zlib.crc32(b""), len(tail), 0)
+    quote = struct.pack("<BHH", 0, len(second), len(second) ^ 0xFFFF)
+    first_size = len(second)
+    expected = second
+    first = _local(b"a.req", 8, zlib.crc32(expected), len(quote) + len(second) + len(tail),
+                   first_size)
+    body = first + quote + second + tail
+    second_at = len(first) + len(quote)
+    directory = (_central(b"a.req", 0, 8, zlib.crc32(expected),
+                          len(quote) + len(second) + len(tail), first_size)
+                 + _central(second_name, second_at, 8, zlib.crc32(b""), len(tail), 0))
+    data = body + directory + _end(2, len(directory), len(body))
+    error = refused(data, ZIP)
+    assert error.reason == "unsafe_archive" and "overlaps" in error.message
+
+
+def test_two_directory_entries_for_one_local_header_are_refused() -> None:
+    """The same name bytes read as UTF-8 by one entry and as cp437 by the other: two
+    different names, one file's data twice."""
+    crc, name = zlib.crc32(b"hi"), "é.req".encode()
+    body = _local(name, 0, crc, 2, 2) + b"hi"
+    directory = (_central(name, 0, 0, crc, 2, 2, flags=0x800)
+                 + _central(name, 0, 0, crc, 2, 2))
+    data = body + directory + _end(2, len(directory), len(body))
+    error = refused(data, ZIP)
+    assert error.reason == "unsafe_archive" and "overlaps" in error.message
+
+
+def test_hand_built_zips_of_honest_shape_are_read() -> None:
+    """The helpers above build what they claim: an honest two-member archive reads."""
+    crc_a, crc_b = zlib.crc32(b"first"), zlib.crc32(b"second" * 50)
+    b_data = _deflated(b"second" * 50)
+    a = _local(b"a.req", 0, crc_a, 5, 5) + b"first"
+    b = _local(b"b.req", 8, crc_b, len(b_data), 300) + b_data
+    directory = (_central(b"b.req", len(a), 8, crc_b, len(b_data), 300)  # listed out of order
+                 + _central(b"a.req", 0, 0, crc_a, 5, 5))
+    data = a + b + directory + _end(2, len(directory), len(a + b))
+    assert members(data, ZIP) == [("b.req", b"second" * 50), ("a.req", b"first")]
