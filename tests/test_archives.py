@@ -469,59 +469,69 @@ def _deflated(data: bytes) -> bytes:
     return packer.compress(data) + packer.flush()
 
 
-def test_zip64_locator_naming_other_disks_is_unsupported() -> None:
+def other_disks_zip() -> bytes:
+    """An archive whose Zip64 locator says it is disk 1 of 2."""
     honest = make_zip([("a.req", b"hello")])
     end = honest.rfind(b"PK\x05\x06")
-    locator = struct.pack("<4sLQL", b"PK\x06\x07", 1, 0, 2)  # disk 1 of 2
-    assert refused(honest[:end] + locator + honest[end:], ZIP).reason == "unsupported_archive"
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 1, 0, 2)
+    return honest[:end] + locator + honest[end:]
 
 
-@pytest.mark.parametrize("offset", [2**64 - 1, 2**63, 2**40])
-def test_a_member_offset_outside_the_archive_is_refused(offset: int) -> None:
+def far_offset_zip(offset: int) -> bytes:
+    """A member whose Zip64 extra field puts its local header at `offset`."""
     crc = zlib.crc32(b"hi")
     body = _local(b"a.req", 0, crc, 2, 2) + b"hi"
     directory = _central(b"a.req", 0xFFFFFFFF, 0, crc, 2, 2,
                          extra=struct.pack("<HHQ", 1, 8, offset))
-    data = body + directory + _end(1, len(directory), len(body))
-    assert refused(data, ZIP).reason == "unsupported_archive"
+    return body + directory + _end(1, len(directory), len(body))
+
+
+def padded_stream_zip() -> bytes:
+    """200,000 zero bytes deflated, declared with zero padding to a ratio of 150."""
+    payload = bytes(200_000)
+    stream = _deflated(payload)
+    padded = stream + bytes(len(payload) // 150 - len(stream))
+    crc = zlib.crc32(payload)
+    body = _local(b"a.req", 8, crc, len(padded), len(payload)) + padded
+    directory = _central(b"a.req", 0, 8, crc, len(padded), len(payload))
+    return body + directory + _end(1, len(directory), len(body))
+
+
+def overlapping_zip() -> bytes:
+    """Two members whose data runs into one shared tail: the first's deflate stream
+    quotes the second's local header in a stored block, then both read the tail."""
+    tail = b"\x00\x00\x00\xff\xff" * 2000 + b"\x03\x00"  # empty stored blocks, an end
+    second = _local(b"b.req", 8, zlib.crc32(b""), len(tail), 0)
+    quote = struct.pack("<BHH", 0, len(second), len(second) ^ 0xFFFF)
+    first_data = len(quote) + len(second) + len(tail)
+    first = _local(b"a.req", 8, zlib.crc32(second), first_data, len(second))
+    body = first + quote + second + tail
+    directory = (_central(b"a.req", 0, 8, zlib.crc32(second), first_data, len(second))
+                 + _central(b"b.req", len(first) + len(quote), 8, zlib.crc32(b""),
+                            len(tail), 0))
+    return body + directory + _end(2, len(directory), len(body))
+
+
+def test_zip64_locator_naming_other_disks_is_unsupported() -> None:
+    assert refused(other_disks_zip(), ZIP).reason == "unsupported_archive"
+
+
+@pytest.mark.parametrize("offset", [2**64 - 1, 2**63, 2**40])
+def test_a_member_offset_outside_the_archive_is_refused(offset: int) -> None:
+    assert refused(far_offset_zip(offset), ZIP).reason == "unsupported_archive"
 
 
 def test_compressed_data_running_on_past_its_stream_is_refused() -> None:
     """Declared compressed bytes beyond the deflate stream: read they cost quadratic
     time in zlib's unused data, and as padding they make a ratio look smaller."""
-    payload = bytes(200_000)
-    stream = _deflated(payload)
-    padded = stream + bytes(len(payload) // 150 - len(stream))  # ratio 150 declared
-    crc = zlib.crc32(payload)
-    body = _local(b"a.req", 8, crc, len(padded), len(payload)) + padded
-    directory = _central(b"a.req", 0, 8, crc, len(padded), len(payload))
-    data = body + directory + _end(1, len(directory), len(body))
-    error = refused(data, ZIP, ArchiveLimits(100, 10**7, 256 * 1024, 200))
+    error = refused(padded_stream_zip(), ZIP, ArchiveLimits(100, 10**7, 256 * 1024, 200))
     assert error.reason == "unsafe_archive" and "past the end of its stream" in error.message
 
 
 def test_members_sharing_compressed_data_are_refused() -> None:
     """Overlapping entries: each directory entry's data runs over the next local header
     to one shared tail, so reading costs members × tail (CVE-2024-0450's bomb)."""
-    tail = b"\x00\x00\x00\xff\xff" * 2000 + b"\x03\x00"  # empty stored blocks, an end
-    expected = b""
-    body = b""
-    # Two members: the first's stream quotes the second's local header in a stored
-    # block, then both run into the shared tail.
-    second_name = b"b.req"
-    second = _local(second_name, 8, zlib.crc32(b""), len(tail), 0)
-    quote = struct.pack("<BHH", 0, len(second), len(second) ^ 0xFFFF)
-    first_size = len(second)
-    expected = second
-    first = _local(b"a.req", 8, zlib.crc32(expected), len(quote) + len(second) + len(tail),
-                   first_size)
-    body = first + quote + second + tail
-    second_at = len(first) + len(quote)
-    directory = (_central(b"a.req", 0, 8, zlib.crc32(expected),
-                          len(quote) + len(second) + len(tail), first_size)
-                 + _central(second_name, second_at, 8, zlib.crc32(b""), len(tail), 0))
-    data = body + directory + _end(2, len(directory), len(body))
-    error = refused(data, ZIP)
+    error = refused(overlapping_zip(), ZIP)
     assert error.reason == "unsafe_archive" and "overlaps" in error.message
 
 

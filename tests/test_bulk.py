@@ -30,7 +30,15 @@ from pipelines.process import Processor, process
 from pipelines.storage.local import LocalStore
 from tests.factories import NOW, WireDevice, add_license, license_info, vendor
 from tests.s3fixtures import moto_server  # noqa: F401  (fixture)
-from tests.test_archives import make_ndjson, make_tar, make_zip
+from tests.test_archives import (
+    far_offset_zip,
+    make_ndjson,
+    make_tar,
+    make_zip,
+    other_disks_zip,
+    overlapping_zip,
+    padded_stream_zip,
+)
 
 
 @pytest.fixture
@@ -251,6 +259,10 @@ HOSTILE = [
     ("ratio.zip", lambda: make_zip([("bomb.req", b"\0" * 250_000)]), "archive_too_large"),
     ("lying.zip", _lying_zip, "unsafe_archive"),
     ("garbage.zip", lambda: b"this is not a zip", "unsupported_archive"),
+    ("overlap.zip", overlapping_zip, "unsafe_archive"),
+    ("padded.zip", padded_stream_zip, "unsafe_archive"),
+    ("offset.zip", lambda: far_offset_zip(2**63), "unsupported_archive"),
+    ("disks.zip", other_disks_zip, "unsupported_archive"),
 ]
 
 
