@@ -13,7 +13,7 @@ opening it) while the others of its chunk are applied.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -22,7 +22,7 @@ from sqlalchemy import Engine, select, update
 from models.db import reading, session_scope
 from models.ledger import FINAL_STATUSES
 from models.tables import JOB
-from pipelines.process import Outcome, Processor, process_jobs
+from pipelines.process import Outcome, Processor, Verified, process_jobs
 
 log = logging.getLogger("airlock.handler")
 
@@ -52,18 +52,26 @@ def count_attempts(engine: Engine, job_ids: Sequence[int], now: datetime) -> Non
                             .values(attempts=JOB.c.attempts + 1, updated_at=now))
 
 
-def apply_jobs(engine: Engine, processor: Processor, job_ids: Sequence[int]) -> Applied:
-    """Count the attempt and apply `job_ids`, isolating failures (see the module)."""
+def apply_jobs(engine: Engine, processor: Processor, job_ids: Sequence[int], *,
+               attempt_counted: bool = False, verified: Mapping[int, Verified] | None = None,
+               now: datetime | None = None) -> Applied:
+    """Count the attempt and apply `job_ids`, isolating failures (see the module).
+
+    `attempt_counted`: the caller committed this attempt of every job already (when it
+    registered them). `verified` and `now` go to the chunk (`process_jobs`); a file
+    applied on its own is verified again, after its own count."""
     order = list(dict.fromkeys(job_ids))
     if not order:
         return Applied()
     tries = _attempts(engine, order)
-    counted: set[int] = set()  # this call's attempt is counted once per file
-    if not any(tries.values()):
-        count_attempts(engine, order, processor.clock())
-        counted.update(order)
+    counted: set[int] = set(order) if attempt_counted else set()  # once per file a call
+    if not any(attempts - (job_id in counted) for job_id, attempts in tries.items()):
+        if not attempt_counted:
+            count_attempts(engine, order, processor.clock())
+            counted.update(order)
         try:
-            return Applied(outcomes=process_jobs(order, engine=engine, processor=processor))
+            return Applied(outcomes=process_jobs(order, engine=engine, processor=processor,
+                                                 verified=verified, now=now))
         except Exception as exc:  # noqa: BLE001 - isolated below, one file at a time
             log.warning("a chunk of %d jobs failed (%s: %s); applying them one at a time",
                         len(order), type(exc).__name__, exc)

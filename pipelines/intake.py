@@ -20,7 +20,7 @@ from pipelines.archiving import archive
 from pipelines.handler import Applied, apply_jobs
 from pipelines.layout import Arrival, Disposition, outbox_key
 from pipelines.ledger import Submission, register
-from pipelines.process import Outcome, Processor
+from pipelines.process import Outcome, Processor, verify_first
 from pipelines.storage.base import Store
 
 log = logging.getLogger("airlock.intake")
@@ -67,10 +67,18 @@ class Intake:
         """Outcomes in the order of `items` (one per item that finished)."""
         if not items:
             return Applied()
+        now = self.processor.clock()
+        submissions = [submission for submission, _ in items]
+        # Files claimed just now are verified before anything is written; the attempt
+        # is counted as they are registered, and the chunk's transaction follows.
+        first = [i for i, (_, arrival) in enumerate(items)
+                 if arrival is not None and arrival.first_try]
+        early = verify_first(self.engine, self.processor, [submissions[i] for i in first], now)
         with session_scope(self.engine) as session:
-            jobs = register(session, [submission for submission, _ in items],
-                            now=self.processor.clock(), count_attempt=False)
-        applied = apply_jobs(self.engine, self.processor, [job.id for job in jobs])
+            jobs = register(session, submissions, now=now)
+        applied = apply_jobs(self.engine, self.processor, [job.id for job in jobs],
+                             attempt_counted=True, now=now,
+                             verified={jobs[first[k]].id: v for k, v in early.items()})
         finished = {outcome.job_id: outcome for outcome in applied.outcomes}
         handled = [(arrival, finished[job.id])
                    for (_, arrival), job in zip(items, jobs, strict=True) if job.id in finished]
@@ -99,7 +107,8 @@ def submission_of(arrival: Arrival) -> Submission:
     """The ledger's view of an arrival: its bytes, or for one refused unread its
     refusal, identity and size."""
     if arrival.refusal is None:
-        return Submission(tenant=arrival.area, data=arrival.data, source=arrival.key)
+        return Submission(tenant=arrival.area, data=arrival.data, source=arrival.key,
+                          digest=arrival.sha256)  # hashed from these bytes as they were read
     return Submission(tenant=arrival.area, data=b"", source=arrival.key,
                       refusal=arrival.refusal, digest=arrival.sha256, size=arrival.size)
 

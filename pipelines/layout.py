@@ -73,6 +73,9 @@ class Arrival:
     # unreadable): `data` is empty and `sha256` an identity of the entry, not of content.
     refusal: str | None = None
     detail: str | None = None  # for the report: e.g. the original name, escaped
+    # Claimed just now from its arrival folder, so no earlier run can have opened it:
+    # the intake may verify it before its attempt is counted (see `Intake`).
+    first_try: bool = False
 
     @classmethod
     def refused(cls, *, area: str, name: str, key: str, reason: str, size: int,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -79,12 +79,21 @@ def register(session: Session, submissions: Sequence[Submission], *, now: dateti
                 pairs_in(_JOB.c.tenant, _JOB.c.sha256, keys[start:start + 500]),
                 _JOB.c.status.not_in([str(status) for status in FINAL_STATUSES]))
                 .values(attempts=_JOB.c.attempts + 1, updated_at=now))
-    jobs: dict[tuple[str, str], Row[Any]] = {}
-    for start in range(0, len(keys), 500):
-        for job in conn.execute(select(*_REGISTERED).where(
-                pairs_in(_JOB.c.tenant, _JOB.c.sha256, keys[start:start + 500]))):
-            jobs[(job.tenant, job.sha256)] = job  # type: ignore[assignment]
+    jobs = {(job.tenant, job.sha256): job for job in _jobs_of(conn, keys)}
     return [jobs[(s.tenant, s.sha256)] for s in submissions]
+
+
+def unregistered(conn: Any, submissions: Sequence[Submission]) -> set[tuple[str, str]]:
+    """The (tenant, sha256) of `submissions` that no job row holds yet."""
+    keys = list(dict.fromkeys((s.tenant, s.sha256) for s in submissions))
+    return set(keys) - {(job.tenant, job.sha256) for job in _jobs_of(conn, keys)}
+
+
+def _jobs_of(conn: Any, keys: list[tuple[str, str]]) -> Iterator[Row[Any]]:
+    """The job rows (`_REGISTERED` columns) of (tenant, sha256) `keys`, 500 a query."""
+    for start in range(0, len(keys), 500):
+        yield from conn.execute(select(*_REGISTERED).where(
+            pairs_in(_JOB.c.tenant, _JOB.c.sha256, keys[start:start + 500])))
 
 
 def _reopen_fixable(conn: Any, keys: list[tuple[str, str]], now: datetime) -> None:

@@ -11,7 +11,7 @@ call these.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,7 +31,7 @@ from models.types import utcnow
 from pipelines.errors import QUARANTINE_REASONS, Rejection, RejectReason
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import OPERATOR
-from pipelines.ledger import Submission, register
+from pipelines.ledger import Submission, register, unregistered
 from pipelines.passwords import check_password
 from pipelines.render import rejection_name, rejection_report
 from pipelines.rules import ACCEPTED_KINDS, RULES
@@ -169,16 +169,23 @@ def process_many(submissions: Sequence[Submission], *, engine: Engine,
 _RETRIES = 3
 
 
-def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor) -> list[Outcome]:
+def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor,
+                 verified: Mapping[int, Verified] | None = None,
+                 now: datetime | None = None) -> list[Outcome]:
     """Apply registered jobs as one chunk in one transaction; finished jobs replay.
 
-    A chunk that lost a race on PostgreSQL (a request id claimed by another worker in
-    the meantime, or a deadlock) is rolled back whole and run again: the second run
-    sees the other worker's claim and replays or refuses accordingly.
+    `verified`: files of the chunk the caller verified already (`verify_first`), at
+    `now`, then the chunk's instant. A chunk that lost a race on PostgreSQL (a request
+    id claimed by another worker in the meantime, or a deadlock) is rolled back whole
+    and run again: the second run sees the other worker's claim and replays or refuses
+    accordingly.
     """
     order = list(dict.fromkeys(job_ids))
-    now = processor.clock()  # one instant for the chunk: verified, applied, recorded
-    verified = _verify_open_jobs(engine, order, processor, now)  # kept across a retry
+    if now is None:
+        now = processor.clock()  # one instant for the chunk: verified, applied, recorded
+    given = dict(verified or {})
+    rest = [job_id for job_id in order if job_id not in given]  # kept across a retry:
+    verified = {**given, **(_verify_open_jobs(engine, rest, processor, now) if rest else {})}
     for attempt in range(1, _RETRIES + 1):
         try:
             with engine.begin() as conn:
@@ -193,6 +200,36 @@ def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor
 
 
 Verified = tuple[Envelope, Credentials | None] | Rejection
+
+
+def verify_first(engine: Engine, processor: Processor, submissions: Sequence[Submission],
+                 now: datetime) -> dict[int, Verified]:
+    """Verify `submissions` before they are registered (by position), so that the write
+    transactions that register and apply them follow each other: on SQLite another
+    process then writes during the verification, not between them.
+
+    Only for files the caller knows no earlier run has opened (claimed just now): one
+    that kills this process was not counted, and is counted from the run that takes it
+    again, so it is tried at most `max_attempts` + 1 times. Content a job row holds
+    already is left to `process_jobs`, which counts the attempt first and never opens
+    a file past its attempts; so is a file whose verification raised."""
+    results: dict[int, Verified] = {}
+    with reading(engine) as conn:
+        new = unregistered(conn, [s for s in submissions if s.refusal is None])
+        seen: dict[tuple[str, str], Verified] = {}
+        for index, submission in enumerate(submissions):
+            key = (submission.tenant, submission.sha256)
+            if submission.refusal is not None or key not in new:
+                continue
+            if key not in seen:
+                try:
+                    seen[key] = _verify(conn, submission.data, processor, submission.tenant,
+                                        now)
+                except Exception:  # noqa: BLE001 - raised again once its attempt counts
+                    new.discard(key)
+                    continue
+            results[index] = seen[key]
+    return results
 
 
 def _verify_open_jobs(engine: Engine, job_ids: list[int], processor: Processor,

@@ -140,3 +140,17 @@ def operator_refresh(keyring: VendorKeyring, scope: dict[str, Any], *,
 
 __all__ = ["LicenseType", "NOW", "WireDevice", "add_license", "license_info",
            "operator_refresh", "vendor"]
+
+
+def make_rule_raise(monkeypatch: Any, hardware_id: str = "BOOM") -> None:
+    """Make applying any file of device `hardware_id` raise (a bug that file triggers)."""
+    from pipelines import process
+
+    real = process.apply
+
+    def apply(state: Any, envelope: Any, **kwargs: Any) -> Any:
+        if envelope.payload.get("hardware_id") == hardware_id:
+            raise ZeroDivisionError("a bug this file triggers")
+        return real(state, envelope, **kwargs)
+
+    monkeypatch.setattr(process, "apply", apply)

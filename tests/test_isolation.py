@@ -18,14 +18,14 @@ from sqlalchemy import Engine
 
 from config.settings import Settings
 from models.db import session_scope
-from pipelines import bulk, process
+from pipelines import bulk
 from pipelines.intake import Intake
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import Arrival, processing_key
 from pipelines.ledger import Submission, register
 from pipelines.process import Processor
 from pipelines.storage.local import LocalStore
-from tests.factories import NOW, WireDevice, add_license, license_info, vendor
+from tests.factories import NOW, WireDevice, add_license, license_info, make_rule_raise, vendor
 from workers.runtime import Runtime
 from workers.tasks import run_process_files
 
@@ -34,14 +34,7 @@ MAX_ATTEMPTS = 3
 
 @pytest.fixture(autouse=True)
 def boom(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = process.apply
-
-    def apply(state: Any, envelope: Any, **kwargs: Any) -> Any:
-        if envelope.payload.get("hardware_id") == "BOOM":
-            raise ZeroDivisionError("a bug this file triggers")
-        return real(state, envelope, **kwargs)
-
-    monkeypatch.setattr(process, "apply", apply)
+    make_rule_raise(monkeypatch, "BOOM")
 
 
 @pytest.fixture

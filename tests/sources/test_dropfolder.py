@@ -553,6 +553,30 @@ def test_drain_ends_promptly_when_only_failed_files_are_left(root, make_source):
     assert files_under(root / "_processing") == []
 
 
+def test_only_a_file_claimed_from_its_arrival_folder_is_a_first_try(root, make_source):
+    """The intake may open a first try before counting it: no earlier run can have. A
+    file taken again from ``_processing/`` (a retry, or left by a dead run) is not."""
+    clock = FakeClock()
+    recorder = Recorder(root)
+    tries: list[tuple[str, bool]] = []
+
+    def fails_once(arrival: Arrival) -> bool:
+        tries.append((arrival.name, arrival.first_try))
+        if arrival.name == "x.req" and len(tries) < 3:
+            return True
+        recorder.one(arrival)
+        return False
+
+    left = root / "_processing" / "ACME" / "left.req"  # a dead run's
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"left")
+    source = make_source(one_at_a_time(fails_once), clock=clock, sleep=clock.sleep)
+    (root / "ACME" / "x.req").write_bytes(b"payload")
+    assert source.drain(timeout=3600) is False
+    assert source.drain(timeout=3600) is True
+    assert tries == [("left.req", False), ("x.req", True), ("x.req", False)]
+
+
 def test_drain_ends_when_a_dependency_is_down(root, make_source):
     clock = FakeClock()
 

@@ -227,7 +227,8 @@ class Claims:
             return None
         self.unreadable.forget(key)
         self._gave_up.discard(key)
-        arrival = Arrival(area, name, key, data, hashlib.sha256(data).hexdigest(), len(data))
+        arrival = Arrival(area, name, key, data, hashlib.sha256(data).hexdigest(), len(data),
+                          first_try=origin is not None)
         # A claim is routine (the outcome line that follows names the file): DEBUG.
         # Taking again a file left by a dead run is not: INFO (a retry is DEBUG: the
         # outage, or the failure, was logged when it happened).
