@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, event, func
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from config.settings import Settings
 from models import Batch, Job, JobOutput
-from models.db import session_scope
+from models.db import READ_ONLY, session_scope
 from pipelines import archives, bulk
 from pipelines.bulk import BulkParts, handle_archive, run_chunk, update_progress
 from pipelines.bulk.report import write_report
@@ -622,3 +622,33 @@ def test_progress_between_recounts_is_the_last_count(
     monkeypatch.setattr(bulk.state, "RECOUNT_SECONDS", 0.0)
     assert update_progress(sqlite_engine, batch_id, now=NOW) == (False, "open")
     assert _progress(sqlite_engine, batch_id) == ("open", 2, 3)
+
+
+def test_a_chunk_whose_batch_has_jobs_pending_writes_nothing_between_recounts(
+        sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three write transactions a chunk became two: progress between recounts, with
+    jobs still pending, is only read (the workers and the importer share one writer)."""
+    batch_id = _batch_with_jobs(sqlite_engine, ["done", "pending", "pending"])
+    monkeypatch.setattr(bulk.state, "RECOUNT_SECONDS", 3600.0)
+    writes: list[bool] = []
+
+    def on_begin(conn: Any) -> None:
+        writes.append(not conn.get_execution_options().get(READ_ONLY))
+
+    event.listen(sqlite_engine, "begin", on_begin)
+    try:
+        assert update_progress(sqlite_engine, batch_id, now=NOW) == (False, "open")
+        assert writes.count(True) == 1  # the first call counts
+        writes.clear()
+        for _ in range(3):
+            assert update_progress(sqlite_engine, batch_id, now=NOW) == (False, "open")
+        assert writes and not any(writes)
+        with session_scope(sqlite_engine) as session:
+            session.execute(Job.__table__.update().where(  # type: ignore[attr-defined]
+                col(Job.batch_id) == batch_id).values(status="done"))
+        writes.clear()
+        assert update_progress(sqlite_engine, batch_id, now=NOW) == (True, "complete")
+        assert writes.count(True) == 1  # the flip itself
+    finally:
+        event.remove(sqlite_engine, "begin", on_begin)
+    assert _progress(sqlite_engine, batch_id) == ("complete", 3, 3)

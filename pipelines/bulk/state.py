@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from models import Batch, BatchStatus, Job, JobStatus
-from models.db import is_postgres, session_scope
+from models.db import is_postgres, reading, session_scope
 from models.ledger import FINAL_STATUSES
 from pipelines.layout import outbox_key, parse_arrival_key, parse_processing_key
 from pipelines.storage.base import check_key
@@ -94,6 +94,17 @@ def update_progress(engine: Engine, batch_id: int, *, now: datetime) -> tuple[bo
     recount = clock - _recounted.get(seen, float("-inf")) >= RECOUNT_SECONDS
     pending = select(Job.id).where(col(Job.batch_id) == batch_id,
                                    col(Job.status) == JobStatus.PENDING).exists()
+    if not recount:
+        # Most chunks have nothing to write: jobs are still pending and the count is
+        # fresh. Asked without the write lock; each chunk asks after its own commit, so
+        # the last to finish sees none pending and flips the batch below.
+        with reading(engine) as conn:
+            status, waiting = conn.execute(select(Batch.status, pending.label("waiting"))
+                                           .where(Batch.id == batch_id)).one()
+        if waiting or status != BatchStatus.OPEN:
+            if status not in (BatchStatus.LOADING, BatchStatus.OPEN):
+                _recounted.pop(seen, None)
+            return False, status
     with session_scope(engine) as session:
         if recount:
             done = (select(func.count()).select_from(Job)
