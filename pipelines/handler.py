@@ -2,7 +2,8 @@
 
 Every mode comes here once its files are job rows: the embedded runner, the Celery
 task for inbox files and the one for bulk chunks. The attempt is counted in its own
-commit before the work, so a file that kills its process is still counted; the chunk
+commit before the work (the intake's first attempt: in the commit that registers the
+files, `count_first_attempt`), so a file that kills its process is still counted; the chunk
 is applied in one transaction; a chunk that raised, or that holds a file tried before,
 is applied one file at a time, least-tried first, each try counted on its own (after
 a chunk that raised, whose count stands: one attempt per file per call). A file that
@@ -16,8 +17,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from models.db import reading, session_scope
 from models.ledger import FINAL_STATUSES
@@ -47,9 +49,27 @@ def count_attempts(engine: Engine, job_ids: Sequence[int], now: datetime) -> Non
     """One more attempt on each unfinished job, committed before the work."""
     if job_ids:
         with session_scope(engine) as session:
-            session.execute(update(JOB).where(JOB.c.id.in_(list(job_ids)),
-                                              JOB.c.status.not_in(_FINAL))
-                            .values(attempts=JOB.c.attempts + 1, updated_at=now))
+            _count(session.connection(), job_ids, now)
+
+
+def count_first_attempt(conn: Connection, jobs: Sequence[Any], now: datetime) -> bool:
+    """In the caller's transaction (the one registering `jobs`, rows with id, status and
+    attempts), count this attempt of each unfinished job if none was tried before: True
+    (then `apply_jobs(..., attempt_counted=True)`). Otherwise nothing is counted here:
+    `apply_jobs` counts file by file, so that files a crash kept from being reached are
+    not counted with the one that crashed."""
+    unfinished = [job for job in jobs if job.status not in FINAL_STATUSES]
+    if any(job.attempts for job in unfinished):
+        return False
+    _count(conn, [job.id for job in unfinished], now)
+    return True
+
+
+def _count(conn: Connection, job_ids: Sequence[int], now: datetime) -> None:
+    if job_ids:
+        conn.execute(update(JOB).where(JOB.c.id.in_(list(dict.fromkeys(job_ids))),
+                                       JOB.c.status.not_in(_FINAL))
+                     .values(attempts=JOB.c.attempts + 1, updated_at=now))
 
 
 def apply_jobs(engine: Engine, processor: Processor, job_ids: Sequence[int], *,

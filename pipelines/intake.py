@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from models.db import session_scope
 from pipelines import metrics
 from pipelines.archiving import archive
-from pipelines.handler import Applied, apply_jobs
+from pipelines.handler import Applied, apply_jobs, count_first_attempt
 from pipelines.layout import Arrival, Disposition, outbox_key
 from pipelines.ledger import Submission, register
 from pipelines.process import Outcome, Processor, verify_first
@@ -70,14 +70,16 @@ class Intake:
         now = self.processor.clock()
         submissions = [submission for submission, _ in items]
         # Files claimed just now are verified before anything is written; the attempt
-        # is counted as they are registered, and the chunk's transaction follows.
+        # is counted as they are registered (if none was tried before), and the
+        # chunk's transaction follows.
         first = [i for i, (_, arrival) in enumerate(items)
                  if arrival is not None and arrival.first_try]
         early = verify_first(self.engine, self.processor, [submissions[i] for i in first], now)
         with session_scope(self.engine) as session:
-            jobs = register(session, submissions, now=now)
+            jobs = register(session, submissions, now=now, count_attempt=False)
+            counted = count_first_attempt(session.connection(), jobs, now)
         applied = apply_jobs(self.engine, self.processor, [job.id for job in jobs],
-                             attempt_counted=True, now=now,
+                             attempt_counted=counted, now=now,
                              verified={jobs[first[k]].id: v for k, v in early.items()})
         finished = {outcome.job_id: outcome for outcome in applied.outcomes}
         handled = [(arrival, finished[job.id])

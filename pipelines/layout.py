@@ -60,7 +60,8 @@ class Arrival:
     """One file read from the inbox: who it is for, its name, and its exact bytes.
 
     `area` is a tenant code or `OPERATOR`; `key` is the inbox key the bytes were read
-    from; `sha256` is computed from `data` (an S3 ETag is not a content hash).
+    from; `sha256` is computed from `data` (an S3 ETag is not a content hash) by
+    whoever reads it: the intake registers the job under it without hashing again.
     """
 
     area: str

@@ -210,9 +210,10 @@ def verify_first(engine: Engine, processor: Processor, submissions: Sequence[Sub
 
     Only for files the caller knows no earlier run has opened (claimed just now): one
     that kills this process was not counted, and is counted from the run that takes it
-    again, so it is tried at most `max_attempts` + 1 times. Content a job row holds
-    already is left to `process_jobs`, which counts the attempt first and never opens
-    a file past its attempts; so is a file whose verification raised."""
+    again. Content a job row holds already is left to `process_jobs`, which counts the
+    attempt first and never opens a file past its attempts, so each runner opens a
+    content uncounted at most once: `max_attempts` + 1 tries with one runner. So is a
+    file whose verification raised; a database error ends the early verification."""
     results: dict[int, Verified] = {}
     with reading(engine) as conn:
         new = unregistered(conn, [s for s in submissions if s.refusal is None])
@@ -225,7 +226,11 @@ def verify_first(engine: Engine, processor: Processor, submissions: Sequence[Sub
                 try:
                     seen[key] = _verify(conn, submission.data, processor, submission.tenant,
                                         now)
-                except Exception:  # noqa: BLE001 - raised again once its attempt counts
+                except DBAPIError as exc:  # the read transaction may be gone with it
+                    log.debug("verifying early stopped: %s", exc)
+                    break
+                except Exception as exc:  # noqa: BLE001 - raised again once its attempt counts
+                    log.debug("verifying %s early failed: %s", submission.source, exc)
                     new.discard(key)
                     continue
             results[index] = seen[key]

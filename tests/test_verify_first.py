@@ -172,3 +172,37 @@ def test_a_verification_that_raises_is_done_again_after_the_count_alone(
         ("done", 1), ("done", 1), ("pending", 1)]
     # early, then in the chunk after its count, then alone
     assert openings.count(True) == 3
+
+
+def test_files_a_crash_kept_from_being_reached_are_not_counted_with_it(
+        intake: Intake, keyring: VendorKeyring, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four files in a pass and the second kills the process whenever it is opened: on
+    each restart the pass's files are handed over again. The other three are applied,
+    the killer alone is quarantined."""
+    key = add_license(intake.engine, max_activations=5)
+    files = [WireDevice(keyring, f"HW-{n}").activation(license_key=key) for n in range(4)]
+    real = process.verify
+
+    def verify(data: bytes, **kwargs: Any) -> Any:
+        if data == files[1]:
+            raise Killed
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(process, "verify", verify)
+    first_try = True
+    for _run in range(3 * MAX_ATTEMPTS):
+        finished = {j.id for j in jobs(intake.engine) if j.status != "pending"}
+        left = [arrival(intake, f"f{n}.req", data, first_try=first_try)
+                for n, data in enumerate(files) if n + 1 not in finished]
+        if not left:
+            break
+        try:
+            intake.handle_many(left)
+        except Killed:
+            first_try = False  # the next run takes them again from _processing/
+    rows = jobs(intake.engine)
+    assert [(j.status, j.reason) for j in rows] == [
+        ("done", None), ("quarantined", "poison"), ("done", None), ("done", None)]
+    assert rows[1].attempts == MAX_ATTEMPTS + 1
+    assert all(j.attempts <= 2 for j in rows if j.status == "done")
+    assert license_info(intake.engine, key)["active_devices"] == 3
