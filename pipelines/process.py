@@ -183,9 +183,10 @@ def process_jobs(job_ids: Sequence[int], *, engine: Engine, processor: Processor
     order = list(dict.fromkeys(job_ids))
     if now is None:
         now = processor.clock()  # one instant for the chunk: verified, applied, recorded
-    given = dict(verified or {})
-    rest = [job_id for job_id in order if job_id not in given]  # kept across a retry:
-    verified = {**given, **(_verify_open_jobs(engine, rest, processor, now) if rest else {})}
+    verified = dict(verified or {})  # kept across a retry
+    rest = [job_id for job_id in order if job_id not in verified]
+    if rest:
+        verified.update(_verify_open_jobs(engine, rest, processor, now))
     for attempt in range(1, _RETRIES + 1):
         try:
             with engine.begin() as conn:
@@ -220,7 +221,7 @@ def verify_first(engine: Engine, processor: Processor, submissions: Sequence[Sub
         seen: dict[tuple[str, str], Verified] = {}
         for index, submission in enumerate(submissions):
             key = (submission.tenant, submission.sha256)
-            if submission.refusal is not None or key not in new:
+            if key not in new:  # registered already, or refused unread
                 continue
             if key not in seen:
                 try:
