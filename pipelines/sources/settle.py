@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import Enum
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,15 @@ WriterCheck = Callable[[], bool | None]
 # sets times or modes by name right after its close (scp -p); the data is complete.
 KERNEL_CLOSE_GRACE = 0.01
 OPEN_RECHECK = 1.0  # seconds between questions about a file the kernel says is open
+
+
+class Evidence(Enum):
+    """What a file-system event says about a key."""
+
+    WRITE = "write"  # created or modified: its writer has it open
+    MOVED_IN = "moved in"  # renamed to the key: changed, not open for writing
+    CLOSE = "close"  # closed after writing
+    GONE = "gone"  # deleted or moved away
 
 
 @dataclass(slots=True)
@@ -113,20 +123,31 @@ class SettleTracker:
     def note_write(self, key: str, *, moved_in: bool = False) -> None:
         """A created or modified event for `key` (its writer has it open), or with
         `moved_in` a file renamed to `key` (changed, but not open for writing)."""
-        with self._lock:
-            act = self._touch(key)
-            act.last_write = act.last_event
-            act.writing = not moved_in
+        self.note([(key, Evidence.MOVED_IN if moved_in else Evidence.WRITE)])
 
     def note_close(self, key: str) -> None:
         """A close-after-write event for `key` (IN_CLOSE_WRITE)."""
+        self.note([(key, Evidence.CLOSE)])
+
+    def note(self, events: Iterable[tuple[str, Evidence]]) -> None:
+        """Events in the order they happened, under one taking of the lock (a burst of
+        uploads brings thousands)."""
         with self._lock:
-            act = self._touch(key)
-            act.closed_at = act.last_event
-            act.writing = False
-            obs = self._seen.get(key)
-            if obs is not None:
-                obs.ask_after = float("-inf")  # ask the kernel again on the next look
+            for key, evidence in events:
+                if evidence is Evidence.GONE:
+                    self._seen.pop(key, None)
+                    self._activity.pop(key, None)
+                    continue
+                act = self._touch(key)
+                if evidence is Evidence.CLOSE:
+                    act.closed_at = act.last_event
+                    act.writing = False
+                    obs = self._seen.get(key)
+                    if obs is not None:
+                        obs.ask_after = float("-inf")  # ask the kernel again on the next look
+                else:
+                    act.last_write = act.last_event
+                    act.writing = evidence is Evidence.WRITE
 
     def forget(self, key: str) -> None:
         """Drop everything known about `key` (claimed, deleted or moved away)."""

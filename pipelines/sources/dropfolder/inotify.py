@@ -6,7 +6,10 @@ learn of an overflow; on a busy inbox that was a tenth of the runner's CPU, and 
 threads took the interpreter lock from the one doing the work. Events are only
 evidence and wake-ups here (the scans are the authority), so a small reader does:
 it asks the kernel for just the events the loop uses, decodes each buffer at once,
-drops repeats within it, and reports an overflow as what it is.
+drops repeats within it, hands the buffer's changes over in one call, and reports an
+overflow as what it is. While events stream in it waits `COALESCE` seconds between
+reads, so that a burst of uploads is read and handed over in a few large buffers
+rather than one wake-up (and one turn of the interpreter lock) per event.
 
 Not on Linux (no inotify in the C library), `available()` is False and the drop
 folder runs on its scans alone.
@@ -22,6 +25,7 @@ import os
 import select
 import struct
 import threading
+import time
 from collections.abc import Callable
 from enum import IntFlag
 
@@ -78,10 +82,12 @@ _SELF_GONE = int(Mask.DELETE_SELF | Mask.MOVE_SELF)
 
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len (struct inotify_event)
 _BUFFER = 256 * 1024
+COALESCE = 0.002  # seconds between reads while events keep coming (not before the first)
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 
-OnChange = Callable[[str, Change, bool], None]  # (path, change, is a folder)
+Changed = tuple[str, Change, bool]  # (path, change, is a folder)
+OnChanges = Callable[[list[Changed]], None]
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -144,13 +150,13 @@ class Watch:
 
 
 class Inotify:
-    """One inotify descriptor and the thread that reads it; `on_change` and
-    `on_overflow` are called on that thread."""
+    """One inotify descriptor and the thread that reads it; `on_changes` (the changes of
+    one buffer, in order) and `on_overflow` are called on that thread."""
 
-    def __init__(self, on_change: OnChange, on_overflow: Callable[[], None]) -> None:
+    def __init__(self, on_changes: OnChanges, on_overflow: Callable[[], None]) -> None:
         if _LIBC is None:
             raise OSError(errno.ENOSYS, "inotify is not available here")
-        self._on_change = on_change
+        self._on_changes = on_changes
         self._on_overflow = on_overflow
         fd = _LIBC.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
@@ -236,32 +242,41 @@ class Inotify:
             except Exception:
                 log.exception("handling file-system events failed")
                 self._on_overflow()  # whatever was lost, a scan finds
+            # A lone event was answered at once; what follows it in a burst waits a
+            # moment, to be read with the rest.
+            time.sleep(COALESCE)
 
     def _dispatch(self, events: list[tuple[int, int, bytes]]) -> None:
-        seen: set[tuple[int, int, bytes]] = set()
+        changes: list[Changed] = []
+        last: dict[tuple[int, bytes], Change] = {}  # the change last kept for each name
         for wd, mask, name in events:
             if mask & _OVERFLOW:
                 self._on_overflow()
                 continue
+            is_dir = bool(mask & _ISDIR)
+            change = change_of(mask)
+            if not mask & (_IGNORED | _SELF_GONE) and (
+                    change is None or (change is Change.GONE and not is_dir)):
+                continue  # a file leaving (every claim renames one out): nothing to say
             with self._lock:
                 entry = self._paths.get(wd)
                 if mask & _IGNORED:  # the watch is gone (its folder deleted, or removed)
                     self._paths.pop(wd, None)
                     if entry is not None:
                         entry[1].wds.discard(wd)
-            if entry is None:
+            if entry is None or (change is None and not mask & _SELF_GONE):
                 continue
             folder, watch = entry
             if mask & _SELF_GONE:
-                self._on_change(folder, Change.GONE, True)
+                changes.append((folder, Change.GONE, True))
                 continue
-            change = change_of(mask)
-            is_dir = bool(mask & _ISDIR)
-            if change is None or (change is Change.GONE and not is_dir):
+            assert change is not None
+            # Created and modified say the same (being written): of a run of either,
+            # one is enough; a write after a close is kept (the writer came back).
+            kind = Change.MODIFIED if change is Change.CREATED else change
+            if last.get((wd, name)) is kind:
                 continue
-            if (wd, change, name) in seen:  # a write in many parts: one is enough
-                continue
-            seen.add((wd, change, name))
+            last[(wd, name)] = kind
             path = os.path.join(folder, os.fsdecode(name))
             if is_dir and watch.recursive and change in (Change.CREATED, Change.MOVED_IN):
                 try:
@@ -271,4 +286,6 @@ class Inotify:
                     pass  # gone again: the scan asked for below sees what became of it
                 except OSError:
                     watch.incomplete = True
-            self._on_change(path, change, is_dir)
+            changes.append((path, change, is_dir))
+        if changes:
+            self._on_changes(changes)

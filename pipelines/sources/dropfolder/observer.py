@@ -19,11 +19,15 @@ import threading
 from pipelines.layout import parse_arrival_key
 from pipelines.sources.dropfolder import inotify
 from pipelines.sources.dropfolder.fs import Root
-from pipelines.sources.dropfolder.inotify import Change
+from pipelines.sources.dropfolder.inotify import Change, Changed
 from pipelines.sources.dropfolder.tree import Area, WarnOnce
-from pipelines.sources.settle import SettleTracker
+from pipelines.sources.settle import Evidence, SettleTracker
 
 log = logging.getLogger(__name__)
+
+_EVIDENCE = {Change.CREATED: Evidence.WRITE, Change.MODIFIED: Evidence.WRITE,
+             Change.MOVED_IN: Evidence.MOVED_IN, Change.CLOSED: Evidence.CLOSE,
+             Change.GONE: Evidence.GONE}
 
 
 class Signals:
@@ -38,27 +42,30 @@ class Signals:
         self._full_requested = False
         self._gone_areas: set[str] = set()
 
-    def record(self, path: str, seen: Change, is_directory: bool) -> None:
-        """One file-system event (the reader's thread)."""
-        if is_directory:  # a folder came, went or moved: look at the whole tree
-            with self._lock:
-                self._full_requested = True
+    def record(self, changes: list[Changed]) -> None:
+        """The file-system events of one read, in order (the reader's thread)."""
+        evidence: list[tuple[str, Evidence]] = []
+        woken: list[str] = []
+        full = False
+        gone_areas = []
+        for path, seen, is_directory in changes:
+            if is_directory:  # a folder came, went or moved: look at the whole tree
+                full = True
                 if seen is Change.GONE and os.path.dirname(path) == self.root.path:
-                    self._gone_areas.add(path)  # its watch died with it
-            self.wake.set()
-            return
-        key = self.root.key(path)
-        if key is None or parse_arrival_key(key) is None:
-            return
-        if seen in (Change.CREATED, Change.MODIFIED, Change.MOVED_IN):
-            self.tracker.note_write(key, moved_in=seen is Change.MOVED_IN)
-        elif seen is Change.CLOSED:
-            self.tracker.note_close(key)
-        elif seen is Change.GONE:
-            self.tracker.forget(key)
-        if seen in (Change.CREATED, Change.MOVED_IN, Change.CLOSED):
-            with self._lock:
-                self._woken.add(key)
+                    gone_areas.append(path)  # its watch died with it
+                continue
+            key = self.root.key(path)
+            if key is None or parse_arrival_key(key) is None:
+                continue
+            evidence.append((key, _EVIDENCE[seen]))
+            if seen is not Change.MODIFIED and seen is not Change.GONE:
+                woken.append(key)
+        self.tracker.note(evidence)
+        with self._lock:
+            self._full_requested |= full
+            self._gone_areas.update(gone_areas)
+            self._woken.update(woken)
+        if full or woken:
             self.wake.set()
 
     def request_full(self) -> None:
