@@ -382,19 +382,41 @@ def test_two_sources_on_one_folder_never_hand_over_the_same_file(root, make_sour
 
 def test_runner_slots_split_the_files_and_each_takes_the_rest_last(root, make_source):
     """Runner i of n takes the files whose name hashes to it first (name order), then
-    the others' from the end: two runners start at different files."""
-    ready = {"ACME": [(f"{i:03d}.req", f"ACME/{i:03d}.req", os.lstat(root)) for i in range(60)]}
+    the others' from the end: two runners start at different files. The others' files
+    are not looked at (no stat, no question to the kernel) until its own are claimed."""
     names = [f"{i:03d}.req" for i in range(60)]
-    mine0, theirs0 = loop._shares(ready, (0, 2))
-    mine1, theirs1 = loop._shares(ready, (1, 2))
-    first = [name for name, _, _ in mine0["ACME"]]
-    second = [name for name, _, _ in mine1["ACME"]]
-    assert first and second and sorted(first + second) == names
-    assert first == sorted(first) and second == sorted(second)
-    assert [name for name, _, _ in theirs0["ACME"]] == second[::-1]
-    assert [name for name, _, _ in theirs1["ACME"]] == first[::-1]
-    alone, nobody = loop._shares(ready, (0, 1))
-    assert [name for name, _, _ in alone["ACME"]] == names and nobody == {}
+    for name in names:
+        (root / "ACME" / name).write_bytes(b"x")
+        os.utime(root / "ACME" / name, (time.time() - 60, time.time() - 60))
+    orders = []
+    for index in range(2):
+        taken: list[str] = []
+        looked: list[str] = []
+        source = make_source(Recorder(root), slot=(index, 2), settle_seconds=0)
+        real_due = source._tracker.due
+
+        def due(key, *args, looked=looked, real_due=real_due):
+            looked.append(key.partition("/")[2])
+            return real_due(key, *args)
+
+        # Nothing moves: the other runner sees the same folder.
+        source._claims.claim = lambda area, name, key, st, taken=taken: taken.append(name)  # type: ignore
+        source._tracker.due = due  # type: ignore[method-assign]
+        source._pass(full=True, stopping=lambda: False)
+        own = [source._is_mine(f"ACME/{name}") for name in looked]
+        assert own == sorted(own, reverse=True), "an other's file looked at before its own"
+        orders.append(taken)
+    first, second = orders
+    mine0 = [n for n in names if loop._share(n, 2) == 0]
+    mine1 = [n for n in names if loop._share(n, 2) == 1]
+    assert mine0 and mine1 and sorted(mine0 + mine1) == names
+    assert first == mine0 + mine1[::-1]
+    assert second == mine1 + mine0[::-1]
+    alone: list[str] = []
+    source = make_source(Recorder(root), slot=(0, 1), settle_seconds=0)
+    source._claims.claim = lambda area, name, key, st: alone.append(name)  # type: ignore
+    source._pass(full=True, stopping=lambda: False)
+    assert alone == names
     with pytest.raises(ValueError):
         make_source(Recorder(root), slot=(2, 2))
 

@@ -10,7 +10,7 @@ import stat
 import threading
 import time
 import zlib
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,33 +51,19 @@ def _round_robin(groups: Ready) -> Iterator[tuple[str, str, str, os.stat_result]
         yield from (item for item in batch if item is not None)
 
 
-def _shares(groups: Ready, slot: tuple[int, int]) -> tuple[Ready, Ready]:
-    """This runner's share of the ready files in name order, and the others' in reverse.
-
-    Runner `index` of `count` sharing the inbox takes first the files whose name hashes
-    to it, then what is left of the others' from the end of their list: runners walking
-    one list in step would race for every file (a loser's rename is wasted work), while
-    these meet only where one that finished its share meets the owner of the rest. One
-    runner alone has every file in its share, in name order."""
-    index, count = slot
-    mine: Ready = {}
-    theirs: Ready = {}
-    for area, items in groups.items():
-        items = sorted(items)
-        if count == 1:
-            mine[area] = items
-            continue
-        mine[area] = [item for item in items if _share(item[0], count) == index]
-        theirs[area] = [item for item in reversed(items) if _share(item[0], count) != index]
-    return mine, theirs
-
-
-def _count(groups: Ready) -> int:
-    return sum(len(items) for items in groups.values())
+def _in_order(groups: Ready, *, reverse: bool = False) -> Ready:
+    return {area: sorted(items, key=lambda item: item[0], reverse=reverse)
+            for area, items in groups.items()}
 
 
 def _share(name: str, count: int) -> int:
-    """The runner (of `count`) that takes the file `name` first: the same in each."""
+    """The runner (of `count`) that takes the file `name` first: the same in each.
+
+    Runner `index` of `count` sharing the inbox takes first the files whose name hashes
+    to it, in name order, then what is left of the others' from the end of their list:
+    runners walking one list in step would race for every file (a loser's rename is
+    wasted work), while these meet only where one that finished its share meets the
+    owner of the rest. One runner alone has every file in its share, in name order."""
     return zlib.crc32(name.encode("utf-8", "surrogateescape")) % count
 
 
@@ -238,41 +224,61 @@ class DropFolderSource:
 
     def _pass(self, *, full: bool, stopping: Stopping, claim: bool = True) -> _PassResult:
         """Observe the candidates (all of them, or those events pointed at and those
-        still settling), then claim and hand over the ones that are due."""
+        still settling), then claim and hand over the ones that are due: this runner's
+        share first, then what the others left of theirs (see `_share`). The others'
+        files are looked at (a stat, the kernel asked) only then, when most are gone."""
         with self._pass_lock:
             if full:
                 areas = self._tree.arrival_areas()
                 self._watches.sync(areas)
-                candidates = self._tree.arrivals(areas)
+                candidates = list(self._tree.arrivals(areas))
+                self._tracker.prune(key for key, _st in candidates)
+                mine: Iterable[tuple[str, os.stat_result]] = [
+                    (key, st) for key, st in candidates if self._is_mine(key)]
+                theirs = [key for key, _st in candidates if not self._is_mine(key)]
             else:
-                candidates = self._rechecked()
+                keys = self._signals.take_woken().union(self._tracker.pending())
+                theirs = [key for key in keys if not self._is_mine(key)]
+                mine = self._rechecked(key for key in keys if self._is_mine(key))
             ready: Ready = {}
-            next_due = float("inf")
-            seen: list[str] = []
-            for key, st in candidates:
-                # Any name (the claim renames one no store accepts); an entry that is
-                # not a regular file has nothing to settle and is never opened.
-                area, _, name = key.partition("/")
-                seen.append(key)
-                due = (self._tracker.due(key, fs.signature(st), functools.partial(
-                    self._probe.open_for_writing, self._where.of(key)))
-                       if stat.S_ISREG(st.st_mode) else float("-inf"))
-                if due <= self._clock():
-                    ready.setdefault(area, []).append((name, key, st))
-                else:
-                    next_due = min(next_due, due)
-            if full:
-                self._tracker.prune(seen)
+            seen, next_due = self._observe(mine, ready)
             held: list[Held] = []
-            mine, theirs = _shares(ready, self._slot) if claim else ({}, {})
-            claimed = self._claim_each(mine, held, stopping)
-            gone = 0  # the others' files that another runner took meanwhile
+            claimed = self._claim_each(_in_order(ready), held, stopping) if claim else 0
             if theirs and not stopping():
-                left = self._still_there(theirs)  # looked at once ours are claimed
-                gone = _count(theirs) - _count(left)
-                claimed += self._claim_each(left, held, stopping)
+                left: Ready = {}
+                there, due = self._observe(self._rechecked(theirs), left)
+                seen, next_due = seen + there, min(next_due, due)
+                if claim:
+                    claimed += self._claim_each(_in_order(left, reverse=True), held,
+                                                stopping)
+            else:
+                seen += len(theirs)  # not looked at: still waiting, as far as is known
             self._deliver(held)  # claimed files are always handed over
-            return _PassResult(claimed, len(seen) - claimed - gone, next_due)
+            return _PassResult(claimed, seen - claimed, next_due)
+
+    def _is_mine(self, key: str) -> bool:
+        index, count = self._slot
+        return count == 1 or _share(key.partition("/")[2], count) == index
+
+    def _observe(self, candidates: Iterable[tuple[str, os.stat_result]], ready: Ready
+                 ) -> tuple[int, float]:
+        """Add the `candidates` that are due to `ready`; how many there were, and when
+        the next of the others falls due."""
+        next_due = float("inf")
+        seen = 0
+        for key, st in candidates:
+            # Any name (the claim renames one no store accepts); an entry that is
+            # not a regular file has nothing to settle and is never opened.
+            area, _, name = key.partition("/")
+            seen += 1
+            due = (self._tracker.due(key, fs.signature(st), functools.partial(
+                self._probe.open_for_writing, self._where.of(key)))
+                   if stat.S_ISREG(st.st_mode) else float("-inf"))
+            if due <= self._clock():
+                ready.setdefault(area, []).append((name, key, st))
+            else:
+                next_due = min(next_due, due)
+        return seen, next_due
 
     def _claim_each(self, ready: Ready, held: list[Held], stopping: Stopping) -> int:
         """Claim `ready` into `held`, handing over each full batch; how many were taken."""
@@ -289,19 +295,7 @@ class DropFolderSource:
                     held.clear()
         return claimed
 
-    def _still_there(self, ready: Ready) -> Ready:
-        """The entries of `ready` still in the arrival folders. Asked just before they
-        are claimed: the other runners will have taken most of their own share meanwhile,
-        and a look costs less than a claim that fails."""
-        left: Ready = {}
-        for area, items in ready.items():
-            for item in items:
-                if os.path.lexists(self._where.of(item[1])):
-                    left.setdefault(area, []).append(item)
-        return left
-
-    def _rechecked(self) -> Iterator[tuple[str, os.stat_result]]:
-        keys = self._signals.take_woken().union(self._tracker.pending())
+    def _rechecked(self, keys: Iterable[str]) -> Iterator[tuple[str, os.stat_result]]:
         for key, st in self._tree.recheck(keys):
             if st is None:
                 self._tracker.forget(key)
