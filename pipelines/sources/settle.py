@@ -81,6 +81,7 @@ class _Observation:
     signature: Signature
     since: float
     ask_after: float = float("-inf")  # the kernel said open: not asked again before
+    due: float = float("-inf")  # the last decision: not worth a look before, unless woken
     blind: bool = False  # the kernel could not tell last time: the events decide
 
 
@@ -143,8 +144,8 @@ class SettleTracker:
                     act.closed_at = act.last_event
                     act.writing = False
                     obs = self._seen.get(key)
-                    if obs is not None:
-                        obs.ask_after = float("-inf")  # ask the kernel again on the next look
+                    if obs is not None:  # looked at, and the kernel asked, on the next pass
+                        obs.ask_after = obs.due = float("-inf")
                 else:
                     act.last_write = act.last_event
                     act.writing = evidence is Evidence.WRITE
@@ -165,6 +166,12 @@ class SettleTracker:
         otherwise the result says when to look again, assuming nothing changes.
         `open_check` (the kernel) is asked only once the file would otherwise be due.
         """
+        obs, when = self._decide(key, signature, open_check)
+        obs.due = when
+        return when
+
+    def _decide(self, key: str, signature: Signature, open_check: WriterCheck | None
+                ) -> tuple[_Observation, float]:
         with self._lock:
             now = self._clock()
             obs = self._seen.get(key)
@@ -172,15 +179,15 @@ class SettleTracker:
                 obs = self._seen[key] = _Observation(signature, now)
             act = self._activity.get(key)
             if open_check is None:
-                return self._taken(key, act, self._held(obs, act, now), now)
+                return obs, self._taken(key, act, self._held(obs, act, now), now)
             if obs.blind:  # the kernel could not tell last time: not asked before due
                 due = self._held(obs, act, now)
                 if due > now:
-                    return due
+                    return obs, due
             else:
                 due = self._settled(obs, act, self.kernel_close_grace)
                 if due > now or obs.ask_after > now:
-                    return max(due, obs.ask_after)
+                    return obs, max(due, obs.ask_after)
         answer = open_check()
         with self._lock:
             act = self._activity.get(key)
@@ -188,10 +195,10 @@ class SettleTracker:
             if answer is True:
                 log.debug("%s is open for writing; it waits for its writer", key)
                 obs.ask_after = now + OPEN_RECHECK
-                return obs.ask_after
+                return obs, obs.ask_after
             if answer is False:
-                return self._settled(obs, act, self.kernel_close_grace)
-            return self._taken(key, act, self._held(obs, act, now), now)
+                return obs, self._settled(obs, act, self.kernel_close_grace)
+            return obs, self._taken(key, act, self._held(obs, act, now), now)
 
     def _settled(self, obs: _Observation, act: _Activity | None, grace: float) -> float:
         """Rule 1: when the file is settled (a), or closed long enough ago (b)."""
@@ -227,9 +234,24 @@ class SettleTracker:
         return due
 
     def pending(self) -> list[str]:
-        """Keys observed but not yet forgotten (candidates a quick pass looks at again)."""
+        """Keys observed but not yet forgotten."""
         with self._lock:
             return list(self._seen)
+
+    def come_due(self, now: float) -> tuple[list[str], float]:
+        """The keys observed whose last decision has come due by `now` (a quick pass
+        looks at them again), and when the next of the others does. The others need no
+        look before then: what could make one due sooner is a close or a move in, whose
+        event wakes its key; a missed event is caught by the full scans."""
+        keys = []
+        soonest = float("inf")
+        with self._lock:
+            for key, obs in self._seen.items():
+                if obs.due <= now:
+                    keys.append(key)
+                elif obs.due < soonest:
+                    soonest = obs.due
+        return keys, soonest
 
     def prune(self, present: Iterable[str]) -> None:
         """After a full scan: forget keys no longer present and stale activity."""

@@ -681,6 +681,24 @@ def test_settle_rule_signature_changes_and_write_events_postpone():
     assert tracker.pending() == []
 
 
+def test_a_settling_file_is_looked_at_again_when_due_or_when_its_close_is_seen():
+    """A quick pass looks again only at keys whose last decision has come due; a close
+    makes its key due for a look at once (the kernel asked again)."""
+    clock = FakeClock()
+    tracker = SettleTracker(2.0, clock=clock)
+    open_now = lambda: True  # noqa: E731
+    assert tracker.due("A/x", (1, 1, 1), lambda: False) == 1002.0
+    assert tracker.due("A/y", (1, 1, 2), lambda: False) == 1002.0
+    clock.sleep(2.0)
+    assert tracker.due("A/y", (1, 1, 2), open_now) == 1003.0  # its writer still has it
+    assert tracker.come_due(clock()) == (["A/x"], 1003.0)
+    clock.sleep(0.5)
+    tracker.note_close("A/y")
+    assert tracker.come_due(clock()) == (["A/x", "A/y"], float("inf"))
+    tracker.forget("A/x")
+    assert tracker.come_due(clock()) == (["A/y"], float("inf"))
+
+
 def test_settle_rule_without_the_kernel_holds_an_unclosed_write_and_warns_when_it_runs_out(
         caplog):
     clock = FakeClock()

@@ -224,9 +224,10 @@ class DropFolderSource:
 
     def _pass(self, *, full: bool, stopping: Stopping, claim: bool = True) -> _PassResult:
         """Observe the candidates (all of them, or those events pointed at and those
-        still settling), then claim and hand over the ones that are due: this runner's
-        share first, then what the others left of theirs (see `_share`). The others'
-        files are looked at (a stat, the kernel asked) only then, when most are gone."""
+        still settling that are due for a look), then claim and hand over the ones that
+        are due: this runner's share first, then what the others left of theirs (see
+        `_share`). The others' files are looked at (a stat, the kernel asked) only then,
+        when most are gone."""
         with self._pass_lock:
             if full:
                 areas = self._tree.arrival_areas()
@@ -236,12 +237,15 @@ class DropFolderSource:
                 mine: Iterable[tuple[str, os.stat_result]] = [
                     (key, st) for key, st in candidates if self._is_mine(key)]
                 theirs = [key for key, _st in candidates if not self._is_mine(key)]
+                later = float("inf")
             else:
-                keys = self._signals.take_woken().union(self._tracker.pending())
+                settling, later = self._tracker.come_due(self._clock())
+                keys = self._signals.take_woken().union(settling)
                 theirs = [key for key in keys if not self._is_mine(key)]
                 mine = self._rechecked(key for key in keys if self._is_mine(key))
             ready: Ready = {}
             seen, next_due = self._observe(mine, ready)
+            next_due = min(next_due, later)
             held: list[Held] = []
             claimed = self._claim_each(_in_order(ready), held, stopping) if claim else 0
             if theirs and not stopping():
