@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 
 from bench.fleet import CUSTOMER
-from bench.procs import spawn, wait_for_log, wait_rss
+from bench.procs import spawn, tree_cpu_seconds, wait_for_log, wait_rss
 from bench.scenarios import Workspace, _count, _wait_until, _write, deactivation_fleet
 from config.settings import Settings
 from workers.broker import purge, queue_depths, unacknowledged
@@ -46,12 +46,15 @@ def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
         wait_for_log(watcher, "watching")
         _wait_until(lambda: _ping(env), 60, poll=0.5)
         ws.inbox().mkdir(exist_ok=True)
+        cpu_before = {c.name: tree_cpu_seconds(c.proc.pid) for c in (watcher, worker)}
         first = time.time()
         for i, blob in enumerate(blobs):
             _write(ws.inbox() / f"d{i:07d}.req", blob)
         done = _wait_until(lambda: _count(ws.outbox()) >= files, timeout, poll=1.0)
         last = max((e.stat().st_mtime for e in os.scandir(ws.outbox())), default=first)
         pipeline_rate = files / max(last - first, 1e-9)
+        cpu = {c.name: round(1000 * (tree_cpu_seconds(c.proc.pid) - cpu_before[c.name]) / files,
+                             3) for c in (watcher, worker)}
 
         # Baseline: one no-op task per file, same broker, same worker, same options.
         app = make_celery(Settings(home=ws.home, broker_url=redis_url))
@@ -76,6 +79,7 @@ def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
             "celery_noop_tasks_per_s": round(noop_rate, 1),
             "noop_publish_seconds": round(sent - start, 2),
             "pipeline_to_noop_ratio": round(pipeline_rate / max(noop_rate, 1e-9), 2),
+            "cpu_ms_per_file": cpu,
             "peak_rss_mib": {"worker": worker_rss, "watcher": watcher_rss}}
 
 

@@ -14,12 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import scenarios
-
-# PostgreSQL last: its checkpoint and autovacuum after 20,000 activations would
-# otherwise run beside the next scenario.
-SCENARIOS = ("baseline", "embedded", "backlog", "latency", "activation", "distributed", "bulk",
-             "portal", "activation-postgres")
+from bench import SCENARIOS, scenarios  # noqa: F401 - SCENARIOS re-exported
 
 BASELINE_RATIOS = ("embedded", "backlog")  # reported as a share of the baseline's files/s
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from bench.runner import SCENARIOS, run_bench
-from bench.scenarios import RefusedDatabase
+from bench import SCENARIOS
 
 
 def bench(
@@ -27,6 +26,9 @@ def bench(
     timeout: float = typer.Option(600.0, "--timeout"),
 ) -> None:
     """Run the benchmark scenarios; print a table and a JSON document."""
+    from bench.runner import run_bench  # on use: every other command starts without it
+    from bench.scenarios import RefusedDatabase
+
     unknown = set(scenario) - set(SCENARIOS)
     if unknown:
         raise typer.BadParameter(f"unknown scenario(s): {', '.join(sorted(unknown))}")

@@ -10,6 +10,7 @@ from cli.admin import customer_app, license_app, policy_app, product_app
 from cli.checks import check_database, check_store
 from cli.common import emit, fail, preflight, settings_of
 from cli.keys import keys_app
+from config.process import settle_heap
 from config.settings import Settings, SettingsError, load_settings
 from models.migrate import upgrade
 from pipelines.keyring import init_keyring
@@ -24,6 +25,12 @@ app.add_typer(product_app, name="product")
 app.add_typer(policy_app, name="policy")
 app.add_typer(license_app, name="license")
 app.add_typer(keys_app, name="keys")
+
+
+def run() -> None:
+    """The `airlock` program (and ``python -m cli``)."""
+    settle_heap()
+    app(prog_name="airlock")
 
 
 @app.callback()

@@ -37,6 +37,8 @@ def test_every_scenario_reports_its_figures(tmp_path: Path, fresh_pg_url: str,
     assert figures["activation-postgres"]["accepted"] == 30
     assert figures["distributed"]["completed"]
     assert figures["distributed"]["celery_noop_tasks_per_s"] > 0
+    # the watcher claims and publishes, the worker's pool applies: both spend CPU
+    assert all(v > 0 for v in figures["distributed"]["cpu_ms_per_file"].values())
     assert figures["bulk"]["results"] == 30 and figures["bulk"]["report"]
     assert all(v > 0 for v in figures["bulk"]["peak_rss_mib"].values())
     levels = figures["portal"]["by_clients"]

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 from config.logging import setup_logging
+from config.process import settle_heap
 from config.settings import Settings
 from pipelines import metrics
 from pipelines.bulk import handle_archive, is_bulk
@@ -107,6 +108,7 @@ def _run_one(settings: Settings, stop: threading.Event, *, drain: bool,
 
 def _child(settings: Settings, drain: bool, timeout: float | None, log_level: str,
            slot: tuple[int, int]) -> None:
+    settle_heap()  # a process of its own: the modules it runs on are imported by now
     stop = threading.Event()
 
     def _stop(_signum: int, _frame: Any) -> None:
