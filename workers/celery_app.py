@@ -129,15 +129,17 @@ class RuntimeHolder:
             self._pid = os.getpid()
         return self._runtime
 
-    def claim(self, job_ids: Sequence[int]) -> None:
-        """This process takes `job_ids` (its name on their rows); it beats from now on."""
+    def claim(self, job_ids: Sequence[int]) -> bool:
+        """This process takes `job_ids` (its name on their rows) and counts this attempt
+        of each when none was tried before (True: see `workers.liveness.claim`); it
+        beats from now on."""
         with self._lock:
             runtime = self._current()
             if self._heartbeat is None:
                 self._heartbeat = Heartbeat(runtime.engine, process_name())
                 self._heartbeat.start()
             name = self._heartbeat.name
-        claim(runtime.engine, name, job_ids, utcnow())
+        return claim(runtime.engine, name, job_ids, utcnow(), count_attempt=True)
 
     def after_fork(self) -> None:
         """In a new pool process: forget inherited connections, build fresh ones now."""

@@ -24,12 +24,13 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, delete, insert, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from models import JobStatus
 from models.db import session_scope
 from models.tables import JOB, WORKER_BEAT
 from models.types import utcnow
+from pipelines.handler import count_first_attempt
 
 log = logging.getLogger("airlock.liveness")
 
@@ -55,16 +56,26 @@ def beat(engine: Engine, name: str, now: datetime) -> None:
         _beat(session.connection(), name, now)
 
 
-def claim(engine: Engine, name: str, job_ids: Sequence[int], now: datetime) -> None:
+def claim(engine: Engine, name: str, job_ids: Sequence[int], now: datetime, *,
+          count_attempt: bool = False) -> bool:
     """`name` takes the unfinished jobs among `job_ids` (its beat in the same commit, so a
-    claim never names a worker without a row)."""
+    claim never names a worker without a row). With `count_attempt`, the same commit
+    counts this attempt of each unfinished job if none was tried before
+    (`handler.count_first_attempt`): True then, and the caller applies them with
+    ``attempt_counted=True``; a worker then takes the write lock once less per message."""
     with session_scope(engine) as session:
         conn = session.connection()
         _beat(conn, name, now)
-        if job_ids:
-            conn.execute(update(JOB).where(JOB.c.id.in_(list(job_ids)),
-                                           JOB.c.status == JobStatus.PENDING)
-                         .values(claimed_by=name))
+        if not job_ids:
+            return False
+        ids = list(dict.fromkeys(job_ids))
+        conn.execute(update(JOB).where(JOB.c.id.in_(ids), JOB.c.status == JobStatus.PENDING)
+                     .values(claimed_by=name))
+        if not count_attempt:
+            return False
+        jobs = conn.execute(select(JOB.c.id, JOB.c.status, JOB.c.attempts)
+                            .where(JOB.c.id.in_(ids))).all()
+        return count_first_attempt(conn, jobs, now)
 
 
 def forget(engine: Engine, name: str) -> None:

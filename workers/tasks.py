@@ -72,15 +72,16 @@ def transient_errors() -> Iterator[None]:
 # --- the work, as plain functions -----------------------------------------------------------
 
 
-def run_process_files(runtime: Runtime,
-                      items: Sequence[tuple[int, str | None]]) -> list[Outcome]:
+def run_process_files(runtime: Runtime, items: Sequence[tuple[int, str | None]], *,
+                      attempt_counted: bool = False) -> list[Outcome]:
     """Apply registered jobs (`handler.apply_jobs`: a failing file never holds up the
     others), then deliver their results and archive the inbox files they came from
     (each item's source, else the job's own) as `Intake.finish` does in every mode;
     then raise the first failure, so that the message is retried for the files that
-    failed."""
+    failed. `attempt_counted`: the worker's claim counted this attempt already."""
     job_ids = [job_id for job_id, _ in items]
-    applied = apply_jobs(runtime.engine, runtime.processor, job_ids)
+    applied = apply_jobs(runtime.engine, runtime.processor, job_ids,
+                         attempt_counted=attempt_counted)
     intake = runtime.intake()
     with reading(runtime.engine) as conn:
         rows = {row.id: row for row in conn.execute(
@@ -107,9 +108,9 @@ def _inbox_arrival(intake: Intake, key: str, sha256: str, size: int) -> Arrival 
 
 
 def run_chunk(runtime: Runtime, job_ids: list[int], batch_id: int | None,
-              app: Celery) -> bulk.ChunkResult:
+              app: Celery, *, attempt_counted: bool = False) -> bulk.ChunkResult:
     """Apply a chunk; publish `finish_batch` for a batch this chunk saw complete."""
-    result = bulk.run_chunk(runtime, job_ids, batch_id)
+    result = bulk.run_chunk(runtime, job_ids, batch_id, attempt_counted=attempt_counted)
     for done in result.finish:
         app.send_task(FINISH_BATCH, args=[done])
     return result
@@ -123,13 +124,15 @@ class RuntimeSource(Protocol):
 
     def get(self) -> Runtime: ...
 
-    def claim(self, job_ids: Sequence[int]) -> None:
-        """This process takes the jobs (`workers.liveness.claim`)."""
+    def claim(self, job_ids: Sequence[int]) -> bool:
+        """This process takes the jobs and counts this attempt of each if none was tried
+        before: True then (`workers.liveness.claim`)."""
 
 
 def register_tasks(app: Celery, holder: RuntimeSource, *, retry_backoff_max: int) -> None:
     """Define the tasks on `app`; each gets its collaborators from `holder` and claims
-    its jobs before the work, so the sweep knows whom they wait for."""
+    its jobs before the work, so the sweep knows whom they wait for (the claim's commit
+    counts the attempt too, when it can)."""
     options = {
         "shared": False,  # this app's own: another app in the process has its own holder
         "acks_late": True,
@@ -146,15 +149,16 @@ def register_tasks(app: Celery, holder: RuntimeSource, *, retry_backoff_max: int
     def process_files(items: list[tuple[int, str | None]]) -> None:
         """[job id, inbox key] pairs of files from the inbox (rows committed by the watcher)."""
         with transient_errors():
-            holder.claim([job_id for job_id, _ in items])
-            run_process_files(holder.get(), [(job_id, source) for job_id, source in items])
+            counted = holder.claim([job_id for job_id, _ in items])
+            run_process_files(holder.get(), [(job_id, source) for job_id, source in items],
+                              attempt_counted=counted)
 
     @app.task(name=PROCESS_CHUNK, **options)
     def process_chunk(job_ids: list[int], batch_id: int | None = None) -> None:
         """One chunk of a bulk archive."""
         with transient_errors():
-            holder.claim(job_ids)
-            run_chunk(holder.get(), job_ids, batch_id, app)
+            counted = holder.claim(job_ids)
+            run_chunk(holder.get(), job_ids, batch_id, app, attempt_counted=counted)
 
     @app.task(name=NOOP, **options)
     def noop(job_id: int) -> None:

@@ -60,14 +60,17 @@ class ChunkResult:
     finish: list[int]  # batches whose every job is finished: their report is due
 
 
-def run_chunk(env: BulkEnv, job_ids: Sequence[int], batch_id: int | None = None) -> ChunkResult:
+def run_chunk(env: BulkEnv, job_ids: Sequence[int], batch_id: int | None = None, *,
+              attempt_counted: bool = False) -> ChunkResult:
     """Apply a chunk (`handler.apply_jobs`: a failing file never holds up the others),
     deliver its results and update its batch's progress; then raise the first failure,
-    so that the chunk's delivery is retried for the files that failed."""
+    so that the chunk's delivery is retried for the files that failed.
+    `attempt_counted`: the caller committed this attempt of every job already."""
     with reading(env.engine) as conn:  # no write lock for a read
         rows = conn.execute(sa_select(JOB.c.id, JOB.c.batch_id)
                             .where(JOB.c.id.in_(sorted(set(job_ids))))).all()
-    applied = apply_jobs(env.engine, env.processor, sorted(row.id for row in rows))
+    applied = apply_jobs(env.engine, env.processor, sorted(row.id for row in rows),
+                         attempt_counted=attempt_counted)
     deliver(env.outbox, applied.outcomes)
     batches = {batch_id} if batch_id is not None else {row[1] for row in rows if row[1]}
     now = env.processor.clock()

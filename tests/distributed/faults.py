@@ -68,11 +68,11 @@ def _take_slot() -> bool:
     return False
 
 
-def run_chunk(env: Any, job_ids: Any, batch_id: Any = None) -> Any:
+def run_chunk(env: Any, job_ids: Any, batch_id: Any = None, **kwargs: Any) -> Any:
     if _SLOTS and not _take_slot():
         while True:
             time.sleep(0.5)
-    return _run_chunk(env, job_ids, batch_id)
+    return _run_chunk(env, job_ids, batch_id, **kwargs)
 
 
 process.verify = verify  # type: ignore[assignment]

@@ -302,3 +302,42 @@ def test_a_heartbeat_beats_until_stopped_and_then_leaves(sqlite_engine: Engine) 
     wait_for(lambda: beats() and beats()[0] > first, timeout=10, what="a later beat")
     heartbeat.stop()
     assert beats() == []  # a clean stop: its claims are owed at the next sweep
+
+
+def _attempts_and_claimant(engine: Engine, job_ids: list[int]) -> list[tuple[int, str | None]]:
+    with engine.connect() as conn:
+        return [(row.attempts, row.claimed_by) for row in conn.execute(
+            select(JOB.c.attempts, JOB.c.claimed_by).where(JOB.c.id.in_(job_ids))
+            .order_by(JOB.c.id))]
+
+
+def test_a_claim_counts_the_first_attempt_in_its_commit_and_only_then(
+        publishing: Any) -> None:
+    """A worker's claim counts the attempt of a message none of whose files was tried
+    (the write lock once, not twice); a message redelivered after a crash is not counted
+    there but file by file by `apply_jobs`, and every file is counted exactly once per
+    delivery either way."""
+    runtime, app, ring = publishing
+    key = add_license(runtime.engine, max_activations=10)
+    watcher = Watcher(runtime, app)  # type: ignore[arg-type]
+    ids = watcher.submit_many([make_arrival(f"ACME/{i}.req", WireDevice(ring, f"C{i}")
+                                            .activation(license_key=key)) for i in range(3)])
+    assert claim(runtime.engine, "w1", ids, utcnow(), count_attempt=True)
+    assert _attempts_and_claimant(runtime.engine, ids) == [(1, "w1")] * 3
+    # the worker died before applying: the copy of the message is counted file by file
+    assert not claim(runtime.engine, "w2", ids, utcnow(), count_attempt=True)
+    assert _attempts_and_claimant(runtime.engine, ids) == [(1, "w2")] * 3
+    outcomes = run_process_files(runtime, [(job_id, None) for job_id in ids])
+    assert [o.status for o in outcomes] == ["done"] * 3
+    assert [a for a, _ in _attempts_and_claimant(runtime.engine, ids)] == [2, 2, 2]
+    # a claim of finished jobs counts nothing
+    assert claim(runtime.engine, "w3", ids, utcnow(), count_attempt=True)
+    assert [a for a, _ in _attempts_and_claimant(runtime.engine, ids)] == [2, 2, 2]
+
+    fresh = watcher.submit_many([make_arrival("ACME/n.req", WireDevice(ring, "N")
+                                              .activation(license_key=key))])
+    counted = claim(runtime.engine, "w4", fresh, utcnow(), count_attempt=True)
+    [outcome] = run_process_files(runtime, [(fresh[0], None)], attempt_counted=counted)
+    assert outcome.status == "done"
+    assert _attempts_and_claimant(runtime.engine, fresh) == [(1, "w4")]  # once, not twice
+    runtime.close()
