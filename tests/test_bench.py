@@ -27,9 +27,12 @@ def test_every_scenario_reports_its_figures(tmp_path: Path, fresh_pg_url: str,
     assert figures["baseline"]["files"] == 30 and figures["baseline"]["files_per_s"] > 0
     assert figures["embedded"]["completed"] and figures["embedded"]["processed"] == 30
     assert figures["embedded"]["files_per_s"] > 0 and figures["embedded"]["processes"] == 2
-    assert figures["embedded"]["to_baseline"] > 0
+    base = figures["baseline"]["files_per_s"]
+    # at 30 files the ratio can round to 0.00 (the backlog's includes the start-up)
+    assert figures["embedded"]["to_baseline"] == round(figures["embedded"]["files_per_s"] / base, 2)
     assert figures["backlog"]["completed"] and figures["backlog"]["processed"] == 30
-    assert figures["backlog"]["files_per_s"] > 0 and figures["backlog"]["to_baseline"] > 0
+    assert figures["backlog"]["files_per_s"] > 0
+    assert figures["backlog"]["to_baseline"] == round(figures["backlog"]["files_per_s"] / base, 2)
     assert figures["latency"]["samples"] == 30
     assert figures["latency"]["p50_ms"] <= figures["latency"]["p99_ms"]
     assert figures["activation"]["accepted"] == 30 and figures["activation"]["processes"] == 2
@@ -37,8 +40,10 @@ def test_every_scenario_reports_its_figures(tmp_path: Path, fresh_pg_url: str,
     assert figures["activation-postgres"]["accepted"] == 30
     assert figures["distributed"]["completed"]
     assert figures["distributed"]["celery_noop_tasks_per_s"] > 0
-    # the watcher claims and publishes, the worker's pool applies: both spend CPU
-    assert all(v > 0 for v in figures["distributed"]["cpu_ms_per_file"].values())
+    # CPU is counted in clock ticks (10 ms): at 30 files the watcher's share may round
+    # to none, the worker's (its pool applying, its consumer polling) hardly
+    cpu = figures["distributed"]["cpu_ms_per_file"]
+    assert set(cpu) == {"watch", "worker"} and min(cpu.values()) >= 0 < sum(cpu.values())
     assert figures["bulk"]["results"] == 30 and figures["bulk"]["report"]
     assert all(v > 0 for v in figures["bulk"]["peak_rss_mib"].values())
     levels = figures["portal"]["by_clients"]
