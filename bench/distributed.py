@@ -4,6 +4,7 @@ no-op baseline on the same broker and worker settings, and a bulk zip import."""
 from __future__ import annotations
 
 import os
+import resource
 import time
 import zipfile
 from typing import Any
@@ -107,11 +108,16 @@ def bulk(ws: Workspace, files: int, timeout: float,
                    env, ws.home / "logs")
     try:
         _wait_until(lambda: _ping(env), 60, poll=0.5)
+        worker_cpu = tree_cpu_seconds(worker.proc.pid)
+        waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # the importer's, once reaped
         start = time.time()
         importer = spawn("import", ["cli", "import", str(archive), "--customer", CUSTOMER,
                                     "--json", "--timeout", str(timeout)], env, ws.home / "logs")
         importer_rss = wait_rss(importer.proc, timeout + 60)
         seconds = time.time() - start
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = {"importer": reaped.ru_utime + reaped.ru_stime - waited.ru_utime - waited.ru_stime,
+               "worker": tree_cpu_seconds(worker.proc.pid) - worker_cpu}
     finally:
         stopping = time.perf_counter()
         worker_rss = worker.stop()
@@ -124,5 +130,7 @@ def bulk(ws: Workspace, files: int, timeout: float,
             "report": bool(report), "seconds": round(seconds, 2),
             "setup_seconds": round(setup, 1), "stop_seconds": round(stop, 1),
             "files_per_s": round(files / max(seconds, 1e-9), 1),
+            "cpu_ms_per_file": {name: round(1000 * value / files, 3)
+                                for name, value in cpu.items()},
             "peak_rss_mib": {"importer": importer_rss, "worker": worker_rss}}
 

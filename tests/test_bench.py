@@ -46,6 +46,8 @@ def test_every_scenario_reports_its_figures(tmp_path: Path, fresh_pg_url: str,
     assert set(cpu) == {"watch", "worker"} and min(cpu.values()) >= 0 < sum(cpu.values())
     assert figures["bulk"]["results"] == 30 and figures["bulk"]["report"]
     assert all(v > 0 for v in figures["bulk"]["peak_rss_mib"].values())
+    assert set(figures["bulk"]["cpu_ms_per_file"]) == {"importer", "worker"}
+    assert figures["bulk"]["cpu_ms_per_file"]["importer"] > 0  # its start-up, at least
     levels = figures["portal"]["by_clients"]
     assert set(levels) == {"1", "4", "8"}
     assert all(level["uploads"] == 30 and level["not_accepted"] == 0 for level in levels.values())

@@ -95,3 +95,64 @@ def test_a_lock_held_too_long_is_given_up_and_sqlite_decides(tmp_path: Path):
     finally:
         connection.close()
         os.close(holder)
+
+
+def _pages_in_database_file(path: Path) -> int:
+    """The page count the main file's header records: what checkpoints have copied."""
+    with open(path, "rb") as handle:
+        return int.from_bytes(handle.read(100)[28:32], "big")
+
+
+def test_the_wal_is_checkpointed_after_the_lock_file_is_released(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    import models.write_lock as write_lock
+
+    db = tmp_path / "airlock.db"
+    lock = Path(f"{db}{LOCK_SUFFIX}")
+    monkeypatch.setattr(write_lock, "CHECKPOINT_EVERY", 0.0)
+    lock_free: list[bool] = []
+    checkpoint = WriteLockedConnection.checkpoint
+
+    def probing(self: WriteLockedConnection) -> None:
+        probe = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock_free.append(True)
+        except BlockingIOError:
+            lock_free.append(False)
+        finally:
+            os.close(probe)
+        checkpoint(self)
+
+    monkeypatch.setattr(WriteLockedConnection, "checkpoint", probing)
+    engine = _engine(db)
+    try:
+        with engine.connect() as conn:  # SQLite's own checkpoint would run in the commit
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        before = _pages_in_database_file(db)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t SELECT value FROM json_each(:a)"),
+                         {"a": "[" + ",".join(str(10**12 + n) for n in range(5000)) + "]"})
+        with reading(engine) as conn:  # a read commits too, and checkpoints nothing
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 5000
+        assert lock_free and all(lock_free)  # each checkpoint ran with the lock file free
+        assert len(lock_free) == 2  # the table's creation, the insert: writes only
+        assert _pages_in_database_file(db) > before + 5  # the rows are in the main file
+    finally:
+        engine.dispose()
+
+
+def test_without_checkpoints_the_rows_stay_in_the_wal(tmp_path: Path, monkeypatch) -> None:
+    """The counterpart of the test above: what it sees in the main file is the
+    connection's checkpoint, not SQLite's automatic one."""
+    monkeypatch.setattr(WriteLockedConnection, "checkpoint", lambda self: None)
+    db = tmp_path / "airlock.db"
+    engine = _engine(db)
+    try:
+        before = _pages_in_database_file(db)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t SELECT value FROM json_each(:a)"),
+                         {"a": "[" + ",".join(str(10**12 + n) for n in range(5000)) + "]"})
+        assert _pages_in_database_file(db) == before
+    finally:
+        engine.dispose()
