@@ -9,13 +9,6 @@ those sleeps. Here a write transaction first takes an exclusive ``flock`` on
 milliseconds of the commit. The lock is advisory: SQLite's own locking still decides,
 and a writer that does not take it (the sqlite3 shell) only costs speed. After the
 busy timeout without the lock the transaction goes ahead and SQLite's own wait applies.
-
-The WAL is copied back into the database (a checkpoint) after the lock is released,
-not inside the commit: SQLite's automatic checkpoint runs in the committing call, and
-so it would run under the lock file, keeping the next writer waiting for its copying
-and syncs (a passive checkpoint does not stop SQLite's writers). A connection that
-uses the lock file turns the automatic checkpoint off and makes a passive one after
-a write commit, at most every `CHECKPOINT_EVERY` seconds.
 """
 
 from __future__ import annotations
@@ -29,9 +22,6 @@ from typing import Any
 LOCK_SUFFIX = "-lock"
 LOCK_FILE_MODE = 0o600
 _FIRST_POLL, _LONGEST_POLL = 0.0005, 0.004  # seconds
-# Seconds between a connection's checkpoints: at ~2,000 files/s the WAL then holds
-# about the 1,000 pages after which SQLite's automatic one would run.
-CHECKPOINT_EVERY = 0.25
 
 
 class WriteLockedConnection(sqlite3.Connection):
@@ -43,12 +33,9 @@ class WriteLockedConnection(sqlite3.Connection):
         self._lock_path: str | None = None
         self._lock_fd: int | None = None
         self._held = False
-        self._checkpointed = time.monotonic()
 
     def use_lock_file(self, path: str) -> None:
-        """Queue writers on `path`; checkpoint after the lock is released (see above)."""
         self._lock_path = path
-        self.execute("PRAGMA wal_autocheckpoint=0")
 
     def lock_for_write(self, timeout: float) -> None:
         """Take the lock file (no-op without one, or when held); give up quietly after
@@ -78,22 +65,10 @@ class WriteLockedConnection(sqlite3.Connection):
         self._held = False
 
     def commit(self) -> None:
-        wrote = self._held
         try:
             super().commit()
         finally:
             self.release_write_lock()
-        if wrote and time.monotonic() - self._checkpointed >= CHECKPOINT_EVERY:
-            self.checkpoint()
-
-    def checkpoint(self) -> None:
-        """Copy what the WAL holds into the database, as far as readers allow (PASSIVE:
-        it waits for nobody and nobody waits for it)."""
-        self._checkpointed = time.monotonic()
-        try:
-            self.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.OperationalError:  # busy: the next commit tries again
-            pass
 
     def rollback(self) -> None:
         try:

@@ -199,10 +199,15 @@ def test_rsync_inplace_of_a_600_kb_archive_is_imported_once_never_parsed_early(
             wait_until(lambda: entries(inbox, "_processed") == ["ACME/fleet.zip"],
                        "the archive to be imported")
         assert open_for_writing_logged(caplog, "fleet.zip") >= 1  # seen mid-transfer
-        with Session(runtime.engine) as session:
-            batches = list(session.exec(select(Batch)))
-        assert [(b.source, b.status, b.total) for b in batches] == [
-            ("_processing/ACME/fleet.zip", BatchStatus.REPORTED, members)]
+
+        def batches() -> list[tuple[str, str, int | None]]:
+            with Session(runtime.engine) as session:
+                return [(b.source, b.status, b.total) for b in session.exec(select(Batch))]
+
+        # The archive is moved, then its batch marked reported (`finish_batch`)
+        wait_until(lambda: [b[1] for b in batches()] == [BatchStatus.REPORTED],
+                   "the batch to be reported")
+        assert batches() == [("_processing/ACME/fleet.zip", BatchStatus.REPORTED, members)]
         found = jobs(runtime)
         assert len(found) == members
         assert {j.status for j in found} == {JobStatus.DONE}
