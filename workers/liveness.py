@@ -60,9 +60,11 @@ def claim(engine: Engine, name: str, job_ids: Sequence[int], now: datetime, *,
           count_attempt: bool = False) -> bool:
     """`name` takes the unfinished jobs among `job_ids` (its beat in the same commit, so a
     claim never names a worker without a row). With `count_attempt`, the same commit
-    counts this attempt of each unfinished job if none was tried before
-    (`handler.count_first_attempt`): True then, and the caller applies them with
-    ``attempt_counted=True``; a worker then takes the write lock once less per message."""
+    counts this attempt of every job if all of them are pending and none was tried
+    before (`handler.count_first_attempt`): True then, and the caller applies them with
+    ``attempt_counted=True``; a worker then takes the write lock once less per message.
+    Otherwise (a copy of a message, a finished job among them, which may be reopened
+    before it is applied) nothing is counted here and `apply_jobs` counts file by file."""
     with session_scope(engine) as session:
         conn = session.connection()
         _beat(conn, name, now)
@@ -75,6 +77,8 @@ def claim(engine: Engine, name: str, job_ids: Sequence[int], now: datetime, *,
             return False
         jobs = conn.execute(select(JOB.c.id, JOB.c.status, JOB.c.attempts)
                             .where(JOB.c.id.in_(ids))).all()
+        if len(jobs) < len(ids) or any(job.status != JobStatus.PENDING for job in jobs):
+            return False
         return count_first_attempt(conn, jobs, now)
 
 

@@ -331,7 +331,7 @@ def test_a_claim_counts_the_first_attempt_in_its_commit_and_only_then(
     assert [o.status for o in outcomes] == ["done"] * 3
     assert [a for a, _ in _attempts_and_claimant(runtime.engine, ids)] == [2, 2, 2]
     # a claim of finished jobs counts nothing
-    assert claim(runtime.engine, "w3", ids, utcnow(), count_attempt=True)
+    assert not claim(runtime.engine, "w3", ids, utcnow(), count_attempt=True)
     assert [a for a, _ in _attempts_and_claimant(runtime.engine, ids)] == [2, 2, 2]
 
     fresh = watcher.submit_many([make_arrival("ACME/n.req", WireDevice(ring, "N")
@@ -340,4 +340,16 @@ def test_a_claim_counts_the_first_attempt_in_its_commit_and_only_then(
     [outcome] = run_process_files(runtime, [(fresh[0], None)], attempt_counted=counted)
     assert outcome.status == "done"
     assert _attempts_and_claimant(runtime.engine, fresh) == [(1, "w4")]  # once, not twice
+
+    # a finished job beside a new one (it could be reopened before it is applied): the
+    # claim counts nothing, and the new file is counted once, before it is opened
+    mixed = [ids[0], *watcher.submit_many([make_arrival("ACME/m.req", WireDevice(
+        ring, "M").activation(license_key=key))])]
+    counted = claim(runtime.engine, "w5", mixed, utcnow(), count_attempt=True)
+    assert not counted
+    assert [a for a, _ in _attempts_and_claimant(runtime.engine, mixed)] == [2, 0]
+    outcomes = run_process_files(runtime, [(job_id, None) for job_id in mixed],
+                                 attempt_counted=counted)
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert [a for a, _ in _attempts_and_claimant(runtime.engine, mixed)] == [2, 1]
     runtime.close()
