@@ -54,8 +54,8 @@ def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
         done = _wait_until(lambda: _count(ws.outbox()) >= files, timeout, poll=1.0)
         last = max((e.stat().st_mtime for e in os.scandir(ws.outbox())), default=first)
         pipeline_rate = files / max(last - first, 1e-9)
-        cpu = {c.name: round(1000 * (tree_cpu_seconds(c.proc.pid) - cpu_before[c.name]) / files,
-                             3) for c in (watcher, worker)}
+        cpu = {c.name: tree_cpu_seconds(c.proc.pid) - cpu_before[c.name]
+               for c in (watcher, worker)}
 
         # Baseline: one no-op task per file, same broker, same worker, same options.
         app = make_celery(Settings(home=ws.home, broker_url=redis_url))
@@ -80,8 +80,13 @@ def distributed(ws: Workspace, files: int, workers: int, redis_url: str,
             "celery_noop_tasks_per_s": round(noop_rate, 1),
             "noop_publish_seconds": round(sent - start, 2),
             "pipeline_to_noop_ratio": round(pipeline_rate / max(noop_rate, 1e-9), 2),
-            "cpu_ms_per_file": cpu,
+            "cpu_ms_per_file": _per_file(cpu, files),
             "peak_rss_mib": {"worker": worker_rss, "watcher": watcher_rss}}
+
+
+def _per_file(cpu_seconds: dict[str, float], files: int) -> dict[str, float]:
+    """Each process's CPU seconds as milliseconds per file."""
+    return {name: round(1000 * seconds / files, 3) for name, seconds in cpu_seconds.items()}
 
 
 def _ping(env: dict[str, str]) -> bool:
@@ -130,7 +135,6 @@ def bulk(ws: Workspace, files: int, timeout: float,
             "report": bool(report), "seconds": round(seconds, 2),
             "setup_seconds": round(setup, 1), "stop_seconds": round(stop, 1),
             "files_per_s": round(files / max(seconds, 1e-9), 1),
-            "cpu_ms_per_file": {name: round(1000 * value / files, 3)
-                                for name, value in cpu.items()},
+            "cpu_ms_per_file": _per_file(cpu, files),
             "peak_rss_mib": {"importer": importer_rss, "worker": worker_rss}}
 

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import SCENARIOS, scenarios  # noqa: F401 - SCENARIOS re-exported
+from bench import scenarios
 
 BASELINE_RATIOS = ("embedded", "backlog")  # reported as a share of the baseline's files/s
 

@@ -131,8 +131,8 @@ class RuntimeHolder:
 
     def claim(self, job_ids: Sequence[int]) -> bool:
         """This process takes `job_ids` (its name on their rows) and counts this attempt
-        of each when none was tried before (True: see `workers.liveness.claim`); it
-        beats from now on."""
+        of each when all are pending and untried (True: see `workers.liveness.claim`);
+        it beats from now on."""
         with self._lock:
             runtime = self._current()
             if self._heartbeat is None:

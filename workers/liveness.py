@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, update
 
 from models import JobStatus
 from models.db import session_scope
@@ -71,15 +71,12 @@ def claim(engine: Engine, name: str, job_ids: Sequence[int], now: datetime, *,
         if not job_ids:
             return False
         ids = list(dict.fromkeys(job_ids))
-        conn.execute(update(JOB).where(JOB.c.id.in_(ids), JOB.c.status == JobStatus.PENDING)
-                     .values(claimed_by=name))
-        if not count_attempt:
+        taken = conn.execute(
+            update(JOB).where(JOB.c.id.in_(ids), JOB.c.status == JobStatus.PENDING)
+            .values(claimed_by=name).returning(JOB.c.id, JOB.c.status, JOB.c.attempts)).all()
+        if not count_attempt or len(taken) < len(ids):  # one is finished, or gone
             return False
-        jobs = conn.execute(select(JOB.c.id, JOB.c.status, JOB.c.attempts)
-                            .where(JOB.c.id.in_(ids))).all()
-        if len(jobs) < len(ids) or any(job.status != JobStatus.PENDING for job in jobs):
-            return False
-        return count_first_attempt(conn, jobs, now)
+        return count_first_attempt(conn, taken, now)
 
 
 def forget(engine: Engine, name: str) -> None:

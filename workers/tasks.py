@@ -125,8 +125,8 @@ class RuntimeSource(Protocol):
     def get(self) -> Runtime: ...
 
     def claim(self, job_ids: Sequence[int]) -> bool:
-        """This process takes the jobs and counts this attempt of each if none was tried
-        before: True then (`workers.liveness.claim`)."""
+        """This process takes the jobs and counts this attempt of each if all are
+        pending and untried: True then (`workers.liveness.claim`)."""
 
 
 def register_tasks(app: Celery, holder: RuntimeSource, *, retry_backoff_max: int) -> None:
