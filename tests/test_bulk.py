@@ -24,6 +24,7 @@ from models.db import READ_ONLY, session_scope
 from pipelines import archives, bulk
 from pipelines.bulk import BulkParts, handle_archive, run_chunk, update_progress
 from pipelines.bulk.report import write_report
+from pipelines.bulk.state import open_batch
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import make_arrival
 from pipelines.process import Processor, process
@@ -296,6 +297,53 @@ def test_refused_archive_dropped_again_is_refused_again_without_work(env: BulkPa
     second = drop(env, "bad-again.zip", data)
     assert second.duplicate and second.status == "rejected" and second.reason == first.reason
     assert "_rejected/ACME/bad-again.zip" in files_under(env.inbox.root)
+
+
+class _WatchedOutbox(LocalStore):
+    """An outbox that records the batch's row as each file of a report lands in it."""
+
+    def __init__(self, root: Path, engine: Engine) -> None:
+        super().__init__(root)
+        self.engine, self.seen = engine, []  # type: list[tuple[str, str, str | None]]
+
+    def put_file(self, key: str, fileobj: Any) -> None:
+        super().put_file(key, fileobj)
+        with session_scope(self.engine) as session:
+            row = session.exec(select(Batch)).one()
+            self.seen.append((key, row.status, row.report_name))
+
+
+def test_a_refused_archive_turns_final_only_with_its_report_written_and_named(
+        env: BulkParts, tmp_path: Path) -> None:
+    # A reader that waits for a final batch (the mail reply, the portal) reads its
+    # report name in the same row: it must never find the batch rejected without it.
+    outbox = _WatchedOutbox(tmp_path / "watched-outbox", env.engine)
+    env = BulkParts(settings=env.settings, engine=env.engine, processor=env.processor,
+                    inbox=env.inbox, outbox=outbox)
+    result = drop(env, "bad.zip", make_zip([("../x.req", b"x")]))
+    assert result.status == "rejected" and len(result.report_keys) == 2
+    assert [status for _key, status, _name in outbox.seen] == ["loading", "loading"]
+    with session_scope(env.engine) as session:
+        row = session.exec(select(Batch)).one()
+    assert row.status == "rejected" and row.report_name == result.report_keys[0].split("/", 1)[1]
+    first = outbox.get(result.report_keys[0])
+    assert bulk.redeliver_report(env, row) == result.report_keys
+    assert outbox.get(result.report_keys[0]) == first  # the row rebuilds the same bytes
+
+
+def test_a_refusal_that_loses_the_race_leaves_the_winners_report(env: BulkParts) -> None:
+    data = make_zip([("../x.req", b"x")])
+    env.inbox.put("ACME/bad.zip", data)
+    with session_scope(env.engine) as session:
+        batch, _created = open_batch(session, tenant="ACME", source="ACME/bad.zip",
+                                          sha256=hashlib.sha256(data).hexdigest(), now=NOW)
+    assert batch.id is not None
+    winner = bulk.reject_batch(env, batch.id, "unsafe_archive", "first", source="ACME/bad.zip")
+    loser = bulk.reject_batch(env, batch.id, "archive_too_large", "second",
+                              source="ACME/bad.zip")
+    assert loser.reason == winner.reason == "unsafe_archive" and loser.message == "first"
+    document, _rows = report(env, loser)
+    assert document["reason"] == "unsafe_archive" and document["message"] == "first"
 
 
 def test_archive_for_an_unknown_customer_is_refused(env: BulkParts, keyring) -> None:

@@ -76,13 +76,21 @@ def finish_batch(env: BulkEnv, batch_id: int) -> BatchResult:
 
 def reject_batch(env: BulkEnv, batch_id: int, reason: str, message: str, *,
                  source: str) -> BatchResult:
-    """Refuse a whole archive: record why, write the report, archive the file as rejected."""
-    set_status(env.engine, batch_id, BatchStatus.LOADING, status=BatchStatus.REJECTED,
-               reason=reason, message=message, finished_at=env.processor.clock())
+    """Refuse a whole archive: record why, write the report, archive the file as rejected.
+
+    The report is written before the batch turns final, and the status and the report's
+    name are recorded in one commit: a reader that waits for a final batch (the mail
+    reply, the portal) never finds it rejected without its report."""
     batch = get_batch(env.engine, batch_id)
+    batch.status, batch.reason, batch.message = BatchStatus.REJECTED, reason, message
+    batch.finished_at = env.processor.clock()
     keys, _members = write_report(env.outbox, batch, [])
-    set_status(env.engine, batch_id, BatchStatus.REJECTED,
-               report_name=keys[0].split("/", 1)[1])
+    if not set_status(env.engine, batch_id, BatchStatus.LOADING, status=BatchStatus.REJECTED,
+                      reason=reason, message=message, finished_at=batch.finished_at,
+                      report_name=keys[0].split("/", 1)[1]):
+        # Another import of the same archive settled it first: its row is the truth.
+        batch = get_batch(env.engine, batch_id)
+        redeliver_report(env, batch)
     archive_source(env, batch, source)
     return batch_result(env.engine, batch_id)
 
