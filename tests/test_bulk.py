@@ -561,6 +561,41 @@ def test_the_report_puts_back_results_missing_from_the_outbox(env: BulkParts, ke
     assert sorted(f for f in files_under(env.outbox.root) if f.endswith(".lic")) == delivered
 
 
+def test_a_member_shared_with_an_unfinished_batch_is_applied_by_the_report(
+        env: BulkParts, keyring, monkeypatch) -> None:
+    # The second archive's copy of a member reuses the first archive's job, which that
+    # batch has not got to: the second report applies it once rather than report it
+    # pending, and delivers its result.
+    key = add_license(env.engine, max_activations=10)
+    files = activations(keyring, key, 3)
+    with monkeypatch.context() as stalled:
+        stalled.setattr(bulk.InlineSink, "chunk", lambda self, bid, ids: None)
+        stalled.setattr(bulk.InlineSink, "finish", lambda self, bid: None)
+        first = drop(env, "first.zip", make_zip(files[:2]))
+    assert first.status == "open" and first.counts == {"pending": 2}
+
+    def own_jobs_only(sink: bulk.InlineSink, bid: int, ids: list[int]) -> None:
+        # The chunk leaves the shared job to its own batch (which has not run it).
+        with session_scope(env.engine) as session:
+            own = list(session.exec(select(Job.id).where(col(Job.id).in_(ids),
+                                                         Job.batch_id == bid)))
+        run_chunk(sink.env, own, bid)
+
+    monkeypatch.setattr(bulk.InlineSink, "chunk", own_jobs_only)
+    second = drop(env, "second.zip", make_zip([files[2], ("copy.req", files[0][1])]))
+    assert second.status == "reported" and second.total == 1
+    _document, rows = report(env, second)
+    assert [(r["member"], r["status"]) for r in rows] == [(files[2][0], "done"),
+                                                          ("copy.req", "done")]
+    assert env.outbox.exists(rows[1]["results"])
+    with session_scope(env.engine) as session:
+        jobs = {j.source: j for j in session.exec(select(Job))}
+    shared = jobs[f"ACME/first.zip!{files[0][0]}"]
+    assert shared.status == "done" and shared.attempts == 1
+    assert jobs[f"ACME/first.zip!{files[1][0]}"].status == "pending"  # not the report's
+    assert license_info(env.engine, key)["active_devices"] == 2
+
+
 def test_a_report_larger_than_its_memory_spool_is_complete(env: BulkParts) -> None:
     batch = Batch(id=7, tenant="ACME", source="cli:big.zip", sha256="ab" * 32,
                   status="complete", total=0, finished=0, created_at=NOW)

@@ -1,9 +1,10 @@
 """The end of a batch: its report (JSON + CSV) in the outbox, the archive file archived.
 
-Writing the report is read-only on the database: `settle_members` first applies the
-jobs a batch shares with another, still unfinished, and writes results the outbox
-lacks; `member_rows` then only reads. A report is built from the rows, so writing it
-again gives the same bytes.
+The report is written in one pass over the member list, a group at a time: each group
+is settled first (jobs it shares with another, still unfinished, batch are applied;
+results the outbox lacks are written), then its rows are read. Reading a finished
+batch again (`member_rows`) only reads. A report is built from the rows, so writing
+it again gives the same bytes.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy import select as sa_select
-from sqlmodel import col, select
 
-from models import Batch, BatchStatus, Job, JobOutput
-from models.db import session_scope
-from models.tables import JOB
+from models import Batch, BatchStatus
+from models.db import reading
+from models.tables import JOB, OUTPUT
 from pipelines.archiving import StoredFile, archive
 from pipelines.batch_report import ReportWriter
 from pipelines.bulk.chunks import BulkEnv, run_chunk
@@ -63,8 +63,7 @@ def finish_batch(env: BulkEnv, batch_id: int) -> BatchResult:
             log.info("batch %s is not finished yet (%s)", batch_id, status)
             return batch_result(env.engine, batch_id)
         batch = get_batch(env.engine, batch_id)
-    settle_members(env, batch)
-    keys, members = write_report(env.outbox, batch, member_rows(env.engine, env.inbox, batch))
+    keys, members = write_report(env.outbox, batch, settled_rows(env, batch))
     archive_source(env, batch, batch.source)
     set_status(env.engine, batch_id, BatchStatus.COMPLETE, status=BatchStatus.REPORTED,
                report_name=keys[0].split("/", 1)[1])
@@ -105,34 +104,43 @@ def redeliver_report(env: BulkEnv, batch: Batch) -> list[str]:
     return write_report(env.outbox, batch, member_rows(env.engine, env.inbox, batch))[0]
 
 
-def settle_members(env: BulkEnv, batch: Batch) -> None:
-    """Before the report: apply members whose job is still unfinished (shared with
-    another batch that has not got to it), and write results missing from the outbox."""
-    for _group, jobs in _member_groups(env.engine, env.inbox, batch):
+def settled_rows(env: BulkEnv, batch: Batch) -> Iterator[dict[str, Any]]:
+    """`member_rows` of a batch being finished, each group settled before its rows:
+    members whose job is still unfinished (shared with another batch that has not got
+    to it) are applied, and results missing from the outbox are written."""
+    for group, jobs in _member_groups(env.engine, env.inbox, batch):
         unfinished = [job["id"] for job in jobs.values() if job["status"] not in FINAL]
         if unfinished:
             run_chunk(env, unfinished)
-        _fill_outbox(env, batch.tenant, [job["id"] for job in jobs.values()])
+            jobs = _jobs_by_sha(env.engine, batch.tenant, {sha for _, sha in group})
+        names = _output_names(env.engine, [job["id"] for job in jobs.values()])
+        _fill_outbox(env, batch.tenant, names)
+        yield from _rows(batch, group, jobs, names)
 
 
 def member_rows(engine: Engine, inbox: Store, batch: Batch) -> Iterator[dict[str, Any]]:
     """One report row per member, in archive order, a group at a time (reads only)."""
     for group, jobs in _member_groups(engine, inbox, batch):
-        names = _output_names(engine, [job["id"] for job in jobs.values()])
-        for member, sha in group:
-            job = jobs.get(sha)
-            if job is None:
-                yield {"member": member, "status": "missing", "reason": None,
-                       "message": None, "request_id": None, "results": []}
-                continue
-            # The customer's report: public reasons only (the job keeps the precise one).
-            reason = job["reason"]
-            yield {"member": member, "status": job["status"],
-                   "reason": public_reason(reason) if reason else None,
-                   "message": public_message(reason, job["message"]) if reason
-                   else job["message"], "request_id": job["request_id"],
-                   "results": [outbox_key(batch.tenant, name)
-                               for name in names.get(job["id"], [])]}
+        yield from _rows(batch, group, jobs,
+                         _output_names(engine, [job["id"] for job in jobs.values()]))
+
+
+def _rows(batch: Batch, group: list[tuple[str, str]], jobs: dict[str, dict[str, Any]],
+          names: dict[int, list[str]]) -> Iterator[dict[str, Any]]:
+    for member, sha in group:
+        job = jobs.get(sha)
+        if job is None:
+            yield {"member": member, "status": "missing", "reason": None,
+                   "message": None, "request_id": None, "results": []}
+            continue
+        # The customer's report: public reasons only (the job keeps the precise one).
+        reason = job["reason"]
+        yield {"member": member, "status": job["status"],
+               "reason": public_reason(reason) if reason else None,
+               "message": public_message(reason, job["message"]) if reason
+               else job["message"], "request_id": job["request_id"],
+               "results": [outbox_key(batch.tenant, name)
+                           for name in names.get(job["id"], [])]}
 
 
 def write_report(outbox: Store, batch: Batch, rows: Iterable[dict[str, Any]]
@@ -205,31 +213,31 @@ def _read_manifest(inbox: Store, key: str) -> Iterator[tuple[str, str]]:
 
 def _entries_from_jobs(engine: Engine, batch: Batch) -> list[tuple[str, str]]:
     """Member list rebuilt from the jobs the batch created (shared members are missed)."""
-    with session_scope(engine) as session:
-        rows = session.exec(select(Job.source, Job.sha256).where(col(Job.batch_id) == batch.id)
-                            .order_by(col(Job.id))).all()
+    with reading(engine) as conn:
+        rows = conn.execute(sa_select(JOB.c.source, JOB.c.sha256)
+                            .where(JOB.c.batch_id == batch.id).order_by(JOB.c.id)).all()
     prefix = f"{batch.source}!"
     return [(source.removeprefix(prefix), sha) for source, sha in rows]
 
 
-def _fill_outbox(env: BulkEnv, tenant: str, job_ids: list[int]) -> None:
-    """Write the results of `job_ids` that the outbox lacks."""
-    if not job_ids:
-        return
-    names = _output_names(env.engine, job_ids)
+def _fill_outbox(env: BulkEnv, tenant: str, names: dict[int, list[str]]) -> None:
+    """Write the results (`names`, by job id) that the outbox lacks."""
     wanted = {outbox_key(tenant, name) for group in names.values() for name in group}
     missing = wanted - env.outbox.which_exist(wanted)
     if not missing:
         return
-    with session_scope(env.engine) as session:
-        outputs = session.exec(select(JobOutput).where(col(JobOutput.job_id).in_(job_ids))).all()
-    env.outbox.put_many((key, output.content) for output in outputs
-                        if (key := outbox_key(tenant, output.name)) in missing)
+    with reading(env.engine) as conn:
+        outputs = conn.execute(sa_select(OUTPUT.c.name, OUTPUT.c.content)
+                               .where(OUTPUT.c.job_id.in_(list(names)))).all()
+    env.outbox.put_many((key, content) for name, content in outputs
+                        if (key := outbox_key(tenant, name)) in missing)
 
 
+# Reads only, without the write lock: the report's 2 queries per group of members
+# would otherwise queue behind, and hold up, the workers' chunks.
 def _jobs_by_sha(engine: Engine, tenant: str, shas: set[str]) -> dict[str, dict[str, Any]]:
-    with session_scope(engine) as session:
-        rows = session.execute(sa_select(*(JOB.c[name] for name in (
+    with reading(engine) as conn:
+        rows = conn.execute(sa_select(*(JOB.c[name] for name in (
             "id", "sha256", "status", "reason", "message", "request_id")))
             .where(JOB.c.tenant == tenant, JOB.c.sha256.in_(shas))).all()
     return {row[1]: {"id": row[0], "status": row[2], "reason": row[3], "message": row[4],
@@ -240,9 +248,9 @@ def _output_names(engine: Engine, job_ids: list[int]) -> dict[int, list[str]]:
     names: dict[int, list[str]] = {}
     if not job_ids:
         return names
-    with session_scope(engine) as session:
-        for job_id, name in session.exec(select(JobOutput.job_id, JobOutput.name)
-                                         .where(col(JobOutput.job_id).in_(job_ids))
-                                         .order_by(col(JobOutput.id))):
+    with reading(engine) as conn:
+        for job_id, name in conn.execute(sa_select(OUTPUT.c.job_id, OUTPUT.c.name)
+                                         .where(OUTPUT.c.job_id.in_(job_ids))
+                                         .order_by(OUTPUT.c.id)):
             names.setdefault(job_id, []).append(name)
     return names

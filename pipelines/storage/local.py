@@ -177,15 +177,14 @@ class LocalStore:
 
     def _entry_stat(self, key: str) -> os.stat_result:
         """The ``lstat`` of the entry at `key` that is not a folder: a file, or a
-        symlink, FIFO, socket or device (moved, never opened)."""
-        return self._lstat_entry(self.path_for(key, follow=False), key)
-
-    @staticmethod
-    def _lstat_entry(path: Path, key: str) -> os.stat_result:
-        try:
-            st = os.lstat(path)
-        except NotADirectoryError:
-            raise FileNotFoundError(errno.ENOENT, "no such object", key) from None
+        symlink, FIFO, socket or device (moved, never opened). The resolution's own
+        ``lstat`` of the entry is used when it made one (one ``lstat`` per key)."""
+        path, st = self._resolve(key, follow=False)
+        if st is None:  # missing, or behind a symlinked folder the resolution checked
+            try:
+                st = os.lstat(path)
+            except NotADirectoryError:
+                raise FileNotFoundError(errno.ENOENT, "no such object", key) from None
         if stat.S_ISDIR(st.st_mode):
             raise FileNotFoundError(errno.ENOENT, "no such object", key)
         return st
