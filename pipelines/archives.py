@@ -121,6 +121,12 @@ class Member:
         return hashlib.sha256(self.data).hexdigest()
 
 
+# Characters that reorder how the rest of a name is displayed (a report row could show
+# "invoice\u202eqer.exe" as "invoiceexe.req"). Joiners stay allowed: scripts use them.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                           "\u2066\u2067\u2068\u2069")
+
+
 def safe_member_name(raw: str) -> str:
     """The member name with ``.`` and empty segments dropped; `ArchiveError` if unsafe."""
     shown = repr(raw[:80])
@@ -128,6 +134,8 @@ def safe_member_name(raw: str) -> str:
         raise _unsafe("A member has an empty name.")
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in raw):
         raise _unsafe(f"Member {shown} has a control character in its name.")
+    if not _BIDI_CONTROLS.isdisjoint(raw):
+        raise _unsafe(f"Member {shown} has a bidirectional control in its name.")
     if "\\" in raw:
         raise _unsafe(f"Member {shown} has a backslash in its name.")
     if raw.startswith("/") or _DRIVE.match(raw):
@@ -159,9 +167,12 @@ class _Budget:
 
     def name(self, raw: str) -> str:
         name = safe_member_name(raw)
-        if name in self.names:
+        # Two spellings of one name (composed and decomposed accents) look the same in
+        # the report and land on the same file on some systems: one name.
+        seen = unicodedata.normalize("NFC", name)
+        if seen in self.names:
             raise _unsafe(f"Member name {name!r} appears more than once.")
-        self.names.add(name)
+        self.names.add(seen)
         return name
 
     @staticmethod

@@ -112,7 +112,8 @@ def test_scan_gives_names_and_hashes() -> None:
 
 @pytest.mark.parametrize("name", ["../evil.req", "a/../../evil.req", "/etc/passwd",
                                   "C:/windows/evil", "a\\..\\evil", "bad\x00name", "a\nb",
-                                  "x" * 600])
+                                  "x" * 600, "invoice\u202eqer.exe", "a\u2066b.req",
+                                  "\u200fname.req"])
 def test_unsafe_names_are_refused(name: str) -> None:
     with pytest.raises(ArchiveError) as caught:
         safe_member_name(name)
@@ -157,6 +158,18 @@ def test_tar_links_and_devices_are_refused(kind: bytes, word: str) -> None:
 def test_duplicate_member_names_are_refused() -> None:
     data = make_tar([("a.req", b"one"), ("./a.req", b"two")])
     assert refused(data, TAR).reason == "unsafe_archive"
+
+
+def test_names_that_differ_only_in_unicode_normal_form_are_one_name() -> None:
+    composed, decomposed = "caf\u00e9.req", "cafe\u0301.req"
+    assert composed != decomposed
+    error = refused(make_zip([(composed, b"one"), (decomposed, b"two")]), ZIP)
+    assert error.reason == "unsafe_archive" and "more than once" in error.detail
+
+
+def test_joiners_used_by_scripts_stay_allowed() -> None:
+    name = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.req"  # Persian, with a ZWNJ
+    assert safe_member_name(name) == name
 
 
 # --- bombs and limits -------------------------------------------------------------------------

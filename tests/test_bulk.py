@@ -264,6 +264,10 @@ HOSTILE = [
     ("padded.zip", padded_stream_zip, "unsafe_archive"),
     ("offset.zip", lambda: far_offset_zip(2**63), "unsupported_archive"),
     ("disks.zip", other_disks_zip, "unsupported_archive"),
+    ("bidi.zip", lambda: make_zip([("a.req", b"x"), ("invoice\u202eqer.exe", b"x")]),
+     "unsafe_archive"),
+    ("nfd.zip", lambda: make_zip([("caf\u00e9.req", b"x"), ("cafe\u0301.req", b"y")]),
+     "unsafe_archive"),
 ]
 
 
