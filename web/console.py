@@ -13,7 +13,7 @@ import hmac
 import secrets
 from datetime import timedelta
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -58,6 +58,29 @@ Operator = Annotated[SignedIn, Depends(operator)]
 def _check_csrf(who: SignedIn, token: str) -> None:
     if not hmac.compare_digest(who.csrf.encode(), token.encode()):
         raise HTTPException(403, detail="The form is stale; reload the page and try again.")
+
+
+# --- notes after a redirect ----------------------------------------------------------------
+# An action redirects to a page with a one-line note in the query string. The note is
+# signed with the session's CSRF secret, so a link someone else crafts (a "your license
+# was revoked, call …" message under the console's address) shows nothing.
+
+
+def _note_query(who: SignedIn, **notes: str) -> str:
+    """The query string for `notes` (message=…, error=…), with their signature."""
+    return urlencode({**notes, "sig": _note_sig(who, notes)})
+
+
+def _note_sig(who: SignedIn, notes: dict[str, str]) -> str:
+    text = "\0".join(f"{kind}={notes.get(kind, '')}" for kind in ("message", "error"))
+    return hmac.new(who.csrf.encode(), text.encode(), "sha256").hexdigest()
+
+
+def _notes(who: SignedIn, sig: str, **notes: str) -> dict[str, str]:
+    """`notes` if `sig` is this session's signature of them, else none."""
+    if sig and hmac.compare_digest(sig, _note_sig(who, notes)):
+        return notes
+    return {kind: "" for kind in notes}
 
 
 def _console(request: Request, services: WebServices, name: str, who: SignedIn | None,
@@ -149,14 +172,16 @@ def _license(services: WebServices, key: str) -> dict[str, Any]:
 
 @router.get("/licenses/{key}", response_class=HTMLResponse)
 def license_page(request: Request, services: Services, who: Operator, key: str,
-                 message: str = "", error: str = "") -> HTMLResponse:
+                 message: str = "", error: str = "", sig: str = "") -> HTMLResponse:
+    notes = _notes(who, sig, message=message, error=error)
     return _console(request, services, "console_license.html", who,
-                    lic=_license(services, key), message=message, error=error)
+                    lic=_license(services, key), message=notes["message"],
+                    error=notes["error"])
 
 
-def _back(key: str, **params: str) -> RedirectResponse:
-    query = "&".join(f"{k}={quote(v)}" for k, v in params.items())
-    return RedirectResponse(f"/console/licenses/{quote(key)}?{query}#devices", status_code=303)
+def _back(who: SignedIn, key: str, **notes: str) -> RedirectResponse:
+    return RedirectResponse(f"/console/licenses/{quote(key)}?{_note_query(who, **notes)}"
+                            "#devices", status_code=303)
 
 
 @router.post("/licenses/{key}/devices/{hardware_id}/release")
@@ -168,8 +193,8 @@ def release(services: Services, who: Operator, key: str, hardware_id: str,
             catalog.release_device(session=session, key=key, hardware_id=hardware_id,
                                    now=services.now(), actor=who.actor)
     except CatalogError as exc:
-        return _back(key, error=exc.message)
-    return _back(key, message=f"Released {hardware_id}: its seat is free.")
+        return _back(who, key, error=exc.message)
+    return _back(who, key, message=f"Released {hardware_id}: its seat is free.")
 
 
 @router.post("/licenses/{key}/devices/{hardware_id}/refresh")
@@ -190,10 +215,10 @@ async def refresh_file(request: Request, services: Services, who: Operator, key:
         body.file.close()
     answer = await asyncio.to_thread(uploads.wait, ticket, services.settings.answer_wait_seconds)
     if not answer.final:
-        return _back(key, message=f"The refresh file is being made (job {ticket.id}); "
+        return _back(who, key, message=f"The refresh file is being made (job {ticket.id}); "
                      "download it from the job page.")
     if not answer.accepted or not answer.results:
-        return _back(key, error=answer.message or "The refresh was refused.")
+        return _back(who, key, error=answer.message or "The refresh was refused.")
     name = answer.results[0]
     content = uploads.result(ticket, name) or b""
     return Response(content, media_type="application/octet-stream",
@@ -217,13 +242,13 @@ def entitlements(services: Services, who: Operator, key: str, csrf: Annotated[st
         if feature.strip():
             changes["put_features"] = [FeatureSpec.parse(feature.strip())]
         if not changes:
-            return _back(key, error="Nothing to change.")
+            return _back(who, key, error="Nothing to change.")
         with session_scope(services.engine) as session:
             catalog.update_license(session=session, key=key, now=services.now(),
                                    actor=who.actor, **changes)
     except (CatalogError, ValueError) as exc:
-        return _back(key, error=getattr(exc, "message", str(exc)))
-    return _back(key, message="Entitlements changed: download refresh files for the devices.")
+        return _back(who, key, error=getattr(exc, "message", str(exc)))
+    return _back(who, key, message="Entitlements changed: download refresh files for the devices.")
 
 
 def _number(text: str, what: str) -> int:
@@ -252,13 +277,14 @@ def jobs(request: Request, services: Services, who: Operator, status: str = "",
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, services: Services, who: Operator, job_id: int,
-             message: str = "") -> HTMLResponse:
+             message: str = "", sig: str = "") -> HTMLResponse:
     runtime = services.runtime
     record = job_record(services.engine, runtime.inbox, runtime.outbox, job_id) \
         if 0 < job_id < 2**62 else None
     if record is None:
         raise HTTPException(404, detail="No such job.")
-    return _console(request, services, "console_job.html", who, job=record, message=message)
+    return _console(request, services, "console_job.html", who, job=record,
+                    message=_notes(who, sig, message=message)["message"])
 
 
 @router.post("/jobs/{job_id}/retry")
@@ -267,7 +293,8 @@ def retry(services: Services, who: Operator, job_id: int,
     _check_csrf(who, csrf)
     (result,) = retry_jobs(services.runtime, [job_id], actor=who.actor)
     note = f"{result.result}: {result.detail}" if result.detail else str(result.result)
-    return RedirectResponse(f"/console/jobs/{job_id}?message={quote(note)}", status_code=303)
+    return RedirectResponse(f"/console/jobs/{job_id}?{_note_query(who, message=note)}",
+                            status_code=303)
 
 
 @router.get("/status", response_class=HTMLResponse)

@@ -139,3 +139,31 @@ def test_jobs_and_status_views(served: Served, console: httpx.Client, tmp_path: 
     assert '<svg id="hourly-chart"' in status
     assert re.search(r'<rect class="bar done"[^>]*><title>[^<]*: 1 done', status)
     assert "ACME" in status
+
+
+def test_a_note_in_a_crafted_link_is_not_shown(served: Served, console: httpx.Client,
+                                               tmp_path: Path) -> None:
+    # Someone else's link to the console carries text the page would show under its
+    # own address ("call this number"); only notes this session's actions signed show.
+    key = served.license(max_activations=1)
+    _activated(served, tmp_path, key)
+    crafted = "Your license was revoked: call +1 555 0100"
+    for path in (f"/console/licenses/{key}", "/console/jobs/1"):
+        page = console.get(path, params={"message": crafted, "error": crafted}).text
+        assert crafted not in page and 'id="message"' not in page
+        forged = console.get(path, params={"message": crafted, "sig": "0" * 64}).text
+        assert crafted not in forged
+    page = console.get(f"/console/licenses/{key}").text
+    released = console.post(f"/console/licenses/{key}/devices/HW-1/release",
+                            data={"csrf": _csrf(page)})
+    assert released.status_code == 303
+    location = released.headers["location"]
+    shown = console.get(location).text
+    assert "Released HW-1: its seat is free." in shown
+    # The same signed link in another operator's session shows nothing either.
+    _operator(served, "bob")
+    with served.client() as other:
+        assert _sign_in(other, "bob").status_code == 303
+        assert "Released HW-1" not in other.get(location).text
+    tampered = location.replace("Released", "Revoked")
+    assert "Revoked" not in console.get(tampered).text
