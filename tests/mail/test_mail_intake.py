@@ -22,6 +22,8 @@ from models.db import make_engine, reading, session_scope
 from models.migrate import upgrade
 from models.tables import JOB, MAIL_MESSAGE
 from pipelines.keyring import VendorKeyring, init_keyring
+from pipelines.sources.mail.intake import MailIntake
+from pipelines.sources.mail.reply import send
 from pipelines.sources.mail.senders import add_sender
 from tests.factories import add_license, license_info, vendor
 from tests.mail.conftest import Dovecot, _free_port
@@ -189,6 +191,49 @@ def test_a_crash_before_the_reply_sends_exactly_one_after_restart(
     assert len(sink.messages) == 1
     assert mail.folder_count() == 0
     assert license_info(engine, key)["active_devices"] == 1
+    engine.dispose()
+
+
+def test_a_crash_after_the_relay_took_the_reply_resends_the_same_message(
+        mail: Workspace, smtp: tuple[Sink, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The relay took the reply but the ledger never heard (the connection dropped after
+    # the relay's 250, or the process died): the reply goes again on the next run, as
+    # the same message (one Message-ID), which mail systems keep once.
+    sink, _port = smtp
+    engine = _engine(mail)
+    key = add_license(engine, max_activations=5)
+    message, _ = _with_requests(mail, key, "HW-1")
+    mail.dovecot.append(message.as_bytes(), mail.folder)
+
+    def lost_after_sending(endpoint: Any, messages: Any) -> None:
+        send(endpoint, messages)
+        raise OSError("the connection dropped after the relay took the message")
+
+    defaults = MailIntake.__init__.__kwdefaults__
+    assert defaults is not None
+    with monkeypatch.context() as crashing:
+        crashing.setitem(defaults, "send_mail", lost_after_sending)
+        with pytest.raises(OSError):
+            mail.run()
+    assert len(sink.messages) == 1 and mail.folder_count() == 1
+    mail.run()
+    mail.run()
+    first, again = sink.messages
+    assert first["Message-ID"] == again["Message-ID"]
+    assert first["Message-ID"].endswith("@vendor.example>")
+    assert [p.get_content() for p in first.iter_attachments()] == \
+        [p.get_content() for p in again.iter_attachments()]
+    assert mail.folder_count() == 0
+    assert license_info(engine, key)["active_devices"] == 1
+    with reading(engine) as conn:
+        (replied,) = conn.execute(select(MAIL_MESSAGE.c.replied_at)).scalars()
+        assert replied is not None
+        assert conn.execute(select(func.count()).select_from(JOB)).scalar() == 1
+    # Another message gets a Message-ID of its own.
+    other, _ = _with_requests(mail, key, "HW-2")
+    mail.dovecot.append(other.as_bytes(), mail.folder)
+    mail.run()
+    assert sink.messages[2]["Message-ID"] != first["Message-ID"]
     engine.dispose()
 
 

@@ -186,7 +186,7 @@ class MailIntake:
     def _reply(self, row: dict[str, Any], item: MailItem) -> None:
         assert item.sender is not None
         reply = Reply(to=item.sender, subject=item.subject, in_reply_to=item.message_id,
-                      references=item.references)
+                      references=item.references, key=reply_key(row))
         if row["reason"]:
             reply.note = SENTENCES.get(row["reason"], "The message could not be taken.")  # type: ignore[call-overload]
         taken: set[str] = set()
@@ -266,3 +266,13 @@ def _unique(name: str, taken: set[str]) -> str:
         candidate = f"{base}-{n}.{ext}" if dot and base else f"{name}-{n}"
     taken.add(candidate)
     return candidate
+
+
+def reply_key(row: dict[str, Any]) -> str:
+    """A ledger row's stable identity for its reply's Message-ID: the same row always
+    gives the same key, and a database started again (ids reused) gives other keys."""
+    created = row["created_at"]
+    text = "\0".join(str(part) for part in (
+        row["mailbox"], row["uidvalidity"], row["uid"], row["id"],
+        created.isoformat() if created is not None else ""))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -35,6 +35,10 @@ class Reply:
     lines: list[Line] = field(default_factory=list)
     attachments: list[tuple[str, bytes]] = field(default_factory=list)
     note: str | None = None  # a sentence about the whole message (why nothing was taken)
+    # The answered message's identity in the ledger: the reply's Message-ID is made from
+    # it, so a reply sent again (a crash between the relay taking it and the ledger
+    # recording it) is the same message, which mail systems keep once.
+    key: str | None = None
 
 
 def compose(reply: Reply, *, sender: str) -> EmailMessage:
@@ -44,7 +48,9 @@ def compose(reply: Reply, *, sender: str) -> EmailMessage:
     subject = reply.subject.strip() or "your request files"
     message["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}"
     message["Date"] = format_datetime(utcnow())
-    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    domain = sender.rpartition("@")[2] or None
+    message["Message-ID"] = (f"<airlock-reply.{reply.key}@{domain or 'localhost'}>"
+                             if reply.key else make_msgid(domain=domain))
     if reply.in_reply_to:
         message["In-Reply-To"] = reply.in_reply_to
     if reply.references:
