@@ -198,7 +198,7 @@ def test_a_crash_after_the_relay_took_the_reply_resends_the_same_message(
         mail: Workspace, smtp: tuple[Sink, int], monkeypatch: pytest.MonkeyPatch) -> None:
     # The relay took the reply but the ledger never heard (the connection dropped after
     # the relay's 250, or the process died): the reply goes again on the next run, as
-    # the same message (one Message-ID), which mail systems keep once.
+    # the same message (one Message-ID), which many mail systems show once.
     sink, _port = smtp
     engine = _engine(mail)
     key = add_license(engine, max_activations=5)

@@ -37,7 +37,7 @@ class Reply:
     note: str | None = None  # a sentence about the whole message (why nothing was taken)
     # The answered message's identity in the ledger: the reply's Message-ID is made from
     # it, so a reply sent again (a crash between the relay taking it and the ledger
-    # recording it) is the same message, which mail systems keep once.
+    # recording it) is the same message, which many mail systems and clients show once.
     key: str | None = None
 
 
