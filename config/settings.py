@@ -6,6 +6,7 @@ in the code base reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 
@@ -68,6 +69,9 @@ class Settings(BaseSettings):
     # `airlock serve`: the portal, the customer API and (later) the console.
     serve_address: str = "127.0.0.1"
     serve_port: int = Field(default=8080, ge=1, le=65535)
+    # Reverse proxies whose X-Forwarded-For / -Proto are believed (addresses or networks,
+    # comma-separated). Empty: the peer is the client, and the headers are ignored.
+    trusted_proxies: str = ""
     # An upload is answered at once when its outcome is ready within this long, else 202.
     answer_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     portal_public: bool = Field(default=True, description="The account-free upload page")
@@ -113,6 +117,17 @@ class Settings(BaseSettings):
         if value.startswith("s3://") and len(value) <= len("s3://"):
             raise ValueError("an s3:// location needs a bucket: s3://bucket/prefix")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"must list IP addresses or networks, not {entry!r}") from None
+        return ",".join(entries)
 
     @field_validator("portal_logo")
     @classmethod

@@ -6,6 +6,9 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
 
 from config.settings import Settings
 from pipelines.uploads import Uploads
@@ -40,17 +43,22 @@ def web_services(settings: Settings) -> Iterator[WebServices]:
         runtime.close()
 
 
+def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
+    """uvicorn's settings for `app`. The client's address (the portal's and the
+    sign-in's limits are per address) is the peer's, unless the peer is one of
+    `trusted_proxies`: then it is what that proxy put in X-Forwarded-For."""
+    trusted = settings.trusted_proxies
+    return uvicorn.Config(app, host=settings.serve_address, port=settings.serve_port,
+                          log_config=None, server_header=False, proxy_headers=bool(trusted),
+                          forwarded_allow_ips=trusted or None, **options)
+
+
 def serve(settings: Settings, stop: threading.Event) -> None:
     """Serve until `stop` is set (SIGTERM/SIGINT set it through uvicorn)."""
-    import uvicorn
-
     from web.app import create_app
 
     with web_services(settings) as services:
-        config = uvicorn.Config(create_app(services), host=settings.serve_address,
-                                port=settings.serve_port, log_config=None,
-                                proxy_headers=False, server_header=False)
-        server = uvicorn.Server(config)
+        server = uvicorn.Server(server_config(create_app(services), settings))
         watcher = threading.Thread(target=_stop_when, args=(stop, server), daemon=True)
         watcher.start()
         log.info("serving on http://%s:%d (%s mode)", settings.serve_address,

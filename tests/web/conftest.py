@@ -23,7 +23,7 @@ from pipelines.keyring import VendorKeyring, init_keyring
 from pipelines.tokens import issue_token
 from tests.factories import NOW, WireDevice, add_license, vendor
 from web.app import WebServices, create_app
-from web.serve import web_services
+from web.serve import server_config, web_services
 
 
 @dataclass
@@ -60,9 +60,8 @@ def running_app(settings: Settings) -> Iterator[tuple[str, WebServices]]:
     """`airlock serve`'s app for `settings` on uvicorn, on a free loopback port."""
     settings = settings.model_copy(update={"serve_port": _free_port()})
     with web_services(settings) as services:
-        config = uvicorn.Config(create_app(services), host="127.0.0.1",
-                                port=settings.serve_port, log_config=None, lifespan="off")
-        server = uvicorn.Server(config)
+        server = uvicorn.Server(server_config(create_app(services), settings,
+                                              lifespan="off"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 30

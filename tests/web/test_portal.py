@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from airlock_sdk.device import Device
@@ -150,6 +151,38 @@ def test_a_bad_accent_colour_is_a_settings_error() -> None:
         assert "AIRLOCK_PORTAL_ACCENT" in str(exc)
     else:
         raise AssertionError("accepted a style sheet as a colour")
+
+
+def _uploads_from(client, *addresses: str) -> list[int]:  # type: ignore[no-untyped-def]
+    return [client.post("/", files={"file": ("a.req", b"junk")},
+                        headers={"X-Forwarded-For": address}).status_code
+            for address in addresses]
+
+
+def test_the_client_address_comes_from_a_trusted_proxy_only(tmp_path: Path) -> None:
+    # Behind a proxy every request comes from the proxy: one client would spend
+    # everyone's allowance. The proxy's word is taken when it is listed, never otherwise
+    # (a client could then pick a fresh address for every try).
+    proxied = _settings(tmp_path / "proxied", portal_uploads_per_minute=1,
+                        trusted_proxies="127.0.0.0/8, ::1")
+    with serving(proxied) as served, served.client() as client:
+        assert _uploads_from(client, "203.0.113.5", "203.0.113.5", "198.51.100.7") == \
+            [422, 429, 422]
+        login = client.get("/console/login", headers={"X-Forwarded-Proto": "https"})
+        assert "secure" in login.headers["set-cookie"].lower()
+    direct = _settings(tmp_path / "direct", portal_uploads_per_minute=1)
+    with serving(direct) as served, served.client() as client:
+        assert _uploads_from(client, "203.0.113.5", "198.51.100.7") == [422, 429]
+        login = client.get("/console/login", headers={"X-Forwarded-Proto": "https"})
+        assert "secure" not in login.headers["set-cookie"].lower()
+
+
+def test_a_trusted_proxy_that_is_not_an_address_is_a_settings_error() -> None:
+    from config.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="AIRLOCK_TRUSTED_PROXIES"):
+        load_settings(trusted_proxies="10.0.0.0/8, *")
+    assert load_settings(trusted_proxies=" 10.0.0.0/8 ,::1,").trusted_proxies == "10.0.0.0/8,::1"
 
 
 def _settings(tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def]
