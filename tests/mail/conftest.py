@@ -17,10 +17,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.conftest import service_unavailable
 
@@ -33,7 +35,7 @@ listen = 127.0.0.1
 base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 first_valid_uid = 1
@@ -58,7 +60,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port}
   }}
 }}
 service anvil {{
@@ -74,6 +77,8 @@ class Dovecot:
     user: str
     password: str
     root: Path
+    tls_port: int = 0  # imaps (TLS from the first byte); 0: no TLS at all
+    ca_file: Path | None = None  # the test CA that signed the server's certificate
 
     def connect(self) -> imaplib.IMAP4:
         client = imaplib.IMAP4(self.host, self.port, timeout=10)
@@ -109,6 +114,20 @@ def _answers(port: int) -> bool:
 
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[Dovecot]:
+    with _running_dovecot(tls=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dovecot_tls() -> Iterator[Dovecot]:
+    """Dovecot with a certificate from a test CA: imaps on `tls_port`, STARTTLS offered
+    on `port`. The CA is trusted only where a test points SSL_CERT_FILE at `ca_file`."""
+    with _running_dovecot(tls=True) as server:
+        yield server
+
+
+@contextmanager
+def _running_dovecot(*, tls: bool) -> Iterator[Dovecot]:
     if not Path(DOVECOT).exists():
         service_unavailable("Dovecot", FileNotFoundError(DOVECOT))
     # Not under pytest's own temp folder: that is 0700, and Dovecot's auth and mail
@@ -126,10 +145,14 @@ def dovecot() -> Iterator[Dovecot]:
     # Not root: the server runs as this user entirely (no privilege separation).
     users = "" if os.geteuid() == 0 else (f"default_internal_user = {mail_user.pw_name}\n"
                                           f"default_login_user = {mail_user.pw_name}")
-    port = _free_port()
+    port, tls_port = _free_port(), _free_port() if tls else 0
+    ca_file = _certificates(root) if tls else None
+    ssl = (f"ssl = yes\nssl_cert = <{root}/server.pem\nssl_key = <{root}/server.key\n"
+           "ssl_min_protocol = TLSv1.2") if tls else "ssl = no"
     config = root / "dovecot.conf"
-    config.write_text(_CONFIG.format(root=root, port=port, uid=mail_user.pw_uid,
-                                     gid=mail_user.pw_gid, users=users))
+    config.write_text(_CONFIG.format(root=root, port=port, tls_port=tls_port, ssl=ssl,
+                                     uid=mail_user.pw_uid, gid=mail_user.pw_gid,
+                                     users=users))
     process = subprocess.Popen([DOVECOT, "-F", "-c", str(config)], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
@@ -142,7 +165,7 @@ def dovecot() -> Iterator[Dovecot]:
             service_unavailable("Dovecot", RuntimeError(f"did not start: {output[-500:]} {tail}"))
         time.sleep(0.05)
     try:
-        yield Dovecot("127.0.0.1", port, USER, PASSWORD, root)
+        yield Dovecot("127.0.0.1", port, USER, PASSWORD, root, tls_port, ca_file)
     finally:
         process.terminate()
         try:
@@ -151,3 +174,13 @@ def dovecot() -> Iterator[Dovecot]:
             process.kill()
             process.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _certificates(root: Path) -> Path:
+    """A test CA and a server certificate for 127.0.0.1 signed by it; the CA's file."""
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    server.private_key_pem.write_to_path(str(root / "server.key"))
+    (root / "server.pem").write_bytes(b"".join(pem.bytes() for pem in server.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(root / "ca.pem"))
+    return root / "ca.pem"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import ssl
 import threading
 import time
 import uuid
@@ -85,14 +86,22 @@ class Workspace:
 
 @pytest.fixture
 def mail(tmp_path: Path, dovecot: Dovecot, smtp: tuple[Sink, int]) -> Workspace:
+    return _workspace(tmp_path, dovecot, smtp)
+
+
+def _imap_url(dovecot: Dovecot, folder: str, *, scheme: str = "imap", port: int = 0) -> str:
+    return (f"{scheme}://{dovecot.user.replace('@', '%40')}:{dovecot.password}@127.0.0.1:"
+            f"{port or dovecot.port}/{folder}")
+
+
+def _workspace(tmp_path: Path, dovecot: Dovecot, smtp: tuple[Sink, int]) -> Workspace:
     folder = f"T{uuid.uuid4().hex[:10]}"
     client = dovecot.connect()
     assert client.create(folder)[0] == "OK"
     client.logout()
     settings = Settings(
         home=tmp_path / "var", answer_wait_seconds=10, mail_from="licensing@vendor.example",
-        imap_url=f"imap://{dovecot.user.replace('@', '%40')}:{dovecot.password}@127.0.0.1:"
-                 f"{dovecot.port}/{folder}",
+        imap_url=_imap_url(dovecot, folder),
         smtp_url=f"smtp://127.0.0.1:{smtp[1]}")
     settings.home.mkdir(parents=True)
     upgrade(settings.resolved_database_url)
@@ -376,3 +385,105 @@ def test_an_oversized_message_is_refused_from_its_header(
     assert "larger than the accepted limit" in \
         reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert mail.folder_count() == 0 and mail.folder_count("Airlock/Rejected") >= 1
+
+
+# --- over TLS ------------------------------------------------------------------------------
+
+
+def _logins(dovecot: Dovecot) -> list[str]:
+    return [line for line in dovecot.log().splitlines()
+            if f"imap-login: Info: Login: user=<{dovecot.user}>" in line]
+
+
+def _logins_after(dovecot: Dovecot, before: int, count: int) -> list[str]:
+    """The logins after the first `before`, once there are `count` of them (Dovecot's
+    log process writes them a moment after the fact)."""
+    deadline = time.monotonic() + 10
+    while len(lines := _logins(dovecot)[before:]) < count:
+        assert time.monotonic() < deadline, f"{len(lines)} of {count} logins logged"
+        time.sleep(0.02)
+    return lines
+
+
+def test_imaps_and_starttls_read_mail_over_tls(tmp_path: Path, dovecot_tls: Dovecot,
+                                               smtp: tuple[Sink, int],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    assert dovecot_tls.ca_file is not None
+    monkeypatch.setenv("SSL_CERT_FILE", str(dovecot_tls.ca_file))
+    sink, _port = smtp
+    ws = _workspace(tmp_path, dovecot_tls, smtp)
+    engine = _engine(ws)
+    key = add_license(engine, max_activations=5)
+    before = len(_logins(dovecot_tls))
+    urls = {"imaps": _imap_url(dovecot_tls, ws.folder, scheme="imaps",
+                               port=dovecot_tls.tls_port),
+            "starttls": _imap_url(dovecot_tls, ws.folder)}
+    for n, url in enumerate(urls.values(), start=1):
+        message, _ = _with_requests(ws, key, f"HW-{n}")
+        ws.dovecot.append(message.as_bytes(), ws.folder)
+        ws.run(imap_url=url)
+        assert len(sink.messages) == n and ws.folder_count() == 0
+    assert license_info(engine, key)["active_devices"] == 2
+    # The fixture's own appends log in too (in the clear, on loopback): 2 + 2.
+    logins = _logins_after(dovecot_tls, before, 4)
+    assert sum(", TLS," in line for line in logins) == 2
+    engine.dispose()
+
+
+@pytest.mark.parametrize("scheme", ["imaps", "imap"])
+def test_a_server_with_a_certificate_not_trusted_gets_no_password(
+        tmp_path: Path, dovecot_tls: Dovecot, smtp: tuple[Sink, int], scheme: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server in the middle with a certificate of its own: the connection stops at the
+    # handshake, before the password is sent, and nothing is read or applied.
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    sink, _port = smtp
+    ws = _workspace(tmp_path, dovecot_tls, smtp)
+    engine = _engine(ws)
+    key = add_license(engine, max_activations=5)
+    message, _ = _with_requests(ws, key, "HW-1")
+    ws.dovecot.append(message.as_bytes(), ws.folder)
+    before = len(_logins(dovecot_tls))
+    url = _imap_url(dovecot_tls, ws.folder, scheme=scheme,
+                    port=dovecot_tls.tls_port if scheme == "imaps" else 0)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        ws.run(imap_url=url)
+    ws.folder_count()  # a login of the test's own, after the refused one: logged after it
+    (control,) = _logins_after(dovecot_tls, before, 1)
+    assert ", TLS," not in control
+    assert sink.messages == [] and ws.folder_count() == 1
+    assert license_info(engine, key)["active_devices"] == 0
+    with reading(engine) as conn:
+        assert conn.execute(select(func.count()).select_from(MAIL_MESSAGE)).scalar() == 0
+    engine.dispose()
+
+
+def test_replies_go_over_smtps_to_a_relay_whose_certificate_is_trusted_only(
+        tmp_path: Path, dovecot_tls: Dovecot, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert dovecot_tls.ca_file is not None
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(dovecot_tls.root / "server.pem", dovecot_tls.root / "server.key")
+    sink, port = Sink(), _free_port()
+    relay = Controller(sink, hostname="127.0.0.1", port=port, ssl_context=server_side)
+    relay.start()
+    try:
+        ws = _workspace(tmp_path, dovecot_tls, (sink, port))
+        engine = _engine(ws)
+        key = add_license(engine, max_activations=5)
+        message, _ = _with_requests(ws, key, "HW-1")
+        ws.dovecot.append(message.as_bytes(), ws.folder)
+        smtps = f"smtps://127.0.0.1:{port}"
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            ws.run(smtp_url=smtps)
+        assert sink.messages == [] and ws.folder_count() == 1  # applied, kept, unanswered
+        with reading(engine) as conn:
+            assert conn.execute(select(MAIL_MESSAGE.c.replied_at)).scalar() is None
+        monkeypatch.setenv("SSL_CERT_FILE", str(dovecot_tls.ca_file))
+        ws.run(smtp_url=smtps)
+        (reply,) = sink.messages
+        assert reply["In-Reply-To"] == message["Message-ID"]
+        assert ws.folder_count() == 0 and license_info(engine, key)["active_devices"] == 1
+        engine.dispose()
+    finally:
+        relay.stop()
