@@ -50,4 +50,8 @@ def test_mailed_files_go_to_the_workers(deployment: Deployment,  # noqa: F811
     names: list[Any] = [part.get_filename() for part in reply.iter_attachments()]
     assert names == ["license.lic"]
     assert license_info(deployment.engine, key)["active_devices"] == 1
-    assert "upload-" in deployment.logs()  # a worker handled it
+    # A worker handled it: its line about the file follows the commit the reply waited
+    # for, so it may reach the log a moment after the reply went out.
+    while "upload-" not in deployment.logs():
+        assert time.monotonic() < deadline, deployment.logs()[-3000:]
+        time.sleep(0.05)
