@@ -123,10 +123,11 @@ class Settings(BaseSettings):
     def _proxies(cls, value: str) -> str:
         entries = [entry.strip() for entry in value.split(",") if entry.strip()]
         for entry in entries:
-            try:
-                ipaddress.ip_network(entry, strict=False)
+            try:  # strict: uvicorn matches the text as written, so 10.0.0.1/8 never would
+                ipaddress.ip_network(entry)
             except ValueError:
-                raise ValueError(f"must list IP addresses or networks, not {entry!r}") from None
+                raise ValueError(f"must list IP addresses or networks (no host bits), not "
+                                 f"{entry!r}") from None
         return ",".join(entries)
 
     @field_validator("portal_logo")

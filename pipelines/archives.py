@@ -121,10 +121,12 @@ class Member:
         return hashlib.sha256(self.data).hexdigest()
 
 
-# Characters that reorder how the rest of a name is displayed (a report row could show
-# "invoice\u202eqer.exe" as "invoiceexe.req"). Joiners stay allowed: scripts use them.
-_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-                           "\u2066\u2067\u2068\u2069")
+# Invisible characters (Unicode's format class: bidirectional controls, zero-width
+# spaces, soft hyphens, tags) let a report row read otherwise than the name it stands
+# for ("invoice\u202eqer.exe" shows as "invoiceexe.req"); line and paragraph separators
+# split it. The two joiners stay allowed: scripts such as Persian need them.
+_JOINERS = frozenset("\u200c\u200d")
+_LINE_BREAKING = ("Zl", "Zp")
 
 
 def safe_member_name(raw: str) -> str:
@@ -132,10 +134,11 @@ def safe_member_name(raw: str) -> str:
     shown = repr(raw[:80])
     if not raw:
         raise _unsafe("A member has an empty name.")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in raw):
+    if any(unicodedata.category(ch) in ("Cc", "Cs", *_LINE_BREAKING) for ch in raw):
         raise _unsafe(f"Member {shown} has a control character in its name.")
-    if not _BIDI_CONTROLS.isdisjoint(raw):
-        raise _unsafe(f"Member {shown} has a bidirectional control in its name.")
+    if any(unicodedata.category(ch) == "Cf" and ch not in _JOINERS for ch in raw):
+        raise _unsafe(f"Member {shown} has an invisible or bidirectional control "
+                      "character in its name.")
     if "\\" in raw:
         raise _unsafe(f"Member {shown} has a backslash in its name.")
     if raw.startswith("/") or _DRIVE.match(raw):
@@ -167,9 +170,9 @@ class _Budget:
 
     def name(self, raw: str) -> str:
         name = safe_member_name(raw)
-        # Two spellings of one name (composed and decomposed accents) look the same in
-        # the report and land on the same file on some systems: one name.
-        seen = unicodedata.normalize("NFC", name)
+        # Two spellings that read as one name (composed and decomposed accents, a
+        # ligature or full-width letters) are one name. Case is not folded: it shows.
+        seen = unicodedata.normalize("NFKC", name)
         if seen in self.names:
             raise _unsafe(f"Member name {name!r} appears more than once.")
         self.names.add(seen)

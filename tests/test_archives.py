@@ -113,7 +113,8 @@ def test_scan_gives_names_and_hashes() -> None:
 @pytest.mark.parametrize("name", ["../evil.req", "a/../../evil.req", "/etc/passwd",
                                   "C:/windows/evil", "a\\..\\evil", "bad\x00name", "a\nb",
                                   "x" * 600, "invoice\u202eqer.exe", "a\u2066b.req",
-                                  "\u200fname.req"])
+                                  "\u200fname.req", "a\u200b.req", "\ufeffa.req",
+                                  "a\u00adb.req", "a.req\u2028evil.req", "a\U000e0041.req"])
 def test_unsafe_names_are_refused(name: str) -> None:
     with pytest.raises(ArchiveError) as caught:
         safe_member_name(name)
@@ -160,11 +161,19 @@ def test_duplicate_member_names_are_refused() -> None:
     assert refused(data, TAR).reason == "unsafe_archive"
 
 
-def test_names_that_differ_only_in_unicode_normal_form_are_one_name() -> None:
-    composed, decomposed = "caf\u00e9.req", "cafe\u0301.req"
-    assert composed != decomposed
-    error = refused(make_zip([(composed, b"one"), (decomposed, b"two")]), ZIP)
+@pytest.mark.parametrize("one,other", [("caf\u00e9.req", "cafe\u0301.req"),
+                                       ("\ufb01le.req", "file.req"),
+                                       ("\uff41.req", "a.req")])
+def test_names_that_differ_only_in_unicode_normal_form_are_one_name(one: str,
+                                                                     other: str) -> None:
+    assert one != other
+    error = refused(make_zip([(one, b"one"), (other, b"two")]), ZIP)
     assert error.reason == "unsafe_archive" and "more than once" in error.detail
+
+
+def test_names_that_differ_in_case_are_two_names() -> None:
+    data = make_zip([("HW-abc.req", b"1"), ("HW-ABC.req", b"2")])
+    assert [name for name, _data in members(data, ZIP)] == ["HW-abc.req", "HW-ABC.req"]
 
 
 def test_joiners_used_by_scripts_stay_allowed() -> None:

@@ -24,7 +24,7 @@ from models.db import READ_ONLY, session_scope
 from pipelines import archives, bulk
 from pipelines.bulk import BulkParts, handle_archive, run_chunk, update_progress
 from pipelines.bulk.report import write_report
-from pipelines.bulk.state import open_batch
+from pipelines.bulk.state import get_batch, open_batch
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import make_arrival
 from pipelines.process import Processor, process
@@ -348,6 +348,25 @@ def test_a_refusal_that_loses_the_race_leaves_the_winners_report(env: BulkParts)
     assert loser.reason == winner.reason == "unsafe_archive" and loser.message == "first"
     document, _rows = report(env, loser)
     assert document["reason"] == "unsafe_archive" and document["message"] == "first"
+
+
+def test_a_refusal_after_the_same_archive_was_imported_leaves_that_import_standing(
+        env: BulkParts, keyring) -> None:
+    # The same bytes under two names, one the importer can read and one it refuses
+    # (say, a suffix it does not know): the refusal, checked last, changes nothing.
+    key = add_license(env.engine, max_activations=10)
+    data = make_zip(activations(keyring, key, 2))
+    good = drop(env, "fleet.zip", data)
+    assert good.status == "reported"
+    before = env.outbox.get(good.report_keys[0])
+    env.inbox.delete(bulk.manifest_key(get_batch(env.engine, good.batch_id)))
+    env.inbox.put("ACME/fleet-copy.zip", data)  # the report could not be built again
+    late = bulk.reject_batch(env, good.batch_id, "unsupported_archive", "not read",
+                             source="ACME/fleet-copy.zip")
+    assert late.status == "reported" and late.reason is None
+    assert env.outbox.get(good.report_keys[0]) == before
+    assert license_info(env.engine, key)["active_devices"] == 2
+    assert "_processed/ACME/fleet-copy.zip" in files_under(env.inbox.root)
 
 
 def test_archive_for_an_unknown_customer_is_refused(env: BulkParts, keyring) -> None:

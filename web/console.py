@@ -66,19 +66,20 @@ def _check_csrf(who: SignedIn, token: str) -> None:
 # was revoked, call …" message under the console's address) shows nothing.
 
 
-def _note_query(who: SignedIn, **notes: str) -> str:
-    """The query string for `notes` (message=…, error=…), with their signature."""
-    return urlencode({**notes, "sig": _note_sig(who, notes)})
+def _note_query(who: SignedIn, page: str, **notes: str) -> str:
+    """The query string for `notes` (message=…, error=…) on `page`, with their
+    signature."""
+    return urlencode({**notes, "sig": _note_sig(who, page, notes)})
 
 
-def _note_sig(who: SignedIn, notes: dict[str, str]) -> str:
-    text = "\0".join(f"{kind}={notes.get(kind, '')}" for kind in ("message", "error"))
+def _note_sig(who: SignedIn, page: str, notes: dict[str, str]) -> str:
+    text = "\0".join([page, *(f"{kind}={notes.get(kind, '')}" for kind in ("message", "error"))])
     return hmac.new(who.csrf.encode(), text.encode(), "sha256").hexdigest()
 
 
-def _notes(who: SignedIn, sig: str, **notes: str) -> dict[str, str]:
-    """`notes` if `sig` is this session's signature of them, else none."""
-    if sig and hmac.compare_digest(sig, _note_sig(who, notes)):
+def _notes(who: SignedIn, page: str, sig: str, **notes: str) -> dict[str, str]:
+    """`notes` if `sig` is this session's signature of them on `page`, else none."""
+    if sig and hmac.compare_digest(sig, _note_sig(who, page, notes)):
         return notes
     return {kind: "" for kind in notes}
 
@@ -173,15 +174,16 @@ def _license(services: WebServices, key: str) -> dict[str, Any]:
 @router.get("/licenses/{key}", response_class=HTMLResponse)
 def license_page(request: Request, services: Services, who: Operator, key: str,
                  message: str = "", error: str = "", sig: str = "") -> HTMLResponse:
-    notes = _notes(who, sig, message=message, error=error)
+    notes = _notes(who, f"license:{key}", sig, message=message, error=error)
     return _console(request, services, "console_license.html", who,
                     lic=_license(services, key), message=notes["message"],
                     error=notes["error"])
 
 
 def _back(who: SignedIn, key: str, **notes: str) -> RedirectResponse:
-    return RedirectResponse(f"/console/licenses/{quote(key)}?{_note_query(who, **notes)}"
-                            "#devices", status_code=303)
+    query = _note_query(who, f"license:{key}", **notes)
+    return RedirectResponse(f"/console/licenses/{quote(key)}?{query}#devices",
+                            status_code=303)
 
 
 @router.post("/licenses/{key}/devices/{hardware_id}/release")
@@ -284,7 +286,7 @@ def job_page(request: Request, services: Services, who: Operator, job_id: int,
     if record is None:
         raise HTTPException(404, detail="No such job.")
     return _console(request, services, "console_job.html", who, job=record,
-                    message=_notes(who, sig, message=message)["message"])
+                    message=_notes(who, f"job:{job_id}", sig, message=message)["message"])
 
 
 @router.post("/jobs/{job_id}/retry")
@@ -293,8 +295,8 @@ def retry(services: Services, who: Operator, job_id: int,
     _check_csrf(who, csrf)
     (result,) = retry_jobs(services.runtime, [job_id], actor=who.actor)
     note = f"{result.result}: {result.detail}" if result.detail else str(result.result)
-    return RedirectResponse(f"/console/jobs/{job_id}?{_note_query(who, message=note)}",
-                            status_code=303)
+    query = _note_query(who, f"job:{job_id}", message=note)
+    return RedirectResponse(f"/console/jobs/{job_id}?{query}", status_code=303)
 
 
 @router.get("/status", response_class=HTMLResponse)

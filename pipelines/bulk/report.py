@@ -81,14 +81,22 @@ def reject_batch(env: BulkEnv, batch_id: int, reason: str, message: str, *,
     name are recorded in one commit: a reader that waits for a final batch (the mail
     reply, the portal) never finds it rejected without its report."""
     batch = get_batch(env.engine, batch_id)
-    batch.status, batch.reason, batch.message = BatchStatus.REJECTED, reason, message
-    batch.finished_at = env.processor.clock()
-    keys, _members = write_report(env.outbox, batch, [])
-    if not set_status(env.engine, batch_id, BatchStatus.LOADING, status=BatchStatus.REJECTED,
+    if batch.status == BatchStatus.LOADING:
+        batch.status, batch.reason, batch.message = BatchStatus.REJECTED, reason, message
+        batch.finished_at = env.processor.clock()
+        keys, _members = write_report(env.outbox, batch, [])
+        if set_status(env.engine, batch_id, BatchStatus.LOADING, status=BatchStatus.REJECTED,
                       reason=reason, message=message, finished_at=batch.finished_at,
                       report_name=keys[0].split("/", 1)[1]):
-        # Another import of the same archive settled it first: its row is the truth.
-        batch = get_batch(env.engine, batch_id)
+            archive_source(env, batch, source)
+            return batch_result(env.engine, batch_id)
+    # Another import of the same archive moved the batch on while this one checked it
+    # (the same bytes under a name it could read): that import's outcome stands, and a
+    # report this call may have written in the moment between is put right.
+    batch = get_batch(env.engine, batch_id)
+    log.warning("batch %s: a refusal (%s) came after the batch was %s; it stands as that",
+                batch_id, reason, batch.status)
+    if batch.status in (BatchStatus.REPORTED, BatchStatus.REJECTED):
         redeliver_report(env, batch)
     archive_source(env, batch, source)
     return batch_result(env.engine, batch_id)

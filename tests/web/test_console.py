@@ -149,8 +149,9 @@ def test_a_note_in_a_crafted_link_is_not_shown(served: Served, console: httpx.Cl
     _activated(served, tmp_path, key)
     crafted = "Your license was revoked: call +1 555 0100"
     for path in (f"/console/licenses/{key}", "/console/jobs/1"):
-        page = console.get(path, params={"message": crafted, "error": crafted}).text
-        assert crafted not in page and 'id="message"' not in page
+        shown = console.get(path, params={"message": crafted, "error": crafted})
+        assert shown.status_code == 200
+        assert crafted not in shown.text and 'id="message"' not in shown.text
         forged = console.get(path, params={"message": crafted, "sig": "0" * 64}).text
         assert crafted not in forged
     page = console.get(f"/console/licenses/{key}").text
@@ -167,3 +168,7 @@ def test_a_note_in_a_crafted_link_is_not_shown(served: Served, console: httpx.Cl
         assert "Released HW-1" not in other.get(location).text
     tampered = location.replace("Released", "Revoked")
     assert "Revoked" not in console.get(tampered).text
+    # Signed for one page, the note shows on no other.
+    other_key = served.license(max_activations=1)
+    moved = location.replace(f"/licenses/{key}", f"/licenses/{other_key}")
+    assert moved != location and "Released HW-1" not in console.get(moved).text

@@ -182,6 +182,8 @@ def test_a_trusted_proxy_that_is_not_an_address_is_a_settings_error() -> None:
 
     with pytest.raises(SettingsError, match="AIRLOCK_TRUSTED_PROXIES"):
         load_settings(trusted_proxies="10.0.0.0/8, *")
+    with pytest.raises(SettingsError, match="host bits"):
+        load_settings(trusted_proxies="10.0.0.1/8")
     assert load_settings(trusted_proxies=" 10.0.0.0/8 ,::1,").trusted_proxies == "10.0.0.0/8,::1"
 
 
