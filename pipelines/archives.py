@@ -126,7 +126,20 @@ class Member:
 # for ("invoice\u202eqer.exe" shows as "invoiceexe.req"); line and paragraph separators
 # split it. The two joiners stay allowed: scripts such as Persian need them.
 _JOINERS = frozenset("\u200c\u200d")
-_LINE_BREAKING = ("Zl", "Zp")
+_CONTROLS = frozenset({"Cc", "Cs", "Zl", "Zp"})  # controls, surrogates, line breaks
+_ASCII_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _character_flaw(raw: str) -> str | None:
+    """What is wrong with the characters of a name, if anything."""
+    if raw.isascii():  # most names: only the C0 controls and DEL to look for
+        return "a control character" if _ASCII_CONTROLS.search(raw) else None
+    categories = [unicodedata.category(ch) for ch in raw]
+    if not _CONTROLS.isdisjoint(categories):
+        return "a control character"
+    if any(cat == "Cf" and ch not in _JOINERS for ch, cat in zip(raw, categories, strict=True)):
+        return "an invisible or bidirectional control character"
+    return None
 
 
 def safe_member_name(raw: str) -> str:
@@ -134,11 +147,9 @@ def safe_member_name(raw: str) -> str:
     shown = repr(raw[:80])
     if not raw:
         raise _unsafe("A member has an empty name.")
-    if any(unicodedata.category(ch) in ("Cc", "Cs", *_LINE_BREAKING) for ch in raw):
-        raise _unsafe(f"Member {shown} has a control character in its name.")
-    if any(unicodedata.category(ch) == "Cf" and ch not in _JOINERS for ch in raw):
-        raise _unsafe(f"Member {shown} has an invisible or bidirectional control "
-                      "character in its name.")
+    flaw = _character_flaw(raw)
+    if flaw:
+        raise _unsafe(f"Member {shown} has {flaw} in its name.")
     if "\\" in raw:
         raise _unsafe(f"Member {shown} has a backslash in its name.")
     if raw.startswith("/") or _DRIVE.match(raw):
@@ -172,7 +183,7 @@ class _Budget:
         name = safe_member_name(raw)
         # Two spellings that read as one name (composed and decomposed accents, a
         # ligature or full-width letters) are one name. Case is not folded: it shows.
-        seen = unicodedata.normalize("NFKC", name)
+        seen = name if name.isascii() else unicodedata.normalize("NFKC", name)
         if seen in self.names:
             raise _unsafe(f"Member name {name!r} appears more than once.")
         self.names.add(seen)
