@@ -271,8 +271,7 @@ def _unique(name: str, taken: set[str]) -> str:
 def reply_key(row: dict[str, Any]) -> str:
     """A ledger row's stable identity for its reply's Message-ID: the same row always
     gives the same key, and a database started again (ids reused) gives other keys."""
-    created = row["created_at"]
     text = "\0".join(str(part) for part in (
         row["mailbox"], row["uidvalidity"], row["uid"], row["id"],
-        created.isoformat() if created is not None else ""))
+        row["created_at"].isoformat()))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
