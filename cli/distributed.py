@@ -174,8 +174,14 @@ def import_archive(
                                  quiet=as_json)
     except FileNotFoundError:
         fail(f"{archive}: no such object", code=2)
+    except bulk.LeaseLost:
+        fail(f"{archive}: another import took the batch over while this one was stalled; "
+             "it goes on from there", reason="import_in_progress")
     finally:
         runtime.close()
+    if result.busy:
+        fail(f"{archive}: another import of the same bytes is loading batch "
+             f"{result.batch_id}; try again once it is done", reason="import_in_progress")
     emit(_result_row(result), as_json=as_json)
     if not result.accepted:
         raise typer.Exit(1)
@@ -215,7 +221,7 @@ def _run_import(runtime: Runtime, name: str, handle: IO[bytes], customer: str, *
         sink = CelerySink(make_celery(runtime.settings), runtime)
         result = bulk.import_archive(runtime, tenant=customer, name=name,
                                      source=f"cli:{name}", fileobj=handle, sink=sink)
-        if not wait:
+        if not wait or result.busy:
             return result
         progress.update(task, description=f"{name}: processing", completed=0)
         followed = _follow(runtime, result.batch_id, lambda r: advance(r.finished, r.total),

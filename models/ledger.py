@@ -57,6 +57,9 @@ class Batch(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=64)
     message: str | None = None
     report_name: str | None = Field(default=None, max_length=256)
+    # The import loading it (`pipelines.bulk.state.Lease`): one at a time, while LOADING.
+    loader: str | None = Field(default=None, max_length=128)
+    lease_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
 

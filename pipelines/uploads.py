@@ -130,7 +130,8 @@ class Uploads:
         self.outbox = outbox
         self.handover = handover
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
-        self._left: list[tuple[float, Arrival]] = []
+        self._left: list[tuple[float, Arrival]] = []  # handed back: (when to retry, file)
+        self._left_lock = threading.Lock()  # the archive hand-overs add to it too
         self._thread = threading.Thread(target=self._run, name="airlock-uploads", daemon=True)
         self._archives = ThreadPoolExecutor(1, thread_name_prefix="airlock-archive")
 
@@ -171,10 +172,12 @@ class Uploads:
         return self._job_ticket(tenant, sha256)
 
     def _hand_over_archive(self, arrival: Arrival) -> None:
-        left = self.archive_handover([arrival])
-        if left:
-            log.warning("%s/%s: archive hand-over did not finish; it stays in hand",
-                        arrival.area, arrival.name)
+        if self.archive_handover([arrival]):  # another import is loading these bytes
+            log.info("%s/%s: archive not taken yet; tried again in %.0f s", arrival.area,
+                     arrival.name, self.retry_after)
+            with self._left_lock:
+                self._left.append((time.monotonic() + self.retry_after, arrival))
+            self._queue.put(_RETRY)  # the hand-over thread keeps the time for it
 
     def _run(self) -> None:
         """The hand-over thread: whatever is waiting, together (up to a batch)."""
@@ -198,13 +201,15 @@ class Uploads:
                 if more is None:
                     self._queue.put(None)  # stop once this batch is done
                     break
-                batch.append(more)
+                if more is not _RETRY:
+                    batch.append(more)
             self._hand_over(batch)
 
     def _hand_over(self, batch: list[_Pending]) -> None:
         now = time.monotonic()
-        due = [arrival for at, arrival in self._left if at <= now]
-        self._left = [(at, arrival) for at, arrival in self._left if at > now]
+        with self._left_lock:
+            due = [arrival for at, arrival in self._left if at <= now]
+            self._left = [(at, arrival) for at, arrival in self._left if at > now]
         arrivals = [p.arrival for p in batch] + due
         try:
             left = self.handover(arrivals) if arrivals else []
@@ -212,7 +217,8 @@ class Uploads:
             log.warning("upload hand-over failed (tried again in %.0f s): %s",
                         self.retry_after, exc)
             left = arrivals
-        self._left.extend((now + self.retry_after, arrival) for arrival in left)
+        with self._left_lock:
+            self._left.extend((now + self.retry_after, arrival) for arrival in left)
         for pending in batch:
             pending.done.set_result(None)
 

@@ -6,10 +6,13 @@ import csv
 import hashlib
 import io
 import json
+import os
 import stat
+import subprocess
 import tarfile
 import time
 import zipfile
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,20 @@ from typer.testing import CliRunner
 from config.settings import Settings
 from models import Batch, Job, JobOutput
 from models.db import READ_ONLY, session_scope
+from models.types import utcnow
 from pipelines import archives, bulk
 from pipelines.bulk import BulkParts, handle_archive, run_chunk, update_progress
 from pipelines.bulk.report import write_report
-from pipelines.bulk.state import get_batch, open_batch
+from pipelines.bulk.state import (
+    LEASE,
+    Lease,
+    LeaseLost,
+    _here,
+    _started,
+    get_batch,
+    open_batch,
+    take_lease,
+)
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import make_arrival
 from pipelines.process import Processor, process
@@ -335,19 +348,28 @@ def test_a_refused_archive_turns_final_only_with_its_report_written_and_named(
     assert outbox.get(result.report_keys[0]) == first  # the row rebuilds the same bytes
 
 
-def test_a_refusal_that_loses_the_race_leaves_the_winners_report(env: BulkParts) -> None:
+def test_a_refusal_that_lost_its_lease_leaves_the_winners_report(env: BulkParts) -> None:
+    # The first import went `LEASE` without renewing; a second one took the batch over
+    # and refused it first. The first one's refusal, when it comes, changes nothing.
     data = make_zip([("../x.req", b"x")])
     env.inbox.put("ACME/bad.zip", data)
     with session_scope(env.engine) as session:
         batch, _created = open_batch(session, tenant="ACME", source="ACME/bad.zip",
-                                          sha256=hashlib.sha256(data).hexdigest(), now=NOW)
+                                     sha256=hashlib.sha256(data).hexdigest(), now=NOW)
     assert batch.id is not None
-    winner = bulk.reject_batch(env, batch.id, "unsafe_archive", "first", source="ACME/bad.zip")
+    stale = take_lease(env.engine, batch.id, now=NOW)
+    assert stale is not None
+    assert take_lease(env.engine, batch.id, now=NOW + LEASE / 2) is None  # still held
+    fresh = take_lease(env.engine, batch.id, now=NOW + LEASE + timedelta(seconds=1))
+    assert fresh is not None and fresh.holder != stale.holder
+    winner = bulk.reject_batch(env, batch.id, "unsafe_archive", "first", source="ACME/bad.zip",
+                               lease=fresh)
     loser = bulk.reject_batch(env, batch.id, "archive_too_large", "second",
-                              source="ACME/bad.zip")
+                              source="ACME/bad.zip", lease=stale)
     assert loser.reason == winner.reason == "unsafe_archive" and loser.message == "first"
     document, _rows = report(env, loser)
     assert document["reason"] == "unsafe_archive" and document["message"] == "first"
+    assert get_batch(env.engine, batch.id).loader is None  # the lease ended with it
 
 
 def test_a_refusal_after_the_same_archive_was_imported_leaves_that_import_standing(
@@ -362,11 +384,150 @@ def test_a_refusal_after_the_same_archive_was_imported_leaves_that_import_standi
     env.inbox.delete(bulk.manifest_key(get_batch(env.engine, good.batch_id)))
     env.inbox.put("ACME/fleet-copy.zip", data)  # the report could not be built again
     late = bulk.reject_batch(env, good.batch_id, "unsupported_archive", "not read",
-                             source="ACME/fleet-copy.zip")
+                             source="ACME/fleet-copy.zip",
+                             lease=Lease(good.batch_id, "elsewhere/?:1:stale"))
     assert late.status == "reported" and late.reason is None
     assert env.outbox.get(good.report_keys[0]) == before
     assert license_info(env.engine, key)["active_devices"] == 2
     assert "_processed/ACME/fleet-copy.zip" in files_under(env.inbox.root)
+
+
+# --- one import at a time: the loading lease ----------------------------------------------
+
+
+class _SecondImportMidway(bulk.InlineSink):
+    """Applies chunks inline; before the first one, the same bytes arrive under another
+    name and are handed over while this import still loads the batch."""
+
+    def __init__(self, env: BulkParts, name: str, data: bytes) -> None:
+        super().__init__(env)
+        self.name, self.data = name, data
+        self.second: bulk.BatchResult | None = None
+
+    def chunk(self, batch_id: int, job_ids: list[int]) -> None:
+        if self.second is None:
+            key = f"ACME/{self.name}"
+            self.env.inbox.put(key, self.data)
+            self.second = handle_archive(self.env, make_arrival(key, self.data))
+        super().chunk(batch_id, job_ids)
+
+
+def test_a_second_import_of_a_loading_archive_waits_for_the_first(env: BulkParts,
+                                                                   keyring) -> None:
+    # The copy's name says tar, its bytes are a zip: alone it would be refused. While
+    # the first import loads the batch, that refusal must not turn it rejected under
+    # the members the first one applies: the copy is handed back, to be tried later.
+    key = add_license(env.engine, max_activations=10)
+    data = make_zip(activations(keyring, key, 6))
+    env.inbox.put("ACME/fleet.zip", data)
+    sink = _SecondImportMidway(env, "fleet-copy.tar", data)
+    first = handle_archive(env, make_arrival("ACME/fleet.zip", data), sink=sink)
+    second = sink.second
+    assert second is not None and second.busy and second.status == "loading"
+    assert second.batch_id == first.batch_id and not second.report_keys
+    assert first.status == "reported" and first.reason is None and first.counts == {"done": 6}
+    assert license_info(env.engine, key)["active_devices"] == 6
+    row = get_batch(env.engine, first.batch_id)
+    assert row.status == "reported" and row.loader is None and row.lease_until is None
+    assert "ACME/fleet-copy.tar" in files_under(env.inbox.root)  # still in hand
+
+    again = handle_archive(env, make_arrival("ACME/fleet-copy.tar", data))  # the retry
+    assert again.duplicate and again.status == "reported" and not again.busy
+    assert again.report_keys == first.report_keys
+    assert license_info(env.engine, key)["active_devices"] == 6
+    assert "_processed/ACME/fleet-copy.tar" in files_under(env.inbox.root)
+
+
+def _leased(env: BulkParts, data: bytes, holder: str, until: datetime) -> int:
+    with session_scope(env.engine) as session:
+        batch, _created = open_batch(session, tenant="ACME", source="ACME/first.zip",
+                                     sha256=hashlib.sha256(data).hexdigest(), now=NOW)
+        batch.loader, batch.lease_until = holder, until
+        session.add(batch)
+    assert batch.id is not None
+    return batch.id
+
+
+def test_a_lease_held_elsewhere_is_waited_for_until_it_runs_out(env: BulkParts,
+                                                                keyring) -> None:
+    key = add_license(env.engine, max_activations=10)
+    data = make_zip(activations(keyring, key, 3))
+    batch_id = _leased(env, data, "other-host/pid:[1]:4242:abc", NOW + LEASE)
+    busy = drop(env, "fleet.zip", data)
+    assert busy.busy and busy.status == "loading" and job_count(env.engine) == 0
+    assert get_batch(env.engine, batch_id).loader == "other-host/pid:[1]:4242:abc"
+
+    later = BulkParts(settings=env.settings, engine=env.engine, outbox=env.outbox,
+                      inbox=env.inbox, processor=Processor(
+                          keyring=keyring, clock=lambda: NOW + LEASE + timedelta(seconds=1)))
+    taken = handle_archive(later, make_arrival("ACME/fleet.zip", data))
+    assert taken.status == "reported" and not taken.busy and taken.counts == {"done": 3}
+    assert license_info(env.engine, key)["active_devices"] == 3
+
+
+def test_a_lease_of_a_process_here_that_is_gone_is_taken_over_at_once(env: BulkParts,
+                                                                      keyring) -> None:
+    key = add_license(env.engine, max_activations=10)
+    data = make_zip(activations(keyring, key, 2))
+    dead = subprocess.Popen(["true"])  # once reaped, its pid names no process
+    dead.wait()
+    _leased(env, data, f"{_here()}:{dead.pid}:1:abc", NOW + LEASE)
+    result = drop(env, "fleet.zip", data)
+    assert result.status == "reported" and result.counts == {"done": 2}
+    assert license_info(env.engine, key)["active_devices"] == 2
+
+    # A live process of this host (this one's parent) keeps its lease; its pid with
+    # another start time was a holder that ended, the number now used again.
+    parent = os.getppid()
+    for data, started, busy in ((make_zip([("a.txt", b"a")]), _started(parent), True),
+                                (make_zip([("b.txt", b"b")]), "1", False)):
+        _leased(env, data, f"{_here()}:{parent}:{started}:a", NOW + LEASE)
+        assert drop(env, "other.zip", data).busy is busy
+
+    # The same pid and namespace on another machine (its boot id differs): waited for.
+    elsewhere = _here().replace(_here().split("/")[1], "00000000-0000-0000-0000-000000000000")
+    assert elsewhere != _here()
+    data = make_zip([("c.txt", b"c")])
+    _leased(env, data, f"{elsewhere}:{dead.pid}:1:abc", NOW + LEASE)
+    assert drop(env, "third.zip", data).busy
+
+
+def test_an_import_that_fails_gives_its_lease_back(env: BulkParts, keyring) -> None:
+    key = add_license(env.engine, max_activations=10)
+    data = make_zip(activations(keyring, key, 6))
+
+    class Failing(bulk.InlineSink):
+        def chunk(self, batch_id: int, job_ids: list[int]) -> None:
+            raise OSError("disk gone")
+
+    env.inbox.put("ACME/fleet.zip", data)
+    with pytest.raises(OSError):
+        handle_archive(env, make_arrival("ACME/fleet.zip", data), sink=Failing(env))
+    row = get_batch(env.engine, 1)
+    assert row.status == "loading" and row.loader is None
+    result = handle_archive(env, make_arrival("ACME/fleet.zip", data))  # the retry goes on
+    assert result.status == "reported" and result.counts == {"done": 6}
+    assert license_info(env.engine, key)["active_devices"] == 6
+
+
+def test_an_import_that_lost_its_lease_registers_no_more(env: BulkParts, keyring) -> None:
+    key = add_license(env.engine, max_activations=10)
+    data = make_zip(activations(keyring, key, 6))
+
+    class TakenOver(bulk.InlineSink):
+        def chunk(self, batch_id: int, job_ids: list[int]) -> None:
+            with session_scope(self.env.engine) as session:  # another import took it
+                row = session.exec(select(Batch).where(Batch.id == batch_id)).one()
+                row.loader = "other-host/pid:[1]:1:x"
+                session.add(row)
+            super().chunk(batch_id, job_ids)
+
+    env.inbox.put("ACME/fleet.zip", data)
+    with pytest.raises(LeaseLost):
+        handle_archive(env, make_arrival("ACME/fleet.zip", data), sink=TakenOver(env))
+    assert job_count(env.engine) == 4  # the first chunk only (chunk_size 4)
+    row = get_batch(env.engine, 1)
+    assert row.status == "loading" and row.loader == "other-host/pid:[1]:1:x"
 
 
 def test_archive_for_an_unknown_customer_is_refused(env: BulkParts, keyring) -> None:
@@ -456,6 +617,18 @@ def test_import_command_in_embedded_mode(tmp_path: Path, keyring, monkeypatch) -
     bad.write_bytes(make_zip([("../x.req", b"x")]))
     refused = CliRunner().invoke(app, ["import", str(bad), "--customer", "ACME", "--json"])
     assert refused.exit_code == 1 and json.loads(refused.stdout)["reason"] == "unsafe_archive"
+
+    busy = tmp_path / "busy.zip"  # another import (another host) is loading these bytes
+    busy.write_bytes(make_zip(activations(ring, key, 2)))
+    with session_scope(engine) as session:
+        batch, _ = open_batch(session, tenant="ACME", source="ACME/busy.zip",
+                              sha256=hashlib.sha256(busy.read_bytes()).hexdigest(), now=NOW)
+        batch.loader, batch.lease_until = "other-host/pid:[1]:7:x", utcnow() + LEASE
+        session.add(batch)
+    waiting = CliRunner().invoke(app, ["import", str(busy), "--customer", "ACME", "--json"])
+    assert waiting.exit_code == 1 and waiting.stdout == ""
+    assert "[import_in_progress]" in waiting.stderr and "Traceback" not in waiting.stderr
+    assert len(waiting.stderr.strip().splitlines()) == 1
     with session_scope(engine) as session:
         assert session.exec(select(func.count()).select_from(Job).where(
             col(Job.batch_id).is_not(None))).one() == 3
@@ -758,3 +931,75 @@ def test_a_chunk_whose_batch_has_jobs_pending_writes_nothing_between_recounts(
     finally:
         event.remove(sqlite_engine, "begin", on_begin)
     assert _progress(sqlite_engine, batch_id) == ("complete", 3, 3)
+
+
+def test_the_embedded_runner_hands_a_busy_archive_back_to_its_source(tmp_path: Path) -> None:
+    from models.migrate import upgrade
+    from pipelines.keyring import init_keyring
+    from pipelines.layout import Arrival, processing_key
+    from workers.embedded import EmbeddedRunner
+    from workers.runtime import build_runtime
+
+    settings = Settings(home=tmp_path / "var")
+    upgrade(settings.resolved_database_url)
+    init_keyring(settings.resolved_keys_dir)
+    runtime = build_runtime(settings)
+    try:
+        vendor(runtime.engine)
+        key = add_license(runtime.engine, max_activations=10)
+        data = make_zip(activations(runtime.keyring, key, 2))
+        inbox_key = processing_key("ACME", "fleet.zip")
+        runtime.inbox.put(inbox_key, data)
+        arrival = Arrival("ACME", "fleet.zip", inbox_key, data,
+                          hashlib.sha256(data).hexdigest(), len(data))
+        now = runtime.processor.clock()
+        with session_scope(runtime.engine) as session:
+            batch, _ = open_batch(session, tenant="ACME", source="ACME/first.zip",
+                                  sha256=arrival.sha256, now=now)
+            batch.loader, batch.lease_until = "other-host/pid:[1]:7:x", now + LEASE
+            session.add(batch)
+        runner = EmbeddedRunner(runtime)
+        assert runner.on_batch([arrival]) == [arrival]  # in hand, tried again later
+        assert runtime.inbox.exists(inbox_key) and job_count(runtime.engine) == 0
+
+        with session_scope(runtime.engine) as session:  # the other import went quiet
+            row = session.exec(select(Batch)).one()
+            row.lease_until = now - timedelta(seconds=1)
+            session.add(row)
+        assert runner.on_batch([arrival]) == []
+        assert runtime.inbox.exists("_processed/ACME/fleet.zip")
+        assert get_batch(runtime.engine, batch.id).status == "reported"  # type: ignore[arg-type]
+        assert license_info(runtime.engine, key)["active_devices"] == 2
+    finally:
+        runtime.close()
+
+
+def test_a_refusal_does_not_decide_a_batch_another_import_has_members_in(
+        env: BulkParts, keyring) -> None:
+    # The import of fleet.zip registered a chunk and its process died. The same bytes
+    # then come as fleet.tar, which cannot be read as a tar: that file is refused, but
+    # not the batch whose members were applied; fleet.zip's retry finishes it.
+    key = add_license(env.engine, max_activations=10)
+    data = make_zip(activations(keyring, key, 6))
+
+    class Dies(bulk.InlineSink):
+        def chunk(self, batch_id: int, job_ids: list[int]) -> None:
+            super().chunk(batch_id, job_ids)
+            raise KeyboardInterrupt  # stands for the process being killed
+
+    env.inbox.put("ACME/fleet.zip", data)
+    with pytest.raises(KeyboardInterrupt):
+        handle_archive(env, make_arrival("ACME/fleet.zip", data), sink=Dies(env))
+    assert license_info(env.engine, key)["active_devices"] == 4  # the first chunk
+
+    copy = drop(env, "fleet.tar", data)
+    assert copy.status == "rejected" and copy.reason and not copy.report_keys
+    row = get_batch(env.engine, copy.batch_id)
+    assert row.status == "loading" and row.reason is None and row.loader is None
+    error = json.loads(env.inbox.get("_rejected/ACME/fleet.tar.error.json"))
+    assert error["reason"] == copy.reason and error["batch_id"] == row.id
+    assert not list((env.outbox.root / "ACME").glob("batches/*"))  # no report stands
+
+    done = handle_archive(env, make_arrival("ACME/fleet.zip", data))
+    assert done.status == "reported" and done.counts == {"done": 6}
+    assert license_info(env.engine, key)["active_devices"] == 6

@@ -147,14 +147,20 @@ class Watcher:
     def on_batch(self, arrivals: list[Arrival]) -> list[Arrival]:
         """Files are registered in one commit, then published a few dozen to a message;
         archives become batches (after the files, so a large archive does not hold them
-        back). Every file is taken (a worker archives it later): none comes back."""
+        back). Every file is taken (a worker archives it later) but a copy of an archive
+        another file brought (the batch's report archives only that file): it comes back
+        until its batch is final, and is archived then."""
         self.submit_many([a for a in arrivals if not bulk.is_bulk(a)])
+        copies = []
         for arrival in arrivals:
             if bulk.is_bulk(arrival):
                 result = bulk.handle_archive(self.runtime, arrival, sink=self.sink)
                 log.info("%s/%s: batch %s %s", arrival.area, arrival.name, result.batch_id,
                          result.status)
-        return []
+                if result.busy or (arrival.key != result.source
+                                   and result.status not in bulk.FINAL_BATCH):
+                    copies.append(arrival)
+        return copies
 
     def submit(self, arrival: Arrival) -> int:
         """Register one file as a job (no attempt counted: the worker counts) and publish."""

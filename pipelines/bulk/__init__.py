@@ -17,7 +17,9 @@ from pipelines.bulk.importer import (
 from pipelines.bulk.report import finish_batch, member_rows, redeliver_report, reject_batch
 from pipelines.bulk.state import (
     CLAIM_MARK,
+    FINAL_BATCH,
     BatchResult,
+    LeaseLost,
     archive_name,
     batch_result,
     manifest_key,
@@ -25,8 +27,9 @@ from pipelines.bulk.state import (
     update_progress,
 )
 
-__all__ = ["CLAIM_MARK", "BatchResult", "BulkEnv", "BulkParts", "ChunkResult", "ChunkSink",
-           "InlineSink", "ProgressCallback", "archive_name", "batch_result", "finish_batch",
+__all__ = ["CLAIM_MARK", "FINAL_BATCH", "BatchResult", "BulkEnv", "BulkParts", "ChunkResult",
+           "ChunkSink", "InlineSink", "LeaseLost", "ProgressCallback", "archive_name",
+           "batch_result", "finish_batch",
            "handle_archive", "import_archive", "is_bulk", "manifest_key", "member_rows",
            "redeliver_report", "reject_batch", "report_keys", "run_chunk",
            "update_progress"]

@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import IO, Any
@@ -47,11 +48,17 @@ from pipelines.bulk.chunks import BulkEnv, ChunkSink, run_chunk
 from pipelines.bulk.report import archive_source, finish_batch, redeliver_report, reject_batch
 from pipelines.bulk.state import (
     FINAL,
+    LEASE,
     BatchResult,
+    Lease,
     batch_result,
+    get_batch,
     manifest_key,
     open_batch,
+    release_lease,
+    renew_lease,
     set_status,
+    take_lease,
     update_progress,
 )
 from pipelines.errors import RejectReason
@@ -114,38 +121,89 @@ def import_archive(env: BulkEnv, *, tenant: str, name: str, source: str, fileobj
     if batch.status != BatchStatus.LOADING:
         sink.resume(batch.id)
         return batch_result(env.engine, batch.id, duplicate=not created)
+    lease = take_lease(env.engine, batch.id, now=now)
+    if lease is None:
+        result = batch_result(env.engine, batch.id, duplicate=not created)
+        if result.status != BatchStatus.LOADING:  # its loader finished between our looks
+            return import_archive(env, tenant=tenant, name=name, source=source,
+                                  fileobj=fileobj, sha256=digest, sink=sink,
+                                  on_progress=on_progress)
+        log.info("batch %s (%s/%s) is being imported by another process: tried again later",
+                 batch.id, tenant, name)
+        result.busy = True
+        return result
+    try:
+        return _load(env, batch, lease, name=name, source=source, fileobj=fileobj,
+                     sink=sink, on_progress=on_progress, created=created, now=now)
+    except BaseException:
+        release_lease(env.engine, lease)  # the next try takes it at once
+        raise
+
+
+def _load(env: BulkEnv, batch: Batch, lease: Lease, *, name: str, source: str,
+          fileobj: IO[bytes], sink: ChunkSink, on_progress: ProgressCallback | None,
+          created: bool, now: datetime) -> BatchResult:
+    """Check the archive and register its members, holding `lease` (see `state.LEASE`)."""
+    assert batch.id is not None
+    tenant = batch.tenant
     with tempfile.TemporaryFile(prefix="airlock-members-") as manifest:
         try:
             fmt = _check_tenant_and_format(env.engine, tenant, name)
             members = _write_manifest(manifest, fileobj, fmt,
-                                      ArchiveLimits.from_settings(env.settings))
+                                      ArchiveLimits.from_settings(env.settings),
+                                      _Renewal(env, lease))
         except ArchiveError as exc:
             log.warning("batch %s (%s/%s) refused: %s", batch.id, tenant, name, exc)
-            return reject_batch(env, batch.id, exc.reason, exc.message, source=source)
+            return reject_batch(env, batch.id, exc.reason, exc.message, source=source,
+                                lease=lease)
         env.inbox.put_file(manifest_key(batch), manifest)
         manifest.seek(0)
-        _register_members(env, batch, fmt, fileobj, manifest, members, sink, on_progress,
-                          now)
+        _register_members(env, batch, lease, fmt, fileobj, manifest, members, sink,
+                          on_progress, now)
     with session_scope(env.engine) as session:
         total = _count(session, Job.batch_id == batch.id)
-    set_status(env.engine, batch.id, BatchStatus.LOADING, total=total,
-               status=BatchStatus.OPEN)
+    if not set_status(env.engine, batch.id, BatchStatus.LOADING, lease=lease, total=total,
+                      status=BatchStatus.OPEN):
+        log.warning("batch %s: another import took it over; its outcome stands", batch.id)
+        return batch_result(env.engine, batch.id, duplicate=True)
     flipped, _status = update_progress(env.engine, batch.id, now=now)
     if flipped:
         sink.finish(batch.id)
+    if source != batch.source:  # taken over from an import of another file
+        reported = get_batch(env.engine, batch.id)
+        if reported.status == BatchStatus.REPORTED:  # the report archived that one only
+            archive_source(env, reported, source)
     result = batch_result(env.engine, batch.id, duplicate=not created)
     result.members = members
     return result
 
 
+class _Renewal:
+    """Renews the lease during the first pass, which registers nothing (a large
+    archive's check can take a while): at most every tenth of `LEASE`."""
+
+    def __init__(self, env: BulkEnv, lease: Lease) -> None:
+        self.env, self.lease = env, lease
+        self._every = LEASE.total_seconds() / 10
+        self._last = time.monotonic()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self._last < self._every:
+            return
+        with session_scope(self.env.engine) as session:
+            renew_lease(session, self.lease, now=self.env.processor.clock())
+        self._last = time.monotonic()
+
+
 def _write_manifest(manifest: IO[bytes], fileobj: IO[bytes], fmt: str,
-                    limits: ArchiveLimits) -> int:
+                    limits: ArchiveLimits, renew: Callable[[], None]) -> int:
     """First pass: check the whole archive, writing its member list (one JSON line per
     member) to `manifest`; how many members. Left positioned at its start."""
     members = 0
     for name, sha in iter_entries(fileobj, fmt, limits):
         manifest.write(_manifest_line(name, sha))
         members += 1
+        renew()
     manifest.seek(0)
     return members
 
@@ -154,11 +212,11 @@ def _manifest_line(name: str, sha: str) -> bytes:
     return (json.dumps({"member": name, "sha256": sha}) + "\n").encode()
 
 
-def _register_members(env: BulkEnv, batch: Batch, fmt: str, fileobj: IO[bytes],
+def _register_members(env: BulkEnv, batch: Batch, lease: Lease, fmt: str, fileobj: IO[bytes],
                       manifest: IO[bytes], members: int, sink: ChunkSink,
                       on_progress: ProgressCallback | None, now: datetime) -> None:
     """Second pass over the checked archive, matched line by line against the member
-    list of the first: one commit per chunk, then hand it over."""
+    list of the first: one commit per chunk, which renews the lease, then hand it over."""
     limits = ArchiveLimits.from_settings(env.settings)
     chunk: list[Submission] = []
     handed = 0
@@ -166,6 +224,7 @@ def _register_members(env: BulkEnv, batch: Batch, fmt: str, fileobj: IO[bytes],
     def flush() -> None:
         nonlocal handed
         with session_scope(env.engine) as session:
+            renew_lease(session, lease, now=env.processor.clock())
             jobs = register(session, chunk, now=now, count_attempt=False, reevaluate=False)
         sink.chunk(batch.id, sorted({job.id for job in jobs}))  # type: ignore[arg-type, misc]
         handed += len(chunk)

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy import select as sa_select
 
 from models import Batch, BatchStatus
-from models.db import reading
+from models.db import reading, session_scope
 from models.tables import JOB, OUTPUT
 from pipelines.archiving import StoredFile, archive
 from pipelines.batch_report import ReportWriter
@@ -28,10 +28,14 @@ from pipelines.bulk.state import (
     CLAIM_MARK,
     FINAL,
     BatchResult,
+    Lease,
+    LeaseLost,
     archive_name,
     batch_result,
     get_batch,
     manifest_key,
+    release_lease,
+    renew_lease,
     report_keys,
     set_status,
     update_progress,
@@ -74,32 +78,59 @@ def finish_batch(env: BulkEnv, batch_id: int) -> BatchResult:
 
 
 def reject_batch(env: BulkEnv, batch_id: int, reason: str, message: str, *,
-                 source: str) -> BatchResult:
-    """Refuse a whole archive: record why, write the report, archive the file as rejected.
+                 source: str, lease: Lease) -> BatchResult:
+    """Refuse a whole archive, holding its `lease`: record why, write the report,
+    archive the file as rejected.
 
     The report is written before the batch turns final, and the status and the report's
     name are recorded in one commit: a reader that waits for a final batch (the mail
-    reply, the portal) never finds it rejected without its report."""
+    reply, the portal) never finds it rejected without its report. A batch that has
+    members already (registered by an import of the same bytes that could read them,
+    then stopped) is not this refusal's to decide: only this file is refused."""
     batch = get_batch(env.engine, batch_id)
-    if batch.status == BatchStatus.LOADING:
-        batch.status, batch.reason, batch.message = BatchStatus.REJECTED, reason, message
-        batch.finished_at = env.processor.clock()
-        keys, _members = write_report(env.outbox, batch, [])
-        if set_status(env.engine, batch_id, BatchStatus.LOADING, status=BatchStatus.REJECTED,
-                      reason=reason, message=message, finished_at=batch.finished_at,
-                      report_name=keys[0].split("/", 1)[1]):
-            archive_source(env, batch, source)
-            return batch_result(env.engine, batch_id)
-    # Another import of the same archive moved the batch on while this one checked it
-    # (the same bytes under a name it could read): that import's outcome stands, and a
-    # report this call may have written in the moment between is put right.
+    if batch.status == BatchStatus.LOADING and not _has_members(env.engine, batch_id):
+        try:  # still ours just before the report: a stale refusal writes nothing
+            with session_scope(env.engine) as session:
+                renew_lease(session, lease, now=env.processor.clock())
+        except LeaseLost:
+            pass
+        else:
+            batch.status, batch.reason, batch.message = BatchStatus.REJECTED, reason, message
+            batch.finished_at = env.processor.clock()
+            keys, _members = write_report(env.outbox, batch, [])
+            if set_status(env.engine, batch_id, BatchStatus.LOADING, lease=lease,
+                          status=BatchStatus.REJECTED, reason=reason, message=message,
+                          finished_at=batch.finished_at,
+                          report_name=keys[0].split("/", 1)[1]):
+                archive_source(env, batch, source)
+                return batch_result(env.engine, batch_id)
+            batch = get_batch(env.engine, batch_id)
+            if batch.status not in (BatchStatus.REPORTED, BatchStatus.REJECTED):
+                for key in keys:  # no report stands for a batch that is not final
+                    env.outbox.delete(key)
     batch = get_batch(env.engine, batch_id)
-    log.warning("batch %s: a refusal (%s) came after the batch was %s; it stands as that",
-                batch_id, reason, batch.status)
     if batch.status in (BatchStatus.REPORTED, BatchStatus.REJECTED):
+        # Another import of the same bytes finished the batch: its outcome stands, and
+        # a report this call may have written in the moment between is put right.
+        log.warning("batch %s: a refusal (%s) came after the batch was %s; it stands as "
+                    "that", batch_id, reason, batch.status)
         redeliver_report(env, batch)
-    archive_source(env, batch, source)
-    return batch_result(env.engine, batch_id)
+        archive_source(env, batch, source)
+        return batch_result(env.engine, batch_id)
+    log.warning("batch %s is another import's to load: only %s is refused (%s)", batch_id,
+                source, reason)
+    release_lease(env.engine, lease)
+    archive_source(env, batch, source, refused=(reason, message))
+    result = batch_result(env.engine, batch_id)
+    result.status, result.reason, result.message = BatchStatus.REJECTED, reason, message
+    result.report_keys = []
+    return result
+
+
+def _has_members(engine: Engine, batch_id: int) -> bool:
+    with reading(engine) as conn:
+        return conn.execute(sa_select(JOB.c.id).where(JOB.c.batch_id == batch_id)
+                            .limit(1)).first() is not None
 
 
 def redeliver_report(env: BulkEnv, batch: Batch) -> list[str]:
@@ -170,19 +201,23 @@ def write_report(outbox: Store, batch: Batch, rows: Iterable[dict[str, Any]]
         return [json_key, csv_key], writer.count
 
 
-def archive_source(env: BulkEnv, batch: Batch, key: str) -> str | None:
+def archive_source(env: BulkEnv, batch: Batch, key: str,
+                   refused: tuple[str, str] | None = None) -> str | None:
     """Move the archive file out of the inbox (``_processed/`` or ``_rejected/`` with an
-    ``.error.json``); nothing for sources that are not inbox keys or are gone."""
+    ``.error.json``); nothing for sources that are not inbox keys or are gone.
+    `refused`: (reason, message) that refuse this file alone, its batch left as it is."""
     parsed = parse_processing_key(key) or parse_arrival_key(key)
     if parsed is None or not env.inbox.exists(key):
         return None
     source = StoredFile(key=key, area=parsed[0], name=CLAIM_MARK.sub("", parsed[1]),
                         sha256=batch.sha256)
-    if batch.status != BatchStatus.REJECTED:
+    if refused is None and batch.status != BatchStatus.REJECTED:
         return archive(env.inbox, source, Disposition.PROCESSED)
-    report = {"status": BatchStatus.REJECTED, "reason": batch.reason,
-              "message": batch.message, "batch_id": batch.id, "tenant": batch.tenant,
-              "source": key, "sha256": batch.sha256, "results": list(report_keys(batch)),
+    reason, message = refused or (batch.reason, batch.message)
+    report = {"status": BatchStatus.REJECTED, "reason": reason, "message": message,
+              "batch_id": batch.id, "tenant": batch.tenant, "source": key,
+              "sha256": batch.sha256,
+              "results": [] if refused else list(report_keys(batch)),
               "at": env.processor.clock().isoformat()}
     return archive(env.inbox, source, Disposition.REJECTED, report)
 

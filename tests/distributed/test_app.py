@@ -353,3 +353,56 @@ def test_a_claim_counts_the_first_attempt_in_its_commit_and_only_then(
     assert [o.status for o in outcomes] == ["done", "done"]
     assert [a for a, _ in _attempts_and_claimant(runtime.engine, mixed)] == [2, 1]
     runtime.close()
+
+
+def test_an_archive_another_import_is_loading_comes_back_to_the_watcher(
+        publishing: Any) -> None:
+    """Held by a live import elsewhere, the batch is not touched: nothing is registered
+    or published, and the archive is handed back to its source to be tried again."""
+    from models import Batch
+    from models.db import session_scope
+    from pipelines.bulk.state import LEASE, open_batch
+
+    runtime, app, ring = publishing
+    key = add_license(runtime.engine, max_activations=10)
+    data = make_zip([("m.req", WireDevice(ring, "M").activation(license_key=key))])
+    now = runtime.processor.clock()
+    with session_scope(runtime.engine) as session:
+        batch, _ = open_batch(session, tenant="ACME", source="ACME/first.zip",
+                              sha256=make_arrival("ACME/b.zip", data).sha256, now=now)
+        batch.loader, batch.lease_until = "other-host/pid:[1]:7:x", now + LEASE
+        session.add(batch)
+    single = make_arrival("ACME/s.req", WireDevice(ring, "S").activation(license_key=key))
+    archive = make_arrival("ACME/b.zip", data)
+    assert Watcher(runtime, app).on_batch([single, archive]) == [archive]  # type: ignore[arg-type]
+    assert [name for name, _, _ in app.sent] == [PROCESS_FILES]  # the single file only
+    with reading(runtime.engine) as conn:
+        assert conn.execute(select(JOB.c.batch_id)).scalars().all() == [None]
+        assert conn.execute(select(Batch.status)).scalar_one() == "loading"
+    runtime.close()
+
+
+def test_a_copy_of_an_archive_comes_back_until_its_batch_is_final(publishing: Any) -> None:
+    """The report archives the file that brought the batch; a copy under another name
+    is handed back while the batch runs, and archived by the try after it is final."""
+    from pipelines import bulk
+    from pipelines.bulk.state import get_batch
+
+    runtime, app, ring = publishing
+    key = add_license(runtime.engine, max_activations=10)
+    data = make_zip([("m.req", WireDevice(ring, "M").activation(license_key=key))])
+    watcher = Watcher(runtime, app)  # type: ignore[arg-type]
+    first = make_arrival("ACME/first.zip", data)
+    copy = make_arrival("ACME/copy.zip", data)
+    for arrival in (first, copy):
+        runtime.inbox.put(arrival.key, data)
+    assert watcher.on_batch([first]) == []
+    assert watcher.on_batch([copy]) == [copy]  # batch open: still owed
+    [(_, [job_ids], kwargs)] = [m for m in app.sent if m[0] == PROCESS_CHUNK]
+    bulk.run_chunk(runtime, job_ids, kwargs["batch_id"])
+    bulk.finish_batch(runtime, kwargs["batch_id"])
+    assert get_batch(runtime.engine, kwargs["batch_id"]).status == "reported"
+    assert not runtime.inbox.exists(first.key) and runtime.inbox.exists(copy.key)
+    assert watcher.on_batch([copy]) == []
+    assert runtime.inbox.exists("_processed/ACME/copy.zip")
+    runtime.close()

@@ -97,3 +97,42 @@ def test_the_processing_process_is_started_again_when_it_died(runtime: Runtime) 
         handover.close()
     assert first.accepted and second.accepted
     assert license_info(runtime.engine, key)["active_devices"] == 2
+
+
+def test_an_archive_handed_back_is_tried_again(runtime: Runtime) -> None:
+    """An uploaded archive whose bytes another import is loading comes back from the
+    hand-over; it is kept and tried again until it is taken."""
+    from pipelines.bulk import is_bulk
+    from tests.test_archives import make_zip
+
+    runner = EmbeddedRunner(runtime)
+    calls: list[str] = []
+
+    def busy_once(arrivals: list[Arrival]) -> list[Arrival]:
+        calls.extend(a.name for a in arrivals)
+        if len(calls) == 1:
+            assert is_bulk(arrivals[0])
+            return arrivals  # as the runner does while another import holds the batch
+        return runner.on_batch(arrivals)
+
+    key = add_license(runtime.engine, max_activations=5)
+    data = make_zip([(f"d{i}.req", WireDevice(runtime.keyring, f"HW-{i}").activation(
+        license_key=key)) for i in range(2)])
+    uploads = Uploads(runtime.engine, runtime.inbox, runtime.outbox, busy_once,
+                      retry_after=0.05)
+    uploads.start()
+    try:
+        try:
+            _send(uploads, data, "fleet.zip")
+        except NotYetRegistered:
+            pass  # answered 202: the batch is not there yet
+        deadline = time.monotonic() + 30
+        while license_info(runtime.engine, key)["active_devices"] < 2:
+            assert time.monotonic() < deadline, "the archive handed back was never tried again"
+            time.sleep(0.02)
+    finally:
+        uploads.close()
+    assert len(calls) == 2
+    inbox = Path(runtime.settings.resolved_inbox)
+    assert not list(inbox.glob("_processing/ACME/*"))
+    assert len(list(inbox.glob("_processed/ACME/upload-*"))) == 1
