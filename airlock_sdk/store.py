@@ -35,7 +35,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     fsync_dir(path.parent)
 
 
-def fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
     """Make a rename durable (best effort: not every platform can open a folder)."""
     try:
         fd = os.open(directory, os.O_RDONLY)

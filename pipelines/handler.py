@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 
-from models.db import reading, session_scope
+from models.db import ids_param, reading, session_scope
 from models.ledger import FINAL_STATUSES
 from models.tables import JOB
 from pipelines.process import Outcome, Processor, Verified, process_jobs
@@ -65,11 +65,15 @@ def count_first_attempt(conn: Connection, jobs: Sequence[Any], now: datetime) ->
     return True
 
 
+_COUNT = (update(JOB).where(JOB.c.id.in_(ids_param()), JOB.c.status.not_in(_FINAL))
+          .values(attempts=JOB.c.attempts + 1, updated_at=bindparam("now")))
+_ATTEMPTS = select(JOB.c.id, JOB.c.attempts).where(JOB.c.id.in_(ids_param()),
+                                                   JOB.c.status.not_in(_FINAL))
+
+
 def _count(conn: Connection, job_ids: Sequence[int], now: datetime) -> None:
     if job_ids:
-        conn.execute(update(JOB).where(JOB.c.id.in_(list(dict.fromkeys(job_ids))),
-                                       JOB.c.status.not_in(_FINAL))
-                     .values(attempts=JOB.c.attempts + 1, updated_at=now))
+        conn.execute(_COUNT, {"ids": list(dict.fromkeys(job_ids)), "now": now})
 
 
 def apply_jobs(engine: Engine, processor: Processor, job_ids: Sequence[int], *,
@@ -114,6 +118,4 @@ def apply_jobs(engine: Engine, processor: Processor, job_ids: Sequence[int], *,
 def _attempts(engine: Engine, job_ids: list[int]) -> dict[int, int]:
     """Attempts so far of the unfinished jobs among `job_ids`."""
     with reading(engine) as conn:
-        return {row.id: row.attempts for row in conn.execute(
-            select(JOB.c.id, JOB.c.attempts).where(JOB.c.id.in_(job_ids),
-                                                   JOB.c.status.not_in(_FINAL)))}
+        return {row.id: row.attempts for row in conn.execute(_ATTEMPTS, {"ids": job_ids})}

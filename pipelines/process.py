@@ -23,7 +23,7 @@ from airlock_sdk.envelope import DEVICE_KID_PREFIX, ENC_SEALED, Envelope, Format
 from airlock_sdk.envelope import open_envelope as _open_envelope
 from airlock_sdk.payloads import parse_time, validate
 from models import AuthMethod, JobStatus
-from models.db import is_postgres, reading, session_scope
+from models.db import ids_param, is_postgres, reading, session_scope
 from models.fastrows import RowWriter
 from models.ledger import FINAL_STATUSES
 from models.tables import EVALUATION, JOB
@@ -238,17 +238,20 @@ def verify_first(engine: Engine, processor: Processor, submissions: Sequence[Sub
     return results
 
 
+_OPEN_PAYLOADS = select(JOB.c.id, JOB.c.tenant, JOB.c.payload, JOB.c.reason).where(
+    JOB.c.id.in_(ids_param()), JOB.c.status == JobStatus.PENDING,
+    JOB.c.attempts <= bindparam("max_attempts"))
+
+
 def _verify_open_jobs(engine: Engine, job_ids: list[int], processor: Processor,
                       now: datetime) -> dict[int, Verified]:
     """Verify the chunk's unfinished files before its write transaction opens: the
     signatures and password hashes are the slow part, and on SQLite another process
     writes meanwhile. Files past `max_attempts` are not opened at all (one may be what
     crashed us)."""
-    query = select(_JOB.c.id, _JOB.c.tenant, _JOB.c.payload, _JOB.c.reason).where(
-        _JOB.c.id.in_(job_ids), _JOB.c.status == JobStatus.PENDING,
-        _JOB.c.attempts <= processor.max_attempts)
     with reading(engine) as conn:
-        payloads = conn.execute(query).all()
+        payloads = conn.execute(_OPEN_PAYLOADS, {"ids": job_ids,
+                                                 "max_attempts": processor.max_attempts}).all()
         return {row.id: _verify(conn, row.payload, processor, row.tenant, now, row.reason)
                 for row in payloads}
 
@@ -358,20 +361,25 @@ _JOB_COLUMNS = [_JOB.c[name] for name in ("id", "tenant", "source", "sha256", "s
                                           "public_reason", "message", "created_at")]
 
 
+_JOBS = select(*_JOB_COLUMNS).where(_JOB.c.id.in_(ids_param())).order_by(_JOB.c.id)
+_JOBS_FOR_UPDATE = _JOBS.with_for_update()
+
+
 def _lock_jobs(conn: Connection, job_ids: list[int]) -> list[Any]:
     """Load (and on PostgreSQL lock, in id order: no deadlocks) the jobs of a chunk."""
-    query = select(*_JOB_COLUMNS).where(_JOB.c.id.in_(job_ids)).order_by(_JOB.c.id)
-    if is_postgres(conn.engine):
-        query = query.with_for_update()
-    rows = {row.id: row for row in conn.execute(query)}
+    query = _JOBS_FOR_UPDATE if is_postgres(conn.engine) else _JOBS
+    rows = {row.id: row for row in conn.execute(query, {"ids": job_ids})}
     return [rows[job_id] for job_id in job_ids if job_id in rows]
+
+
+_OUTPUTS = select(OUTPUT.c.job_id, OUTPUT.c.name, OUTPUT.c.content).where(
+    OUTPUT.c.job_id.in_(ids_param())).order_by(OUTPUT.c.id)
 
 
 def _stored_outputs(conn: Connection, job_ids: list[int]) -> dict[int, list[tuple[str, bytes]]]:
     outputs: dict[int, list[tuple[str, bytes]]] = {}
     if job_ids:
-        for row in conn.execute(select(OUTPUT.c.job_id, OUTPUT.c.name, OUTPUT.c.content)
-                                .where(OUTPUT.c.job_id.in_(job_ids)).order_by(OUTPUT.c.id)):
+        for row in conn.execute(_OUTPUTS, {"ids": job_ids}):
             outputs.setdefault(row.job_id, []).append((row.name, row.content))
     return outputs
 

@@ -24,10 +24,10 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, delete, insert, update
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, update
 
 from models import JobStatus
-from models.db import session_scope
+from models.db import ids_param, session_scope
 from models.tables import JOB, WORKER_BEAT
 from models.types import utcnow
 from pipelines.handler import count_first_attempt
@@ -56,6 +56,11 @@ def beat(engine: Engine, name: str, now: datetime) -> None:
         _beat(session.connection(), name, now)
 
 
+_CLAIM = (update(JOB).where(JOB.c.id.in_(ids_param()), JOB.c.status == JobStatus.PENDING)
+          .values(claimed_by=bindparam("name"))
+          .returning(JOB.c.id, JOB.c.status, JOB.c.attempts))
+
+
 def claim(engine: Engine, name: str, job_ids: Sequence[int], now: datetime, *,
           count_attempt: bool = False) -> bool:
     """`name` takes the unfinished jobs among `job_ids` (its beat in the same commit, so a
@@ -71,9 +76,7 @@ def claim(engine: Engine, name: str, job_ids: Sequence[int], now: datetime, *,
         if not job_ids:
             return False
         ids = list(dict.fromkeys(job_ids))
-        taken = conn.execute(
-            update(JOB).where(JOB.c.id.in_(ids), JOB.c.status == JobStatus.PENDING)
-            .values(claimed_by=name).returning(JOB.c.id, JOB.c.status, JOB.c.attempts)).all()
+        taken = conn.execute(_CLAIM, {"ids": ids, "name": name}).all()
         if not count_attempt or len(taken) < len(ids):  # one is finished, or gone
             return False
         return count_first_attempt(conn, taken, now)

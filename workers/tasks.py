@@ -25,11 +25,11 @@ import kombu.exceptions
 import redis.exceptions
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlmodel import col, select
 
-from models import Job
-from models.db import reading
+from models.db import ids_param, reading
+from models.tables import JOB
 from pipelines import bulk
 from pipelines.handler import apply_jobs
 from pipelines.intake import Intake
@@ -72,6 +72,10 @@ def transient_errors() -> Iterator[None]:
 # --- the work, as plain functions -----------------------------------------------------------
 
 
+_SOURCES = select(JOB.c.id, JOB.c.source, JOB.c.sha256, JOB.c.size).where(
+    JOB.c.id.in_(ids_param()))
+
+
 def run_process_files(runtime: Runtime, items: Sequence[tuple[int, str | None]], *,
                       attempt_counted: bool = False) -> list[Outcome]:
     """Apply registered jobs (`handler.apply_jobs`: a failing file never holds up the
@@ -84,8 +88,7 @@ def run_process_files(runtime: Runtime, items: Sequence[tuple[int, str | None]],
                          attempt_counted=attempt_counted)
     intake = runtime.intake()
     with reading(runtime.engine) as conn:
-        rows = {row.id: row for row in conn.execute(
-            select(Job.id, Job.source, Job.sha256, Job.size).where(col(Job.id).in_(job_ids)))}
+        rows = {row.id: row for row in conn.execute(_SOURCES, {"ids": job_ids})}
     sources = dict(items)
     handled = []
     for outcome in applied.outcomes:

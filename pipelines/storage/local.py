@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import ctypes
 import errno
 import os
@@ -55,6 +56,11 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _is_own_temp(name: str) -> bool:
@@ -112,7 +118,7 @@ class LocalStore:
         self.root = Path(root).resolve()
         self._root_text = str(self.root)
         self.location = self.root.as_uri()
-        self._made_dirs: set[Path] = set()  # folders known to exist: no mkdir per write
+        self._made_dirs: set[str] = set()  # folders known to exist: no mkdir per write
         self._plain_dirs: set[str] = set()  # layout folders found not to be symlinks
 
     def __repr__(self) -> str:
@@ -192,31 +198,32 @@ class LocalStore:
     # --- writing ----------------------------------------------------------------------
 
     def make_folder(self, prefix: str) -> None:
-        self._ensure_dir(self.path_for(prefix))
+        self._ensure_dir(self._resolve(prefix)[0])
 
-    def _ensure_dir(self, folder: Path) -> None:
+    def _ensure_dir(self, folder: str) -> None:
         """Make `folder` (and any missing folder between it and the root, or the root
-        itself) with exactly `dir_mode`; folders that already exist are left alone."""
+        itself) with exactly `dir_mode`; folders that already exist are left alone.
+        Paths are plain strings here: this runs for every file written."""
         if folder in self._made_dirs:
             return
-        missing: list[Path] = []
+        missing: list[str] = []
         current = folder
-        while not current.exists() and current != current.parent:
+        while not os.path.exists(current) and current != os.path.dirname(current):
             missing.append(current)
-            current = current.parent
-        if not missing and not folder.is_dir():
-            folder.mkdir()  # FileExistsError: a file sits where the folder should be
+            current = os.path.dirname(current)
+        if not missing and not os.path.isdir(folder):
+            os.mkdir(folder)  # FileExistsError: a file sits where the folder should be
         for made in reversed(missing):
             try:  # NotADirectoryError if an existing ancestor is a file
                 os.mkdir(made, self.dir_mode)
             except FileExistsError:
-                if not made.is_dir():
+                if not os.path.isdir(made):
                     raise
                 continue  # a racing writer made it
             os.chmod(made, self.dir_mode)  # the umask may have narrowed (or kept) bits
         self._made_dirs.add(folder)
 
-    def _open_new(self, path: Path | str) -> int:
+    def _open_new(self, path: str) -> int:
         """An exclusive create with exactly `file_mode` (fchmod: the umask only masks)."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
         try:
@@ -227,17 +234,18 @@ class LocalStore:
             raise
         return fd
 
-    def _write_temp(self, path: Path, data: bytes | IO[bytes], *, fsync: bool = True) -> Path:
+    def _write_temp(self, path: str, data: bytes | IO[bytes], *, fsync: bool = True) -> str:
         """Write `data` (bytes, or a file read to its end) to a fresh temp file beside
         `path`, created with `file_mode` and flushed to disk (unless the caller makes a
         whole batch durable at once with `sync`)."""
-        self._ensure_dir(path.parent)
-        tmp = path.with_name(f".{path.name}.airlock-{secrets.token_hex(8)}.tmp")
+        folder, name = os.path.split(path)
+        self._ensure_dir(folder)
+        tmp = f"{folder}{os.sep}.{name}.airlock-{secrets.token_hex(8)}.tmp"
         try:
             fd = self._open_new(tmp)
         except FileNotFoundError:  # the folder was removed since we made it
-            self._made_dirs.discard(path.parent)
-            self._ensure_dir(path.parent)
+            self._made_dirs.discard(folder)
+            self._ensure_dir(folder)
             fd = self._open_new(tmp)
         try:
             if isinstance(data, bytes | bytearray | memoryview):
@@ -254,7 +262,7 @@ class LocalStore:
                         fh.flush()
                         os.fsync(fh.fileno())
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            _unlink_quietly(tmp)
             raise
         return tmp
 
@@ -280,15 +288,15 @@ class LocalStore:
     def _put(self, key: str, data: bytes | IO[bytes], *, durable: bool) -> None:
         # The replace takes the place of whatever entry is at `key` (a symlink there is
         # replaced, never written through): only the folders on the way are checked.
-        path = Path(self._resolve(key, look_at_last=False)[0])
+        path = self._resolve(key, look_at_last=False)[0]
         tmp = self._write_temp(path, data, fsync=durable)
         try:
             os.replace(tmp, path)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            _unlink_quietly(tmp)
             raise
         if durable:
-            self._sync_dir(path.parent)
+            self._sync_dir(os.path.dirname(path))
 
     def sync(self) -> None:
         """Flush everything written under the root (data and folder entries) to disk:
@@ -309,7 +317,7 @@ class LocalStore:
 
         Where hard links are unsupported, falls back to an exclusive create.
         """
-        path = self.path_for(key)
+        path = self._resolve(key)[0]
         tmp = self._write_temp(path, data, fsync=durable)
         try:
             os.link(tmp, path)
@@ -320,12 +328,12 @@ class LocalStore:
                 raise
             return self._create_exclusive(path, data)
         finally:
-            tmp.unlink(missing_ok=True)
+            _unlink_quietly(tmp)
         if durable:
-            self._sync_dir(path.parent)
+            self._sync_dir(os.path.dirname(path))
         return True
 
-    def _create_exclusive(self, path: Path, data: bytes) -> bool:
+    def _create_exclusive(self, path: str, data: bytes) -> bool:
         try:
             fd = self._open_new(path)
         except FileExistsError:
@@ -473,22 +481,22 @@ class LocalStore:
         if st is None or stat.S_ISDIR(st.st_mode):
             raise FileNotFoundError(errno.ENOENT, "no such object", src)
         dst_text, _ = self._resolve(dst, look_at_last=False)
-        dst_path = Path(dst_text)
-        self._ensure_dir(dst_path.parent)
+        dst_folder = os.path.dirname(dst_text)
+        self._ensure_dir(dst_folder)
         try:
             rename(src_text, dst_text)
         except FileNotFoundError:
             if os.path.lexists(src_text):  # our folder was removed since we made it
-                self._made_dirs.discard(dst_path.parent)
+                self._made_dirs.discard(dst_folder)
                 self._plain_dirs.clear()
-                self._ensure_dir(dst_path.parent)
+                self._ensure_dir(dst_folder)
                 rename(src_text, dst_text)
             else:
                 raise
         if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != self.file_mode:
             self._set_file_mode(dst_text)  # a rename keeps the mode: only then chmod
         if durable:
-            self._sync_dir(dst_path.parent)
+            self._sync_dir(dst_folder)
 
     def _set_file_mode(self, path: str) -> None:
         """chmod the regular file just moved to `path` (in a folder of ours) to
