@@ -30,7 +30,6 @@ from cli.common import (
 )
 from config.logging import setup_logging
 from config.settings import Settings
-from models import BatchStatus
 from pipelines import bulk
 from pipelines.catalog import CODE
 from pipelines.storage.s3 import S3Store, make_s3_client, parse_s3_url
@@ -237,7 +236,7 @@ def _follow(runtime: Runtime, batch_id: int, on_update: Any, timeout: float
     while True:
         result = bulk.batch_result(runtime.engine, batch_id)
         on_update(result)
-        if result.status in (BatchStatus.REPORTED, BatchStatus.REJECTED):
+        if result.status in bulk.FINAL_BATCH:
             return result
         if deadline is not None and time.monotonic() > deadline:
             fail(f"batch {batch_id} is still {result.status} "

@@ -21,12 +21,12 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 
-from models import BatchStatus, JobStatus
+from models import JobStatus
 from models.db import reading, session_scope
 from models.tables import AUDIT, BATCH, EVALUATION, JOB, OUTPUT
 from pipelines.bulk.chunks import BulkEnv, run_chunk
 from pipelines.bulk.report import redeliver_report
-from pipelines.bulk.state import CLAIM_MARK, get_batch
+from pipelines.bulk.state import CLAIM_MARK, FINAL_BATCH, get_batch
 from pipelines.errors import FIXABLE_REASONS
 from pipelines.layout import (
     ERROR_SUFFIX,
@@ -277,7 +277,7 @@ def _retry_member(env: BulkEnv, job: dict[str, Any]) -> Retried:
     result = run_chunk(env, [job["id"]], job["batch_id"])
     [outcome] = result.outcomes
     batch = get_batch(env.engine, job["batch_id"])
-    if batch.status in (BatchStatus.REPORTED, BatchStatus.REJECTED):
+    if batch.status in FINAL_BATCH:
         redeliver_report(env, batch)
     return Retried(job["id"], RetryResult.APPLIED,
                    f"applied again: {outcome.status}"

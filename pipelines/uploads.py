@@ -35,7 +35,7 @@ from models.db import is_postgres, reading, session_scope
 from models.ledger import FINAL_STATUSES
 from models.tables import BATCH, IDEMPOTENT, JOB, OUTPUT
 from pipelines.bulk import is_bulk
-from pipelines.bulk.state import report_keys
+from pipelines.bulk.state import FINAL_BATCH, report_keys
 from pipelines.errors import MESSAGES, RejectReason
 from pipelines.layout import Arrival, processing_key
 from pipelines.storage.base import Store
@@ -276,7 +276,7 @@ class Uploads:
     def _batch_answer(self, ticket: Ticket) -> Answer:
         with reading(self.engine) as conn:
             row = conn.execute(select(BATCH).where(BATCH.c.id == ticket.id)).one()
-        final = row.status in (BatchStatus.REPORTED, BatchStatus.REJECTED)
+        final = row.status in FINAL_BATCH
         names = [key.split("/", 1)[1] for key in report_keys(row)] if row.report_name else []  # type: ignore[arg-type]
         return Answer(ticket=ticket, status=row.status, final=final, reason=row.reason,
                       message=_sentence(row.reason) if row.reason else None, results=names,

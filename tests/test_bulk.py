@@ -27,17 +27,9 @@ from models.db import READ_ONLY, session_scope
 from models.types import utcnow
 from pipelines import archives, bulk
 from pipelines.bulk import BulkParts, handle_archive, run_chunk, update_progress
+from pipelines.bulk.lease import LEASE, Lease, LeaseLost, _here, _started, take_lease
 from pipelines.bulk.report import write_report
-from pipelines.bulk.state import (
-    LEASE,
-    Lease,
-    LeaseLost,
-    _here,
-    _started,
-    get_batch,
-    open_batch,
-    take_lease,
-)
+from pipelines.bulk.state import get_batch, open_batch
 from pipelines.keyring import VendorKeyring
 from pipelines.layout import make_arrival
 from pipelines.process import Processor, process

@@ -39,15 +39,13 @@ class EmbeddedRunner:
         singles = [a for a in arrivals if not is_bulk(a)]
         archives = [a for a in arrivals if is_bulk(a)]
         applied = self.intake.handle_many(singles)
-        busy = []
         for arrival in archives:  # archives expand into their own batch of jobs
-            if handle_archive(self.runtime, arrival).busy:
-                busy.append(arrival)  # another import is loading it: tried again later
+            handle_archive(self.runtime, arrival)
         # Only a failed file or an archive can still be in the inbox: ask the store
         # about those alone (a pass of finished files costs no look-up).
-        maybe_left = (singles if applied.failed else []) + [a for a in archives if a not in busy]
+        maybe_left = (singles if applied.failed else []) + archives
         left = self.runtime.inbox.which_exist([a.key for a in maybe_left]) if maybe_left else set()
-        return busy + [a for a in maybe_left if a.key in left]
+        return [a for a in maybe_left if a.key in left]
 
     def run(self, stop: threading.Event) -> None:
         log.info("watching %s (embedded mode)", self.runtime.settings.resolved_inbox)

@@ -14,12 +14,12 @@ from pipelines.bulk.importer import (
     import_archive,
     is_bulk,
 )
+from pipelines.bulk.lease import LeaseLost
 from pipelines.bulk.report import finish_batch, member_rows, redeliver_report, reject_batch
 from pipelines.bulk.state import (
     CLAIM_MARK,
     FINAL_BATCH,
     BatchResult,
-    LeaseLost,
     archive_name,
     batch_result,
     manifest_key,

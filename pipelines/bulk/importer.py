@@ -45,20 +45,17 @@ from pipelines.archives import (
     read_members,
 )
 from pipelines.bulk.chunks import BulkEnv, ChunkSink, run_chunk
+from pipelines.bulk.lease import LEASE, Lease, release_lease, renew_lease, take_lease
 from pipelines.bulk.report import archive_source, finish_batch, redeliver_report, reject_batch
 from pipelines.bulk.state import (
     FINAL,
-    LEASE,
+    FINAL_BATCH,
     BatchResult,
-    Lease,
     batch_result,
     get_batch,
     manifest_key,
     open_batch,
-    release_lease,
-    renew_lease,
     set_status,
-    take_lease,
     update_progress,
 )
 from pipelines.errors import RejectReason
@@ -112,7 +109,7 @@ def import_archive(env: BulkEnv, *, tenant: str, name: str, source: str, fileobj
         batch, created = open_batch(session, tenant=tenant, source=source, sha256=digest,
                                     now=now)
     assert batch.id is not None
-    if batch.status in (BatchStatus.REPORTED, BatchStatus.REJECTED):
+    if batch.status in FINAL_BATCH:
         log.info("batch %s (%s) was imported before: re-delivering its report", batch.id,
                  name)
         redeliver_report(env, batch)

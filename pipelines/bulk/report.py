@@ -24,18 +24,16 @@ from models.tables import JOB, OUTPUT
 from pipelines.archiving import StoredFile, archive
 from pipelines.batch_report import ReportWriter
 from pipelines.bulk.chunks import BulkEnv, run_chunk
+from pipelines.bulk.lease import Lease, LeaseLost, release_lease, renew_lease
 from pipelines.bulk.state import (
     CLAIM_MARK,
     FINAL,
+    FINAL_BATCH,
     BatchResult,
-    Lease,
-    LeaseLost,
     archive_name,
     batch_result,
     get_batch,
     manifest_key,
-    release_lease,
-    renew_lease,
     report_keys,
     set_status,
     update_progress,
@@ -58,7 +56,7 @@ def finish_batch(env: BulkEnv, batch_id: int) -> BatchResult:
     """Write the report (JSON + CSV), make sure every member's results are in the outbox,
     archive the archive file and mark the batch reported. Safe to run again."""
     batch = get_batch(env.engine, batch_id)
-    if batch.status in (BatchStatus.REPORTED, BatchStatus.REJECTED):
+    if batch.status in FINAL_BATCH:
         return batch_result(env.engine, batch_id, duplicate=True)
     if batch.status != BatchStatus.COMPLETE:
         _flipped, status = update_progress(env.engine, batch_id,
@@ -88,28 +86,13 @@ def reject_batch(env: BulkEnv, batch_id: int, reason: str, message: str, *,
     members already (registered by an import of the same bytes that could read them,
     then stopped) is not this refusal's to decide: only this file is refused."""
     batch = get_batch(env.engine, batch_id)
-    if batch.status == BatchStatus.LOADING and not _has_members(env.engine, batch_id):
-        try:  # still ours just before the report: a stale refusal writes nothing
-            with session_scope(env.engine) as session:
-                renew_lease(session, lease, now=env.processor.clock())
-        except LeaseLost:
-            pass
-        else:
-            batch.status, batch.reason, batch.message = BatchStatus.REJECTED, reason, message
-            batch.finished_at = env.processor.clock()
-            keys, _members = write_report(env.outbox, batch, [])
-            if set_status(env.engine, batch_id, BatchStatus.LOADING, lease=lease,
-                          status=BatchStatus.REJECTED, reason=reason, message=message,
-                          finished_at=batch.finished_at,
-                          report_name=keys[0].split("/", 1)[1]):
-                archive_source(env, batch, source)
-                return batch_result(env.engine, batch_id)
-            batch = get_batch(env.engine, batch_id)
-            if batch.status not in (BatchStatus.REPORTED, BatchStatus.REJECTED):
-                for key in keys:  # no report stands for a batch that is not final
-                    env.outbox.delete(key)
+    if (batch.status == BatchStatus.LOADING and not _has_members(env.engine, batch_id)
+            and _still_held(env, lease)):  # a stale refusal writes nothing
+        rejected = _reject_whole(env, batch, reason, message, source=source, lease=lease)
+        if rejected is not None:
+            return rejected
     batch = get_batch(env.engine, batch_id)
-    if batch.status in (BatchStatus.REPORTED, BatchStatus.REJECTED):
+    if batch.status in FINAL_BATCH:
         # Another import of the same bytes finished the batch: its outcome stands, and
         # a report this call may have written in the moment between is put right.
         log.warning("batch %s: a refusal (%s) came after the batch was %s; it stands as "
@@ -125,6 +108,34 @@ def reject_batch(env: BulkEnv, batch_id: int, reason: str, message: str, *,
     result.status, result.reason, result.message = BatchStatus.REJECTED, reason, message
     result.report_keys = []
     return result
+
+
+def _still_held(env: BulkEnv, lease: Lease) -> bool:
+    try:
+        with session_scope(env.engine) as session:
+            renew_lease(session, lease, now=env.processor.clock())
+    except LeaseLost:
+        return False
+    return True
+
+
+def _reject_whole(env: BulkEnv, batch: Batch, reason: str, message: str, *, source: str,
+                  lease: Lease) -> BatchResult | None:
+    """Report the batch rejected, then turn it final in one commit with the report's
+    name; None (and no report left) if the lease was lost in between."""
+    assert batch.id is not None
+    batch.status, batch.reason, batch.message = BatchStatus.REJECTED, reason, message
+    batch.finished_at = env.processor.clock()
+    keys, _members = write_report(env.outbox, batch, [])
+    if set_status(env.engine, batch.id, BatchStatus.LOADING, lease=lease,
+                  status=BatchStatus.REJECTED, reason=reason, message=message,
+                  finished_at=batch.finished_at, report_name=keys[0].split("/", 1)[1]):
+        archive_source(env, batch, source)
+        return batch_result(env.engine, batch.id)
+    if get_batch(env.engine, batch.id).status not in FINAL_BATCH:
+        for key in keys:  # no report stands for a batch that is not final
+            env.outbox.delete(key)
+    return None
 
 
 def _has_members(engine: Engine, batch_id: int) -> bool:

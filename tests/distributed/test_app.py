@@ -361,7 +361,8 @@ def test_an_archive_another_import_is_loading_comes_back_to_the_watcher(
     or published, and the archive is handed back to its source to be tried again."""
     from models import Batch
     from models.db import session_scope
-    from pipelines.bulk.state import LEASE, open_batch
+    from pipelines.bulk.lease import LEASE
+    from pipelines.bulk.state import open_batch
 
     runtime, app, ring = publishing
     key = add_license(runtime.engine, max_activations=10)
