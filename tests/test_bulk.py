@@ -995,3 +995,13 @@ def test_a_refusal_does_not_decide_a_batch_another_import_has_members_in(
     done = handle_archive(env, make_arrival("ACME/fleet.zip", data))
     assert done.status == "reported" and done.counts == {"done": 6}
     assert license_info(env.engine, key)["active_devices"] == 6
+
+
+@pytest.mark.parametrize("holder", ["", "garbage", "a:b:c", "x/y:notapid:1:n",
+                                    ":::", "other-host/pid:[1]:4242:abc:extra:colons"])
+def test_a_holder_that_does_not_parse_is_never_taken_for_gone(holder: str) -> None:
+    # A malformed or foreign holder (a row edited by hand, another version) is waited
+    # out by its lease's end, never taken over early.
+    from pipelines.bulk.lease import _gone
+
+    assert _gone(holder) is False
